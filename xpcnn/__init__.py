@@ -1,0 +1,40 @@
+"""xpcnn: convolutional networks from scratch, written once against the Python array API.
+
+The backend for new arrays is chosen with ``XPCNN_BACKEND`` (numpy, cupy, torch,
+array_api_strict) or :func:`set_backend`; the ops in :mod:`xpcnn.functional`
+work on arrays of any of them.
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from . import functional
+from .backend import (
+    BACKENDS,
+    Backend,
+    BackendUnavailableError,
+    asarray,
+    available_backends,
+    get_backend,
+    set_backend,
+    to_numpy,
+    use_backend,
+)
+
+try:
+    __version__ = _version("xpcnn")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendUnavailableError",
+    "__version__",
+    "asarray",
+    "available_backends",
+    "functional",
+    "get_backend",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]

@@ -1,0 +1,238 @@
+"""Where new arrays live: the backend switch.
+
+This is the only module that reads the environment. ``XPCNN_BACKEND`` names the
+array library that new arrays (parameters, data batches) are created with, and
+``XPCNN_DEVICE`` the device where that library has several. Operations in
+:mod:`xpcnn.functional` never look here: they take their namespace from their
+inputs, so arrays of any backend work with them without configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import array_api_compat
+import numpy as np
+
+BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
+ENV_BACKEND = "XPCNN_BACKEND"
+ENV_DEVICE = "XPCNN_DEVICE"
+# The array API version our code is written against and array_api_strict is pinned to.
+ARRAY_API_VERSION = "2024.12"
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendUnavailableError",
+    "asarray",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend exists but cannot run here (not installed, no device)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The selected backend: its name, array namespace, device and library version."""
+
+    name: str
+    xp: Any
+    device: Any
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} on {self.device}"
+
+
+_current: Backend | None = None
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(BACKENDS)}; got {name!r}"
+            f" (set it with {ENV_BACKEND}=NAME or xpcnn.set_backend(NAME))"
+        )
+    return name.strip().lower()
+
+
+def _load_numpy(device: str | None) -> Backend:
+    if device not in (None, "", "cpu"):
+        raise ValueError(f"device for the numpy backend must be 'cpu' or unset; got {device!r}")
+    import array_api_compat.numpy as xp
+
+    return Backend("numpy", xp, "cpu", np.__version__)
+
+
+def _load_cupy(device: str | None) -> Backend:
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "backend 'cupy' was requested but CuPy is not installed; install it with "
+            "`pip install xpcnn[cuda12]` (CUDA 12) or `pip install xpcnn[cuda13]` (CUDA 13)"
+            f" [{type(exc).__name__}: {exc}]"
+        ) from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own types
+        raise BackendUnavailableError(
+            f"backend 'cupy' was requested and CuPy {cupy.__version__} is installed, but no CUDA "
+            f"device can be used here ({type(exc).__name__}: {exc})"
+        ) from exc
+    if count == 0:
+        raise BackendUnavailableError(
+            f"backend 'cupy' was requested and CuPy {cupy.__version__} is installed, but no CUDA device was found"
+        )
+    index = 0 if device in (None, "") else _cuda_index(device)
+    if not 0 <= index < count:
+        raise ValueError(f"device for the cupy backend must be a CUDA device index in [0, {count}); got {device!r}")
+    import array_api_compat.cupy as xp
+
+    return Backend("cupy", xp, cupy.cuda.Device(index), cupy.__version__)
+
+
+def _cuda_index(device: str) -> int:
+    text = str(device).strip().lower()
+    text = text[len("cuda:"):] if text.startswith("cuda:") else text
+    if not text.isdigit():
+        raise ValueError(f"device for the cupy backend must look like '0' or 'cuda:0'; got {device!r}")
+    return int(text)
+
+
+def _load_torch(device: str | None) -> Backend:
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "backend 'torch' was requested but PyTorch is not installed (`pip install torch`)"
+        ) from exc
+    if device in (None, ""):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        text = str(device).strip()
+        try:
+            dev = torch.device(f"cuda:{text}" if text.isdigit() else text)
+        except RuntimeError as exc:
+            raise ValueError(f"device for the torch backend must be like 'cpu', 'cuda' or 'cuda:1'; got {device!r}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device {device!r} was requested for torch, but torch sees no CUDA device")
+    import array_api_compat.torch as xp
+
+    return Backend("torch", xp, dev, torch.__version__)
+
+
+def _load_array_api_strict(device: str | None) -> Backend:
+    try:
+        xp = importlib.import_module("array_api_strict")
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "backend 'array_api_strict' was requested but it is not installed (`pip install xpcnn[test]`)"
+        ) from exc
+    xp.set_array_api_strict_flags(api_version=ARRAY_API_VERSION)
+    if device in (None, ""):
+        dev = xp.Device("CPU_DEVICE")
+    else:
+        try:
+            dev = xp.Device(str(device))
+        except ValueError as exc:
+            raise ValueError(f"device for array_api_strict must be CPU_DEVICE, device1 or device2; got {device!r}") from exc
+    return Backend("array_api_strict", xp, dev, importlib.metadata.version("array_api_strict"))
+
+
+_LOADERS = {
+    "numpy": _load_numpy,
+    "cupy": _load_cupy,
+    "torch": _load_torch,
+    "array_api_strict": _load_array_api_strict,
+}
+
+
+def _load(name: str, device: Any = None) -> Backend:
+    name = _check_name(name)
+    return _LOADERS[name](None if device is None else str(device))
+
+
+def get_backend() -> Backend:
+    """The backend new arrays are created on (from ``XPCNN_BACKEND``/``XPCNN_DEVICE`` unless set in code)."""
+    global _current
+    if _current is None:
+        _current = _load(os.environ.get(ENV_BACKEND) or "numpy", os.environ.get(ENV_DEVICE) or None)
+    return _current
+
+
+def set_backend(name: str, device: Any = None) -> Backend:
+    """Select the backend for new arrays; fails at once if it cannot run here."""
+    global _current
+    _current = _load(name, device)
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name: str, device: Any = None) -> Iterator[Backend]:
+    """``with xpcnn.use_backend("cupy"):`` selects a backend for the block, then restores the previous one."""
+    global _current
+    previous = _current
+    backend = _load(name, device)
+    _current = backend
+    try:
+        yield backend
+    finally:
+        _current = previous
+
+
+def available_backends() -> dict[str, str]:
+    """Each known backend with 'available (version, device)' or why it is not available."""
+    report = {}
+    for name in BACKENDS:
+        try:
+            backend = _load(name)
+        except (BackendUnavailableError, ValueError) as exc:
+            report[name] = f"unavailable: {exc}"
+        else:
+            report[name] = f"available ({backend.version}, default device {backend.device})"
+    return report
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy on the host of an array from any backend (or of a Python scalar/list)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if type(x).__module__.startswith("array_api_strict"):
+        # array_api_strict refuses host conversion from its non-default devices: move first
+        return np.asarray(x.to_device(type(x.device)("CPU_DEVICE")))
+    return np.asarray(x)
+
+
+def asarray(obj: Any, dtype: Any = None) -> Any:
+    """``obj`` (an array of any backend, a list, a scalar) as an array of the current backend and device.
+
+    ``dtype`` may be a dtype of the current namespace or a name such as ``"float32"``.
+    """
+    backend = get_backend()
+    xp = backend.xp
+    if isinstance(dtype, str):
+        dtype = getattr(xp, dtype)
+    if array_api_compat.is_array_api_obj(obj):
+        same_library = array_api_compat.array_namespace(obj) is xp
+        if same_library and array_api_compat.device(obj) == backend.device:
+            return obj if dtype is None or obj.dtype == dtype else xp.astype(obj, dtype)
+        obj = to_numpy(obj)
+    if dtype is None and isinstance(obj, np.ndarray):
+        dtype = getattr(xp, obj.dtype.name)
+    return xp.asarray(obj, dtype=dtype, device=backend.device)

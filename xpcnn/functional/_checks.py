@@ -1,0 +1,98 @@
+"""Argument checks shared by the ops: one place for the wording of every error.
+
+Ops validate at their public entry and raise ValueError/TypeError naming the op,
+the argument, what was expected and what came. Internal helpers trust their callers.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from array_api_compat import array_namespace, device, is_array_api_obj
+
+
+def namespace(op: str, **arrays: Any) -> Any:
+    """The array namespace shared by ``arrays`` (``None`` values are skipped).
+
+    Raises TypeError when an argument is not an array or two come from different
+    libraries, ValueError when they live on different devices.
+    """
+    first = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if not is_array_api_obj(a):
+            raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); got {type(a).__name__}")
+        xp = array_namespace(a)
+        if first is None:
+            first = (name, a, xp)
+            continue
+        first_name, first_array, first_xp = first
+        if xp is not first_xp:
+            raise TypeError(
+                f"{op}: {first_name} and {name} come from different array libraries "
+                f"({first_xp.__name__} and {xp.__name__}); put them on one backend, e.g. with xpcnn.asarray"
+            )
+        if device(a) != device(first_array):
+            raise ValueError(
+                f"{op}: {first_name} and {name} are on different devices ({device(first_array)} and {device(a)})"
+            )
+    return first[2]
+
+
+def check_ndim(op: str, name: str, x: Any, ndim: int, layout: str = "") -> None:
+    if x.ndim != ndim:
+        what = f"{ndim}-D ({layout})" if layout else f"{ndim}-D"
+        raise ValueError(f"{op}: {name} must be {what}; got shape {tuple(x.shape)}")
+
+
+def check_floating(op: str, name: str, x: Any, xp: Any) -> None:
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"{op}: {name} must have a floating dtype (float32 or float64); got {x.dtype}. "
+            f"Convert it first, e.g. xp.astype({name}, xp.float32) (and scale 0..255 images to 0..1)"
+        )
+
+
+def check_same_dtype(op: str, x_name: str, x: Any, y_name: str, y: Any) -> None:
+    if y is not None and y.dtype != x.dtype:
+        raise TypeError(f"{op}: {y_name} must have the dtype of {x_name} ({x.dtype}); got {y.dtype}")
+
+
+def check_shape(op: str, name: str, x: Any, shape: tuple) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}; got {tuple(x.shape)}")
+
+
+def as_int(op: str, name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an integer; got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an integer or a pair of integers; got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}; got {value!r}")
+    return number
+
+
+def pair(op: str, name: str, value: Any, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints as (height, width), each at least ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: {name} must be an integer or a pair (height, width); got {value!r}")
+        try:
+            return as_int(op, name, value[0], minimum), as_int(op, name, value[1], minimum)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{exc} (in {name}={value!r})") from None
+    number = as_int(op, name, value, minimum)
+    return number, number
+
+
+def padding4(op: str, padding: Any) -> tuple[int, int, int, int]:
+    """Padding as (top, bottom, left, right) from an int, a pair (h, w) or four values."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        return tuple(as_int(op, "padding", p, 0) for p in padding)
+    ph, pw = pair(op, "padding", padding, 0)
+    return ph, ph, pw, pw
