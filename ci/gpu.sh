@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test suite on a CUDA machine, with cupy REQUIRED: a missing GPU or CuPy fails, it never skips.
+#
+#   bash ci/gpu.sh            # run from the repository root or anywhere
+#
+# Installs nothing it does not need: numpy, cupy, pytest and hypothesis must already be there.
+# array-api-compat / array-api-strict are taken from the environment, or else from wheels in .whl/
+# (download them where pip works: see benchmarks/README.md), installed into a private folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+
+missing=$($python - <<'PY'
+import importlib.util
+print(" ".join(m for m in ("array_api_compat", "array_api_strict") if importlib.util.find_spec(m) is None))
+PY
+)
+if [ -n "$missing" ]; then
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "ci/gpu.sh: missing Python packages ($missing) and no wheels in .whl/ to install them from" >&2
+        exit 2
+    fi
+    site=$(mktemp -d)
+    $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+$python - <<'PY'
+import platform, sys
+import numpy, cupy, array_api_compat, array_api_strict
+count = cupy.cuda.runtime.getDeviceCount()
+if count == 0:
+    sys.exit("ci/gpu.sh: CuPy is installed but no CUDA device was found")
+props = cupy.cuda.runtime.getDeviceProperties(0)
+print(f"python {platform.python_version()}, numpy {numpy.__version__}, cupy {cupy.__version__}, "
+      f"array-api-compat {array_api_compat.__version__}, array-api-strict {array_api_strict.__version__}")
+print(f"CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}, driver {cupy.cuda.runtime.driverGetVersion()}, "
+      f"{count} device(s), device 0: {props['name'].decode()}")
+try:
+    import torch
+    print(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
+except ImportError:
+    print("torch: not installed (its tests are skipped)")
+PY
+
+XPCNN_TEST_REQUIRE=cupy $python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,144 @@
+"""xpcnn.backend: the switch, its errors, asarray/to_numpy, and the `xpcnn info` command."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import backend
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    saved = backend._current
+    yield
+    backend._current = saved
+
+
+def test_default_is_numpy_from_environment(monkeypatch):
+    monkeypatch.delenv("XPCNN_BACKEND", raising=False)
+    backend._current = None
+    selected = xpcnn.get_backend()
+    assert selected.name == "numpy" and selected.device == "cpu" and selected.version == np.__version__
+
+
+def test_environment_selects_backend_and_device(monkeypatch):
+    pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    monkeypatch.setenv("XPCNN_BACKEND", "array_api_strict")
+    monkeypatch.setenv("XPCNN_DEVICE", "device1")
+    backend._current = None
+    selected = xpcnn.get_backend()
+    assert selected.name == "array_api_strict" and str(selected.device) == "array_api_strict.Device('device1')"
+    x = xpcnn.asarray([1.0, 2.0])
+    assert x.device == selected.device and x.dtype == selected.xp.float64
+
+
+def test_unknown_backend_lists_valid_names(monkeypatch):
+    with pytest.raises(ValueError, match="numpy, cupy, torch, array_api_strict; got 'tensorflow'"):
+        xpcnn.set_backend("tensorflow")
+    monkeypatch.setenv("XPCNN_BACKEND", "jax")
+    backend._current = None
+    with pytest.raises(ValueError, match="got 'jax'"):
+        xpcnn.get_backend()
+
+
+def test_cupy_unavailable_names_the_extra_or_the_missing_device():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(xpcnn.BackendUnavailableError, match=r"pip install xpcnn\[cuda12\]"):
+            xpcnn.set_backend("cupy")
+        return
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        count = 0
+    if count:
+        pytest.skip("a CUDA device is present: cupy is available, nothing to refuse")
+    with pytest.raises(xpcnn.BackendUnavailableError, match="no CUDA device"):
+        xpcnn.set_backend("cupy")
+
+
+def test_bad_device_is_refused_at_selection():
+    with pytest.raises(ValueError, match="numpy backend must be 'cpu'"):
+        xpcnn.set_backend("numpy", device="cuda:0")
+
+
+def test_use_backend_restores_previous():
+    xpcnn.set_backend("numpy")
+    pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    with xpcnn.use_backend("array_api_strict") as inner:
+        assert xpcnn.get_backend() is inner
+        assert type(xpcnn.asarray(np.ones(2))).__module__.startswith("array_api_strict")
+    assert xpcnn.get_backend().name == "numpy"
+
+
+def test_asarray_and_to_numpy_round_trip_every_backend(B):
+    with xpcnn.use_backend(B.name.partition(":")[0], B.name.partition(":")[2] or None):
+        host = np.arange(6, dtype=np.float32).reshape(2, 3)
+        x = xpcnn.asarray(host)
+        assert x.dtype == B.xp.float32 and x.device == B.device
+        np.testing.assert_array_equal(xpcnn.to_numpy(x), host)
+        y = xpcnn.asarray(np.arange(3), dtype="float64")
+        assert y.dtype == B.xp.float64
+        assert xpcnn.asarray(x) is x
+
+
+def test_asarray_moves_between_libraries():
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    with xpcnn.use_backend("numpy"):
+        x = xpcnn.asarray(torch.arange(4, dtype=torch.float32))
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32
+    with xpcnn.use_backend("torch", "cpu"):
+        t = xpcnn.asarray(x)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+
+
+def test_functional_imports_no_array_library():
+    banned = {"numpy", "cupy", "torch", "jax", "array_api_strict", "tensorflow"}
+    for path in (ROOT / "xpcnn" / "functional").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+def test_only_backend_reads_the_backend_variables():
+    pattern = re.compile(r"(environ|getenv)[^\n]*XPCNN_(BACKEND|DEVICE)")
+    for path in (ROOT / "xpcnn").rglob("*.py"):
+        if path.name != "backend.py":
+            assert not pattern.search(path.read_text()), f"{path} reads the backend switch itself"
+
+
+def _run_info(env_backend):
+    env = dict(os.environ, XPCNN_BACKEND=env_backend)
+    return subprocess.run([sys.executable, "-m", "xpcnn", "info"], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_info_command_reports_backends():
+    done = _run_info("numpy")
+    assert done.returncode == 0, done.stderr
+    assert "selected backend: numpy" in done.stdout
+    for name in xpcnn.BACKENDS:
+        assert name in done.stdout
+    assert "array API 2024.12" in done.stdout
+
+
+def test_info_command_reports_a_bad_selection_and_fails():
+    done = _run_info("nope")
+    assert done.returncode == 1
+    assert "got 'nope'" in done.stdout
