@@ -7,7 +7,7 @@ work on arrays of any of them.
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import functional
+from . import data, functional, init, models, nn, optim
 from .backend import (
     BACKENDS,
     Backend,
@@ -20,21 +20,17 @@ from .backend import (
     use_backend,
 )
 
+from .checkpoint import Checkpoint, CheckpointError, load, save
+from .train import History, TrainingDivergedError, evaluate, fit
+
 try:
     __version__ = _version("xpcnn")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
 __all__ = [
-    "BACKENDS",
-    "Backend",
-    "BackendUnavailableError",
-    "__version__",
-    "asarray",
-    "available_backends",
-    "functional",
-    "get_backend",
-    "set_backend",
-    "to_numpy",
+    "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "History",
+    "TrainingDivergedError", "__version__", "asarray", "available_backends", "data", "evaluate", "fit",
+    "functional", "get_backend", "init", "load", "models", "nn", "optim", "save", "set_backend", "to_numpy",
     "use_backend",
 ]

@@ -1,6 +1,6 @@
-"""Where new arrays live: the backend switch.
+"""Where new arrays live: the backend switch, and the settings read from the environment.
 
-This is the only module that reads the environment. ``XPCNN_BACKEND`` names the
+This is the only module that reads the environment (``XPCNN_BACKEND``, ``XPCNN_DEVICE``, ``XPCNN_DATA_DIR``). ``XPCNN_BACKEND`` names the
 array library that new arrays (parameters, data batches) are created with, and
 ``XPCNN_DEVICE`` the device where that library has several. Operations in
 :mod:`xpcnn.functional` never look here: they take their namespace from their
@@ -22,6 +22,7 @@ import numpy as np
 BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
 ENV_BACKEND = "XPCNN_BACKEND"
 ENV_DEVICE = "XPCNN_DEVICE"
+ENV_DATA_DIR = "XPCNN_DATA_DIR"
 # The array API version our code is written against and array_api_strict is pinned to.
 ARRAY_API_VERSION = "2024.12"
 
@@ -30,7 +31,9 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "asarray",
+    "asarray_like",
     "available_backends",
+    "data_dir_from_env",
     "get_backend",
     "set_backend",
     "to_numpy",
@@ -219,20 +222,32 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _convert(obj: Any, xp: Any, dev: Any, dtype: Any) -> Any:
+    if array_api_compat.is_array_api_obj(obj):
+        if array_api_compat.array_namespace(obj) is xp and array_api_compat.device(obj) == dev:
+            return obj if dtype is None or obj.dtype == dtype else xp.astype(obj, dtype)
+        obj = to_numpy(obj)
+    if dtype is None and isinstance(obj, np.ndarray):
+        dtype = getattr(xp, obj.dtype.name)
+    return xp.asarray(obj, dtype=dtype, device=dev)
+
+
 def asarray(obj: Any, dtype: Any = None) -> Any:
     """``obj`` (an array of any backend, a list, a scalar) as an array of the current backend and device.
 
     ``dtype`` may be a dtype of the current namespace or a name such as ``"float32"``.
     """
     backend = get_backend()
-    xp = backend.xp
     if isinstance(dtype, str):
-        dtype = getattr(xp, dtype)
-    if array_api_compat.is_array_api_obj(obj):
-        same_library = array_api_compat.array_namespace(obj) is xp
-        if same_library and array_api_compat.device(obj) == backend.device:
-            return obj if dtype is None or obj.dtype == dtype else xp.astype(obj, dtype)
-        obj = to_numpy(obj)
-    if dtype is None and isinstance(obj, np.ndarray):
-        dtype = getattr(xp, obj.dtype.name)
-    return xp.asarray(obj, dtype=dtype, device=backend.device)
+        dtype = getattr(backend.xp, dtype)
+    return _convert(obj, backend.xp, backend.device, dtype)
+
+
+def asarray_like(obj: Any, like: Any, dtype: Any = None) -> Any:
+    """``obj`` (any backend, or host data) in the namespace and on the device of the array ``like``."""
+    return _convert(obj, array_api_compat.array_namespace(like), array_api_compat.device(like), dtype)
+
+
+def data_dir_from_env() -> str | None:
+    """The folder named by ``XPCNN_DATA_DIR``, if set."""
+    return os.environ.get(ENV_DATA_DIR) or None

@@ -1,0 +1,202 @@
+"""Checkpoints without pickle: parameters, optimizer state, progress, RNG state and the model's configuration.
+
+Formats: ``.npz`` (read back with ``allow_pickle=False``) or ``.safetensors`` (needs the
+``safetensors`` package). Both hold plain arrays plus one JSON document. Writes are atomic:
+a temporary file in the same folder is written, flushed to disk and renamed over the target,
+so an interrupted save leaves the previous checkpoint intact. Every array's SHA-256 is
+recorded and checked on load, so an altered file is refused rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pathlib
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import backend as _backend
+from .nn import Sequential
+
+__all__ = ["Checkpoint", "CheckpointError", "load", "save"]
+
+FORMAT = "xpcnn-checkpoint"
+VERSION = 1
+_META_KEY = "__xpcnn__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, altered, non-finite, or for another architecture."""
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load` returns: the model (with the weights loaded) and everything saved beside it."""
+
+    model: Sequential
+    epoch: int = 0
+    step: int = 0
+    rng_state: Any = None
+    extra: dict = field(default_factory=dict)
+    optimizer_state: dict | None = None
+    path: str = ""
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:          # includes KeyboardInterrupt: never leave the temporary file behind
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+    try:                           # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def save(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *, epoch: int = 0, step: int = 0,
+         rng_state: Any = None, extra: dict | None = None) -> pathlib.Path:
+    """Write a checkpoint of ``model`` (and ``optimizer``) to ``path`` (.npz or .safetensors), atomically.
+
+    Refuses (ValueError) to save non-finite weights, so a diverged run never overwrites a good checkpoint.
+    """
+    path = pathlib.Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    for name, p in model.named_parameters():
+        host = _backend.to_numpy(p.data)
+        if not np.all(np.isfinite(host)):
+            raise ValueError(f"refusing to save a checkpoint: parameter {name} holds NaN or Inf values")
+        arrays[f"param/{name}"] = host
+    optim_meta = None
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        for i, entry in enumerate(state.pop("state")):
+            for key, value in entry.items():
+                arrays[f"optim/{i}/{key}"] = _backend.to_numpy(value)
+        optim_meta = state
+    meta = {
+        "format": FORMAT, "version": VERSION, "model": model.config(), "epoch": int(epoch), "step": int(step),
+        "rng_state": rng_state, "extra": extra or {}, "optimizer": optim_meta,
+        "sha256": {key: _digest(value) for key, value in arrays.items()},
+    }
+    text = json.dumps(meta, sort_keys=True)
+    if path.suffix == ".safetensors":
+        safetensors_numpy = _safetensors()
+        data = safetensors_numpy.save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                                      metadata={_META_KEY: text})
+    elif path.suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(text.encode(), dtype=np.uint8)})
+        data = buffer.getvalue()
+    else:
+        raise ValueError(f"checkpoint path must end in .npz or .safetensors; got {str(path)!r}")
+    _write_atomic(path, data)
+    return path
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy
+    except ImportError as exc:
+        raise ImportError("reading or writing .safetensors checkpoints needs the safetensors package "
+                          "(pip install safetensors); .npz needs nothing extra") from exc
+    return safetensors.numpy
+
+
+def _read(path: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            safetensors_numpy = _safetensors()
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="np") as handle:
+                text = (handle.metadata() or {}).get(_META_KEY)
+            arrays = safetensors_numpy.load_file(str(path))
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            raw = arrays.pop(_META_KEY, None)
+            text = None if raw is None else raw.tobytes().decode()
+        if text is None:
+            raise CheckpointError(f"{path}: not an xpcnn checkpoint (no {_META_KEY} record)")
+        meta = json.loads(text)
+    except (CheckpointError, ImportError):
+        raise
+    except Exception as exc:       # zipfile, zlib, numpy and safetensors each raise their own types
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}); "
+                              "it is truncated, damaged or not a checkpoint") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an xpcnn checkpoint (format {meta.get('format')!r})")
+    expected = meta.get("sha256", {})
+    if set(expected) != set(arrays):
+        raise CheckpointError(f"{path}: its arrays {sorted(arrays)} do not match its own index {sorted(expected)}")
+    for key, value in arrays.items():
+        if _digest(value) != expected[key]:
+            raise CheckpointError(f"{path}: array {key} was altered (its SHA-256 does not match the one saved)")
+    return meta, arrays
+
+
+def load(path: str | os.PathLike, model: Sequential | None = None, optimizer: Any = None) -> Checkpoint:
+    """Read ``path`` and load its weights into ``model`` (or into a model rebuilt from the saved
+    configuration, on the current backend), and its optimizer state into ``optimizer`` if given.
+
+    Raises CheckpointError for truncated, altered or non-finite checkpoints and for another architecture.
+    """
+    path = pathlib.Path(path)
+    meta, arrays = _read(path)
+    saved_name = meta["model"].get("name", "?")
+    if model is None:
+        model = Sequential.from_config(meta["model"])
+    params = dict(model.named_parameters())
+    saved = {key[len("param/"):]: value for key, value in arrays.items() if key.startswith("param/")}
+    mismatch = sorted(set(params) ^ set(saved)) or [
+        name for name in params if params[name].shape != tuple(saved[name].shape)]
+    same_layers = meta["model"].get("layers") == json.loads(json.dumps(model.config()))["layers"]
+    if mismatch or not same_layers:
+        saved_shapes = {k: tuple(v.shape) for k, v in saved.items()}
+        model_shapes = {k: p.shape for k, p in params.items()}
+        raise CheckpointError(
+            f"{path}: checkpoint is for model {saved_name!r} with parameters {saved_shapes}, "
+            f"which does not fit the model {model.name!r} with parameters {model_shapes}")
+    for name, value in saved.items():
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{path}: parameter {name} holds NaN or Inf values")
+    for name, p in params.items():
+        p.data = _backend.asarray_like(saved[name], p.data, dtype=p.data.dtype)
+        p.grad = None
+    optimizer_state = None
+    if meta.get("optimizer") is not None:
+        optimizer_state = dict(meta["optimizer"])
+        optimizer_state["state"] = [{} for _ in params]
+        for key, value in arrays.items():
+            if key.startswith("optim/"):
+                _, index, name = key.split("/", 2)
+                optimizer_state["state"][int(index)][name] = value
+        optimizer_state["hyper"] = {k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in optimizer_state["hyper"].items()}
+        if optimizer is not None:
+            optimizer.load_state_dict(optimizer_state)
+    return Checkpoint(model=model, epoch=meta["epoch"], step=meta["step"], rng_state=meta.get("rng_state"),
+                      extra=meta.get("extra", {}), optimizer_state=optimizer_state, path=str(path))

@@ -1,0 +1,185 @@
+"""Optimizers and learning-rate schedules.
+
+Updates rebind ``p.data`` (``p.data = p.data - lr * step``) instead of mutating arrays in
+place, so they work on every array API backend. Optimizer state (momentum buffers, Adam
+moments) lives on the parameters' backend and round-trips through checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from array_api_compat import array_namespace
+
+from . import backend as _backend
+from .nn import Parameter
+
+__all__ = ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR", "OPTIMIZERS"]
+
+
+class Optimizer:
+    """Base: a list of parameters, a learning rate, per-parameter state and a step counter."""
+
+    def __init__(self, params: Iterable[Parameter], lr: float, **hyper: Any):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: params is empty; pass model.parameters()")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{type(self).__name__}: params[{i}] must be an xpcnn.nn.Parameter; got {type(p).__name__}")
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr must be > 0; got {lr!r}")
+        self.lr = float(lr)
+        self.hyper = hyper
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]
+        self.steps = 0
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
+        self.steps += 1
+        for p, state in zip(self.params, self.state):
+            if p.grad is not None:
+                p.data = self._update(p.data, p.grad, state)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _update(self, data, grad, state):
+        raise NotImplementedError
+
+    # -- checkpoints
+    def state_dict(self) -> dict:
+        """``{"type", "lr", "steps", "hyper", "state": [{name: array}]}`` (arrays on the parameters' backend)."""
+        return {"type": type(self).__name__, "lr": self.lr, "steps": self.steps, "hyper": dict(self.hyper),
+                "state": [dict(s) for s in self.state]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"optimizer state is for {state.get('type')}, not {type(self).__name__}")
+        if len(state["state"]) != len(self.params):
+            raise ValueError(f"optimizer state has {len(state['state'])} parameters; this optimizer has {len(self.params)}")
+        self.lr, self.steps, self.hyper = float(state["lr"]), int(state["steps"]), dict(state["hyper"])
+        self.state = [{k: _backend.asarray_like(v, p.data, dtype=p.data.dtype) for k, v in s.items()}
+                      for p, s in zip(self.params, state["state"])]
+
+    def to_params_backend(self) -> None:
+        """Move the state to wherever the parameters now are (after ``model.to(...)``)."""
+        self.load_state_dict(self.state_dict())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
+        return f"{type(self).__name__}(lr={self.lr}{', ' if args else ''}{args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum (PyTorch's formulation), Nesterov and weight decay."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"SGD: momentum must be in [0, 1); got {momentum!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+        if weight_decay < 0:
+            raise ValueError(f"SGD: weight_decay must be >= 0; got {weight_decay!r}")
+        super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+    def _update(self, data, grad, state):
+        momentum, weight_decay = self.hyper["momentum"], self.hyper["weight_decay"]
+        if weight_decay:
+            grad = grad + weight_decay * data
+        if momentum:
+            buffer = state.get("momentum")
+            buffer = grad if buffer is None else momentum * buffer + grad
+            state["momentum"] = buffer
+            grad = grad + momentum * buffer if self.hyper["nesterov"] else buffer
+        return data - self.lr * grad
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015); ``weight_decay`` adds an L2 term to the gradient (use AdamW to decouple it)."""
+
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        if not all(0 <= b < 1 for b in betas) or len(betas) != 2:
+            raise ValueError(f"{type(self).__name__}: betas must be two numbers in [0, 1); got {betas!r}")
+        super().__init__(params, lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+    def _update(self, data, grad, state):
+        (beta1, beta2), eps, weight_decay = self.hyper["betas"], self.hyper["eps"], self.hyper["weight_decay"]
+        if weight_decay and self.decoupled:
+            data = data - self.lr * weight_decay * data
+        elif weight_decay:
+            grad = grad + weight_decay * data
+        xp = array_namespace(grad)
+        if "m" not in state:
+            state["m"], state["v"] = xp.zeros_like(grad), xp.zeros_like(grad)
+        m = beta1 * state["m"] + (1 - beta1) * grad
+        v = beta2 * state["v"] + (1 - beta2) * (grad * grad)
+        state["m"], state["v"] = m, v
+        m_hat = m / (1 - beta1 ** self.steps)
+        v_hat = v / (1 - beta2 ** self.steps)
+        return data - self.lr * m_hat / (xp.sqrt(v_hat) + eps)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+# --------------------------------------------------------------------------- schedules
+class _Schedule:
+    """Sets ``optimizer.lr`` from the (fractional) epoch alone, so resuming needs no schedule state.
+
+    ``base_lr`` defaults to the optimizer's learning rate when the schedule is made; pass it
+    explicitly when the optimizer's state was loaded from a checkpoint mid-schedule.
+    """
+
+    def __init__(self, optimizer: Optimizer, base_lr: float | None = None):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr if base_lr is None else float(base_lr)
+
+    def set_epoch(self, epoch: float) -> float:
+        self.optimizer.lr = self.lr_at(epoch)
+        return self.optimizer.lr
+
+    def lr_at(self, epoch: float) -> float:
+        raise NotImplementedError
+
+
+class StepLR(_Schedule):
+    """lr = base_lr * gamma ** floor(epoch / step_size)."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, base_lr: float | None = None):
+        super().__init__(optimizer, base_lr)
+        if step_size < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1; got {step_size!r}")
+        self.step_size, self.gamma = step_size, gamma
+
+    def lr_at(self, epoch: float) -> float:
+        return self.base_lr * self.gamma ** math.floor(epoch / self.step_size)
+
+
+class CosineLR(_Schedule):
+    """Cosine annealing from base_lr at epoch 0 to ``min_lr`` at ``total_epochs`` (smooth within epochs)."""
+
+    def __init__(self, optimizer: Optimizer, total_epochs: float, min_lr: float = 0.0, base_lr: float | None = None):
+        super().__init__(optimizer, base_lr)
+        if total_epochs <= 0:
+            raise ValueError(f"CosineLR: total_epochs must be > 0; got {total_epochs!r}")
+        self.total_epochs, self.min_lr = total_epochs, min_lr
+
+    def lr_at(self, epoch: float) -> float:
+        progress = min(max(epoch / self.total_epochs, 0.0), 1.0)
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,149 @@
+"""The training loop: :func:`fit` and :func:`evaluate`."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .data import Dataset
+
+__all__ = ["History", "TrainingDivergedError", "epoch_order", "evaluate", "fit"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; carries the epoch and step (1-based) where it happened."""
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of a :func:`fit` run (lists, one entry per epoch)."""
+
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    images_per_s: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        return asdict(self)
+
+
+def _as_dataset(data: Any, name: str) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return Dataset(data[0], data[1])
+    raise TypeError(f"{name} must be an xpcnn.data.Dataset or a pair (images, labels); got {type(data).__name__}")
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffled order of epoch ``epoch``: a function of (seed, epoch) alone, so a resumed run repeats it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _correct(logits: Any, labels: Any) -> Any:
+    """Number of correct predictions, left on the device (0-d integer array)."""
+    xp = array_namespace(logits)
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+
+
+def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, batch_size: int = 64,
+        validation_data: Any = None, callbacks: Iterable[Callable[[int, dict], None]] = (), scheduler: Any = None,
+        seed: int = 0, start_epoch: int = 0, history: History | None = None, progress: bool = True) -> History:
+    """Train ``model`` for epochs ``start_epoch + 1 .. epochs`` and return the :class:`History`.
+
+    Each step: forward, loss, backward, ``optimizer.step()``, zero gradients. ``scheduler`` (if any) sets
+    the learning rate from the fractional epoch. After each epoch every callback is called as
+    ``callback(epoch, logs)`` (epoch 1-based; logs holds this epoch's metrics). Data order depends on
+    ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. A NaN or infinite loss raises
+    :class:`TrainingDivergedError` naming the epoch and step.
+    """
+    from tqdm.auto import tqdm
+
+    train_data = _as_dataset(train_data, "train_data")
+    if validation_data is not None:
+        validation_data = _as_dataset(validation_data, "validation_data")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if len(train_data) == 0:
+        raise ValueError("train_data is empty")
+    if hasattr(model, "check_input"):
+        model.check_input((batch_size, *train_data.sample_shape))
+    history = history or History()
+    n = len(train_data)
+    steps_per_epoch = math.ceil(n / batch_size)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        start = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", unit_scale=True, disable=not progress,
+                  leave=False, dynamic_ncols=True) as bar:
+            for step, (x, y) in enumerate(train_data.batches(batch_size, epoch_order(seed, epoch, n))):
+                if scheduler is not None:
+                    scheduler.set_epoch(epoch + step / steps_per_epoch)
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1} (of {steps_per_epoch}); "
+                        f"training stopped. Try a lower learning rate (it was {optimizer.lr:g}).", epoch + 1, step + 1)
+                model.backward(loss_fn.backward())
+                optimizer.step()
+                model.zero_grad()
+                count = int(x.shape[0])
+                total_loss += value * count
+                seen += count
+                correct = correct + _correct(logits, y)
+                bar.update(count)
+                if step % 20 == 0 or seen == n:
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * int(correct) / seen:.2f}%")
+        seconds = time.perf_counter() - start
+        logs = {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": int(correct) / seen,
+                "lr": optimizer.lr, "seconds": seconds, "images_per_s": seen / seconds}
+        if validation_data is not None:
+            val = evaluate(model, validation_data, loss_fn=loss_fn)
+            logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        for key, value in logs.items():
+            getattr(history, key).append(value)
+        if progress:
+            line = (f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, accuracy {100 * logs['accuracy']:.2f}%")
+            if validation_data is not None:
+                line += f", val loss {logs['val_loss']:.4f}, val accuracy {100 * logs['val_accuracy']:.2f}%"
+            tqdm.write(line + f", lr {logs['lr']:.4g}, {seconds:.1f}s, {logs['images_per_s']:,.0f} img/s")
+        for callback in callbacks:
+            callback(epoch + 1, logs)
+    return history
+
+
+def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000) -> dict[str, float]:
+    """Accuracy (and mean loss, if ``loss_fn`` is given) of ``model`` on ``data``, in eval mode."""
+    data = _as_dataset(data, "data")
+    was_training = getattr(model, "training", False)
+    model.eval()
+    total_loss, correct = 0.0, 0
+    try:
+        for x, y in data.batches(batch_size):
+            logits = model(x)
+            correct = correct + _correct(logits, y)
+            if loss_fn is not None:
+                total_loss += float(loss_fn(logits, y)) * int(x.shape[0])
+    finally:
+        model.train(was_training)
+    n = max(len(data), 1)
+    return {"loss": total_loss / n if loss_fn is not None else float("nan"), "accuracy": int(correct) / n,
+            "n": len(data)}
