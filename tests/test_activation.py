@@ -71,6 +71,12 @@ def test_extreme_inputs_are_finite_and_silent(B):
         np.testing.assert_array_equal(s32, [0.0, 1.0])
 
 
+def test_nan_propagates_through_relu_and_max_pool(B):
+    x = B.asarray(np.array([[[[1.0, np.nan], [3.0, 2.0]]]]))
+    assert np.isnan(B.numpy(F.relu(x))[0, 0, 0, 1])
+    assert np.isnan(B.numpy(F.max_pool2d(x, 2))[0, 0, 0, 0])
+
+
 def test_leaky_relu_slope_and_relu_gradient_at_zero(B):
     x = B.asarray(np.array([-2.0, 0.0, 3.0]))
     np.testing.assert_allclose(B.numpy(F.leaky_relu(x, negative_slope=0.2)), [-0.4, 0.0, 3.0])

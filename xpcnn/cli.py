@@ -61,7 +61,7 @@ def _load_data(args: argparse.Namespace, split: str):
     from .data import DataError, DataNotFoundError, load_dataset
 
     try:
-        return load_dataset(args.dataset, split, data_dir=args.data_dir)
+        return load_dataset(args.dataset, split, data_dir=args.data_dir, download=not args.no_download)
     except (DataNotFoundError, DataError) as exc:
         raise CommandError(str(exc)) from None
 
@@ -311,6 +311,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="bundled: the 10,000/2,000-image subset shipped with xpcnn; mnist: the full set "
                              "(from --data-dir, XPCNN_DATA_DIR, ~/.cache/xpcnn/mnist or a download)")
     parser.add_argument("--data-dir", help="folder holding the four MNIST files (.gz or raw)")
+    parser.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is not found")
 
 
 def build_parser() -> argparse.ArgumentParser:

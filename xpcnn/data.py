@@ -235,16 +235,17 @@ class Dataset:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
         n = len(self)
+        spans = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]  # in-bounds stops
         if order is None:
-            for start in range(0, n, batch_size):
-                yield self.images[start:start + batch_size, ...], self.labels[start:start + batch_size]
+            for start, stop in spans:
+                yield self.images[start:stop, ...], self.labels[start:stop]
             return
         from array_api_compat import array_namespace
 
         xp = array_namespace(self.images)
         index = _backend.asarray_like(np.asarray(order, np.int64), self.labels)   # one transfer per epoch
-        for start in range(0, n, batch_size):
-            rows = index[start:start + batch_size]
+        for start, stop in spans:
+            rows = index[start:stop]
             yield xp.take(self.images, rows, axis=0), xp.take(self.labels, rows, axis=0)
 
 

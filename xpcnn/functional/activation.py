@@ -34,10 +34,9 @@ def _grad_input(op: str, dy: Any, reference: Any) -> Any:
 
 # --------------------------------------------------------------------------- ReLU family
 def relu_forward(x: Any) -> tuple[Any, Any]:
-    """max(x, 0); the cache is the mask x > 0 (the gradient at 0 is 0, as in PyTorch)."""
+    """max(x, 0) (NaN stays NaN); the cache is the mask x > 0 (the gradient at 0 is 0, as in PyTorch)."""
     xp = _input("relu", x)
-    mask = x > 0
-    return xp.where(mask, x, xp.zeros_like(x)), mask
+    return xp.maximum(x, xp.zeros_like(x)), x > 0
 
 
 def relu_backward(dy: Any, cache: Any) -> Any:

@@ -62,7 +62,8 @@ def max_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: An
                       device=device(x))
     for offset, (rows, columns) in enumerate(windows, start=1):
         candidate = xpad[:, :, rows, columns]
-        better = candidate > y            # strict: an equal later value never displaces the first maximum
+        # strict: an equal later value never displaces the first maximum; NaN wins and stays, as in PyTorch
+        better = (candidate > y) | xp.isnan(candidate)
         y = xp.where(better, candidate, y)
         argmax = xp.where(better, xp.asarray(offset, dtype=argmax.dtype, device=device(x)), argmax)
     if geometry.kernel == (1, 1):

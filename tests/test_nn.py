@@ -1,0 +1,123 @@
+"""xpcnn.nn and xpcnn.models: layers, whole-model gradients, init reproducibility, summaries and moves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpcnn
+from helpers import assert_gradients_close, numerical_gradients
+from xpcnn import nn
+
+
+def _on(B):
+    name, _, device = B.name.partition(":")
+    return xpcnn.use_backend(name, device or None)
+
+
+def _small_model(dtype="float64"):
+    rng = np.random.default_rng(0)
+    return nn.Sequential(
+        nn.Conv2D(2, 3, 3, padding=1, dtype=dtype, rng=rng), nn.LeakyReLU(0.1), nn.MaxPool2D(2),
+        nn.Conv2D(3, 2, 2, padding=1, bias="untied", input_size=(3, 3), dtype=dtype, rng=rng), nn.Tanh(),
+        nn.AvgPool2D(2, stride=1), nn.Flatten(),
+        nn.Linear(18, 3, dtype=dtype, rng=rng), nn.Sigmoid(),
+        input_shape=(2, 6, 6),
+    )
+
+
+def test_whole_model_gradient_matches_finite_differences(B):
+    """Every parameter's gradient in a small network that uses every layer type, in float64."""
+    with _on(B):
+        model = _small_model()
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((3, 2, 6, 6))
+        targets = rng.uniform(0.1, 0.9, size=(3, 3))
+        loss_fn = nn.MSELoss()
+        loss_fn(model(xpcnn.asarray(x)), xpcnn.asarray(targets))
+        model.backward(loss_fn.backward())
+        params = model.parameters()
+        analytic = [B.numpy(p.grad) for p in params]
+        originals = [B.numpy(p.data).copy() for p in params]
+
+        def loss(*values):
+            for p, v in zip(params, values):
+                p.data = xpcnn.asarray(v)
+            return float(B.numpy(loss_fn(model(xpcnn.asarray(x)), xpcnn.asarray(targets))))
+
+        numeric = numerical_gradients(loss, originals)
+        assert_gradients_close(analytic, numeric)
+
+
+def test_same_seed_gives_identical_weights_on_every_backend(B):
+    reference = [p.data for p in xpcnn.models.lenet5(seed=3).parameters()]   # numpy (default backend)
+    with _on(B):
+        weights = [B.numpy(p.data) for p in xpcnn.models.lenet5(seed=3).parameters()]
+    for ours, theirs in zip(weights, reference):
+        np.testing.assert_array_equal(ours, theirs)
+        assert ours.dtype == np.float32
+
+
+def test_untied_bias_has_one_value_per_output_position():
+    conv = nn.Conv2D(1, 16, 3, bias="untied", input_size=(28, 28))
+    assert conv.bias.shape == (16, 26, 26)
+    with pytest.raises(ValueError, match="input_size"):
+        nn.Conv2D(1, 2, 3, bias="untied")
+    with pytest.raises(ValueError, match="untied bias was sized for output"):
+        conv(np.zeros((1, 1, 30, 30), np.float32))
+
+
+def test_dropout_train_and_eval():
+    layer = nn.Dropout(0.5, rng=np.random.default_rng(0))
+    x = np.ones((1000,), np.float32)
+    y = layer(x)
+    assert set(np.unique(y)) <= {0.0, 2.0} and 0.4 < np.mean(y == 0) < 0.6
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), y)
+    layer.eval()
+    assert layer(x) is x
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        nn.Dropout(1.0)
+
+
+def test_backward_without_forward_is_refused():
+    with pytest.raises(RuntimeError, match="without a training-mode forward"):
+        nn.ReLU().backward(np.ones(3))
+    model = xpcnn.models.lenet5()
+    model.eval()
+    model(np.zeros((1, 1, 28, 28), np.float32))
+    with pytest.raises(RuntimeError):
+        model.backward(np.ones((1, 10), np.float32))
+
+
+def test_summary_lists_shapes_and_parameter_counts():
+    text = xpcnn.models.lenet5().summary()
+    assert "(16, 5, 5)" in text and "48,120" in text and "total parameters: 61,706" in text
+    assert "total parameters: 119,130" in xpcnn.models.seed_cnn().summary()
+
+
+def test_check_input_names_the_expected_shape():
+    model = xpcnn.models.lenet5()
+    with pytest.raises(ValueError, match=r"lenet5 expects inputs of shape \(N, 1, 28, 28\); got \(8, 3, 32, 32\)"):
+        model.check_input((8, 3, 32, 32))
+    loose = nn.Sequential(nn.Conv2D(1, 2, 3), nn.Flatten(), nn.Linear(50, 2))
+    with pytest.raises(ValueError, match="does not fit layer 2"):
+        loose.check_input((1, 1, 28, 28))
+
+
+def test_model_to_moves_parameters_between_backends(B):
+    model = xpcnn.models.seed_binary(seed=1)
+    before = [p.data.copy() for p in model.parameters()]
+    name, _, device = B.name.partition(":")
+    model.to(name, device or None)
+    for p, host in zip(model.parameters(), before):
+        np.testing.assert_array_equal(B.numpy(p.data), host)
+        assert p.data.device == B.device
+    model.to("numpy", dtype="float64")
+    assert all(isinstance(p.data, np.ndarray) and p.data.dtype == np.float64 for p in model.parameters())
+
+
+def test_config_round_trip_rebuilds_the_architecture():
+    model = _small_model("float32")
+    rebuilt = nn.Sequential.from_config(model.config())
+    assert rebuilt.config() == model.config()
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]

@@ -1,0 +1,103 @@
+"""xpcnn.optim: SGD, Adam, AdamW against PyTorch's, schedules, and state round trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import optim
+from xpcnn.nn import Parameter
+
+
+def _run(make, steps=6, backend=None):
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((3, 4))
+    grads = [rng.standard_normal((3, 4)) for _ in range(steps)]
+    p = Parameter(start.copy())
+    opt = make([p])
+    for g in grads:
+        p.grad = g
+        opt.step()
+    return start, grads, p.data
+
+
+CASES = {
+    "sgd": (lambda ps: optim.SGD(ps, lr=0.1), "SGD", dict(lr=0.1)),
+    "momentum": (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01), "SGD",
+                 dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
+    "nesterov": (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.8, nesterov=True), "SGD",
+                 dict(lr=0.1, momentum=0.8, nesterov=True)),
+    "adam": (lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1), "Adam", dict(lr=0.01, weight_decay=0.1)),
+    "adamw": (lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.1), "AdamW", dict(lr=0.01, weight_decay=0.1)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_optimizers_match_pytorch(case):
+    torch = pytest.importorskip("torch", reason="torch not installed: no PyTorch comparison")
+    make, torch_name, kwargs = CASES[case]
+    start, grads, ours = _run(make)
+    t = torch.nn.Parameter(torch.tensor(start))
+    opt = getattr(torch.optim, torch_name)([t], **kwargs)
+    for g in grads:
+        t.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(ours, t.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_sgd_step_rebinds_and_skips_parameters_without_gradients():
+    a, b = Parameter(np.ones(2)), Parameter(np.ones(2))
+    original = a.data
+    opt = optim.SGD([a, b], lr=0.5)
+    a.grad = np.array([1.0, 2.0])
+    opt.step()
+    np.testing.assert_array_equal(a.data, [0.5, 0.0])
+    assert original is not a.data and original.tolist() == [1.0, 1.0]
+    np.testing.assert_array_equal(b.data, [1.0, 1.0])
+
+
+def test_state_dict_round_trip_and_move_between_backends(B):
+    name, _, device = B.name.partition(":")
+    with xpcnn.use_backend(name, device or None):
+        p = Parameter(xpcnn.asarray(np.ones(3)))
+        opt = optim.Adam([p])
+        p.grad = xpcnn.asarray(np.array([1.0, -1.0, 0.5]))
+        opt.step()
+        state = opt.state_dict()
+    fresh = optim.Adam([Parameter(np.ones(3))])
+    fresh.load_state_dict(state)
+    assert fresh.steps == 1
+    assert isinstance(fresh.state[0]["m"], np.ndarray)
+    np.testing.assert_allclose(fresh.state[0]["m"], [0.1, -0.1, 0.05])
+    with pytest.raises(ValueError, match="optimizer state is for Adam, not SGD"):
+        optim.SGD([Parameter(np.ones(3))]).load_state_dict(state)
+
+
+def test_schedules():
+    opt = optim.SGD([Parameter(np.ones(1))], lr=0.1)
+    cosine = optim.CosineLR(opt, total_epochs=4, min_lr=0.001)
+    assert cosine.set_epoch(0) == pytest.approx(0.1)
+    assert cosine.set_epoch(2) == pytest.approx(0.0505)
+    assert cosine.set_epoch(4) == pytest.approx(0.001) and opt.lr == pytest.approx(0.001)
+    step = optim.StepLR(opt, step_size=2, gamma=0.5, base_lr=0.2)
+    assert [step.lr_at(e) for e in (0, 1.9, 2, 5)] == pytest.approx([0.2, 0.2, 0.1, 0.05])
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda: optim.SGD([], lr=0.1), "params is empty"),
+    (lambda: optim.SGD([np.ones(2)], lr=0.1), "must be an xpcnn.nn.Parameter"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0), "lr must be > 0"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=1.0), "momentum must be in [0, 1)"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, nesterov=True), "nesterov=True needs a momentum"),
+])
+def test_bad_hyperparameters_are_refused(bad, words):
+    with pytest.raises((ValueError, TypeError)) as info:
+        bad()
+    assert words in str(info.value)
+
+
+def test_cosine_ends_at_min_lr():
+    assert math.isclose(optim.CosineLR(optim.SGD([Parameter(np.ones(1))], lr=1.0), 3).lr_at(3), 0.0, abs_tol=1e-15)

@@ -1,0 +1,126 @@
+"""xpcnn.fit / xpcnn.evaluate: learning, cross-backend agreement, the notebook loop, failures, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import nn
+
+IMAGES, LABELS = xpcnn.data.load_bundled("train")
+
+
+def _on(B):
+    name, _, device = B.name.partition(":")
+    return xpcnn.use_backend(name, device or None)
+
+
+def _subset(n, start=0):
+    return xpcnn.data.Dataset.from_numpy(IMAGES[start:start + n], LABELS[start:start + n])
+
+
+def test_a_few_hundred_steps_learn_on_every_backend(B):
+    with _on(B):
+        model = xpcnn.models.lenet5(seed=0)
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss()
+        train, held_out = _subset(6400), _subset(1000, start=9000)
+        before = xpcnn.evaluate(model, held_out, loss_fn)
+        history = xpcnn.fit(model, loss_fn, opt, train, epochs=1, batch_size=32, progress=False)   # 200 steps
+        after = xpcnn.evaluate(model, held_out, loss_fn)
+    assert history.epoch == [1] and len(history.loss) == 1
+    assert after["loss"] < 0.5 * before["loss"]
+    assert after["accuracy"] > 0.8, after          # chance is 0.1
+
+
+def _first_losses(steps=20):
+    model = xpcnn.models.lenet5(seed=1)
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    losses = []
+    order = xpcnn.train.epoch_order(0, 0, 64 * steps)
+    for x, y in _subset(64 * steps).batches(64, order):
+        losses.append(float(loss_fn(model(x), y)))
+        model.backward(loss_fn.backward())
+        opt.step()
+        model.zero_grad()
+    return np.array(losses)
+
+
+def test_same_seed_gives_the_same_first_20_losses_on_every_backend(B):
+    reference = _first_losses()
+    with _on(B):
+        losses = _first_losses()
+    np.testing.assert_allclose(losses, reference, rtol=1e-4)
+    assert losses[-1] < losses[0]
+
+
+def test_notebook_single_image_loop_drives_the_output_down(B):
+    """seeds/000: one 32x32 image of raw pixels 1..254, target 0, 50 SGD steps of lr 0.001."""
+    image = np.random.default_rng(0).integers(1, 255, (1, 1, 32, 32)).astype(np.float32)
+    with _on(B):
+        model = xpcnn.models.seed_binary(seed=0)
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.001)
+        loss_fn = nn.MSELoss()
+        x, y = xpcnn.asarray(image), xpcnn.asarray(np.zeros((1, 1), np.float32))
+        outputs = []
+        for _ in range(50):
+            y_hat = model(x)
+            outputs.append(float(B.numpy(y_hat)[0, 0]))
+            loss_fn(y_hat, y)
+            model.backward(loss_fn.backward())
+            opt.step()
+            model.zero_grad()
+    assert all(b < a for a, b in zip(outputs, outputs[1:])), outputs
+    assert outputs[-1] < 0.1 < outputs[0]
+
+
+def test_nan_loss_stops_training_naming_epoch_and_step(monkeypatch):
+    images = xpcnn.data.normalize(IMAGES[:128])
+    images[70] = np.nan                     # in the third batch of 32 when the data is taken in order
+    data = xpcnn.data.Dataset(images, LABELS[:128].astype(np.int64))
+    monkeypatch.setattr(xpcnn.train, "epoch_order", lambda seed, epoch, n: np.arange(n))
+    model = xpcnn.models.lenet5()
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(xpcnn.TrainingDivergedError, match=r"became nan at epoch 1, step 3 \(of 4\)") as info:
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, data, epochs=1, batch_size=32, progress=False)
+    assert (info.value.epoch, info.value.step) == (1, 3)
+
+
+def test_input_that_does_not_fit_is_rejected_before_training():
+    model = xpcnn.models.lenet5()
+    before = model.layers[0].weight.data.copy()
+    data = xpcnn.data.Dataset(np.zeros((10, 3, 32, 32), np.float32), np.zeros(10, np.int64))
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(N, 1, 28, 28\); got \(\d+, 3, 32, 32\)"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()), data, epochs=1, progress=False)
+    np.testing.assert_array_equal(model.layers[0].weight.data, before)
+
+
+def _run(epochs, start_epoch=0, model=None, opt=None):
+    model = model or xpcnn.models.lenet5(seed=2)
+    opt = opt or xpcnn.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    schedule = xpcnn.optim.CosineLR(opt, 2, base_lr=0.02)
+    xpcnn.fit(model, nn.CrossEntropyLoss(), opt, _subset(640), epochs=epochs, batch_size=64, scheduler=schedule,
+              seed=7, start_epoch=start_epoch, progress=False)
+    return model, opt
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, _ = _run(2)
+    half, opt = _run(1)
+    path = xpcnn.save(tmp_path / "half.npz", half, opt, epoch=1)
+    checkpoint = xpcnn.load(path)
+    resumed_opt = xpcnn.optim.SGD(checkpoint.model.parameters(), lr=0.02, momentum=0.9, nesterov=True,
+                                  weight_decay=1e-4)
+    resumed_opt.load_state_dict(checkpoint.optimizer_state)
+    resumed, _ = _run(2, start_epoch=checkpoint.epoch, model=checkpoint.model, opt=resumed_opt)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)       # bitwise on numpy
+
+
+def test_evaluate_restores_training_mode():
+    model = xpcnn.models.lenet5()
+    model.train()
+    result = xpcnn.evaluate(model, _subset(50))
+    assert model.training and result["n"] == 50 and 0 <= result["accuracy"] <= 1
