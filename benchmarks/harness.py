@@ -1,0 +1,82 @@
+"""Timing helpers shared by the benchmarks: alternating blocks, min and median, ratios from one run.
+
+OpenBLAS and PyTorch's OpenMP threads keep spinning for ~0.1 s after their last call, so running
+one library right after the other slows the second. Every comparison here alternates short
+blocks of each contender with a pause between them, repeats that at least 7 times, and reports
+the minimum and the median per call; ratios compare figures taken in the same run.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+PAUSE_S = 0.25
+
+
+@dataclass
+class Timing:
+    name: str
+    per_call: list[float]
+
+    @property
+    def min(self) -> float:
+        return min(self.per_call)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_call)
+
+
+def compare(contenders: dict[str, Callable[[], object]], calls_per_block: int, blocks: int = 7,
+            warmup: int = 2) -> dict[str, Timing]:
+    """Time each contender in alternating blocks; returns seconds per call for every block."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    results = {name: Timing(name, []) for name in contenders}
+    for _ in range(blocks):
+        for name, fn in contenders.items():
+            gc.collect()
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            for _ in range(calls_per_block):
+                fn()
+            results[name].per_call.append((time.perf_counter() - start) / calls_per_block)
+    return results
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """This machine's float32 GEMM rate through NumPy's BLAS (best of ``repeats``)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -1,0 +1,155 @@
+"""The `xpcnn` command, run as a user runs it (a subprocess), on the bundled data."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import xpcnn
+
+
+def xpcnn_cmd(*args, tmp_path=None, timeout=600, **env):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("XPCNN_")}
+    if tmp_path is not None:
+        environment["HOME"] = str(tmp_path)          # keep ~/.cache/xpcnn out of the user's home
+    environment.update(env)
+    return subprocess.run([sys.executable, "-m", "xpcnn", *args], capture_output=True, text=True,
+                          env=environment, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The main job: `xpcnn train` with its defaults (plus a checkpoint and a plot)."""
+    folder = tmp_path_factory.mktemp("train")
+    done = xpcnn_cmd("train", "--quiet", "--checkpoint", str(folder / "model.npz"), "--plot", str(folder / "h.png"),
+                     tmp_path=folder)
+    return folder, done
+
+
+def test_default_train_reaches_95_percent_on_the_bundled_test_split(trained):
+    folder, done = trained
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"test accuracy: (\d+\.\d+)% \(([\d,]+)/2,000\)", done.stdout)
+    assert match, done.stdout
+    assert float(match.group(1)) >= 95.0, done.stdout
+    assert "lenet5 (61,706 parameters) on the bundled MNIST subset" in done.stdout
+    assert "numpy" in done.stdout.splitlines()[-1]
+    assert (folder / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert xpcnn.load(folder / "model.npz").epoch == 5
+
+
+def test_evaluate_reports_the_same_accuracy(trained):
+    folder, done = trained
+    accuracy = re.search(r"test accuracy: (\d+\.\d+)%", done.stdout).group(1)
+    evaluated = xpcnn_cmd("evaluate", "--checkpoint", str(folder / "model.npz"), tmp_path=folder)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"accuracy: {accuracy}%" in evaluated.stdout
+
+
+def test_evaluate_on_another_backend(trained):
+    folder, _ = trained
+    evaluated = xpcnn_cmd("evaluate", "--checkpoint", str(folder / "model.npz"), "--backend", "array_api_strict",
+                          tmp_path=folder)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "backend array_api_strict" in evaluated.stdout
+
+
+def test_predict_png_and_npy(trained, tmp_path):
+    folder, _ = trained
+    images, labels = xpcnn.data.load_bundled("test")
+    np.save(tmp_path / "digits.npy", images[:5])
+    from PIL import Image
+
+    Image.fromarray(images[0]).save(tmp_path / "digit.png")
+    Image.fromarray(255 - images[1]).save(tmp_path / "dark_on_light.png")
+    done = xpcnn_cmd("predict", "--checkpoint", str(folder / "model.npz"), str(tmp_path / "digits.npy"),
+                     str(tmp_path / "digit.png"), tmp_path=folder)
+    assert done.returncode == 0, done.stderr
+    predicted = [int(m) for m in re.findall(r": (\d) \(probability", done.stdout)]
+    assert predicted[:5] == labels[:5].tolist() and predicted[5] == labels[0]
+    inverted = xpcnn_cmd("predict", "--checkpoint", str(folder / "model.npz"), "--invert",
+                         str(tmp_path / "dark_on_light.png"), tmp_path=folder)
+    assert f": {labels[1]} (probability" in inverted.stdout
+
+
+def test_resume_continues_exactly(tmp_path):
+    """1 epoch + checkpoint + --resume for the 2nd == 2 epochs straight, bitwise (constant learning rate,
+    so the first run's schedule is the same as the straight run's)."""
+    common = ("train", "--quiet", "--batch-size", "256", "--lr", "0.05", "--schedule", "none")
+    straight = xpcnn_cmd(*common, "--epochs", "2", "--checkpoint", str(tmp_path / "straight.npz"), tmp_path=tmp_path)
+    first = xpcnn_cmd(*common, "--epochs", "1", "--checkpoint", str(tmp_path / "half.npz"), tmp_path=tmp_path)
+    assert straight.returncode == 0 and first.returncode == 0, straight.stderr + first.stderr
+    resumed = xpcnn_cmd(*common, "--epochs", "2", "--resume", str(tmp_path / "half.npz"), "--checkpoint",
+                        str(tmp_path / "resumed.npz"), tmp_path=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epochs 2..2" in resumed.stdout
+    a, b = xpcnn.load(tmp_path / "straight.npz"), xpcnn.load(tmp_path / "resumed.npz")
+    assert a.epoch == b.epoch == 2 and a.step == b.step
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    assert a.extra["history"]["loss"] == b.extra["history"]["loss"]
+    assert straight.stdout.splitlines()[-1].split(";")[0] == resumed.stdout.splitlines()[-1].split(";")[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (("train", "--epochs", "0"), "must be a positive integer"),
+    (("train", "--model", "resnet"), "invalid choice: 'resnet'"),
+    (("train", "--lr", "-1"), "must be a positive number"),
+    (("train", "--backend", "tpu"), "invalid choice: 'tpu'"),
+    (("evaluate",), "the following arguments are required: --checkpoint"),
+    (("predict", "--checkpoint", "missing.npz", "x.png"), "checkpoint missing.npz does not exist"),
+])
+def test_bad_arguments_exit_2_with_a_message(tmp_path, args, words):
+    done = xpcnn_cmd(*args, tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert words in done.stderr
+
+
+def test_unavailable_backend_is_reported_before_training(tmp_path):
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("cupy is installed: nothing to refuse")
+    except ImportError:
+        pass
+    done = xpcnn_cmd("train", "--backend", "cupy", tmp_path=tmp_path)
+    assert done.returncode == 2 and "pip install xpcnn[cuda12]" in done.stderr
+    assert "epoch" not in done.stdout
+
+
+def test_missing_data_directory_lists_where_it_looked(tmp_path):
+    done = xpcnn_cmd("train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--no-download",
+                     tmp_path=tmp_path)
+    assert done.returncode == 2
+    for words in ("MNIST files not found", "nowhere: no such folder", "XPCNN_DATA_DIR: not set",
+                  "download: not attempted", "--dataset bundled"):
+        assert words in done.stderr
+
+
+def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path):
+    path = tmp_path / "run.npz"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("XPCNN_")}
+    environment["HOME"] = str(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "xpcnn", "train", "--quiet", "--epochs", "20",
+                                "--batch-size", "256", "--checkpoint", str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    deadline = time.monotonic() + 300
+    while not path.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "last good checkpoint is intact" in err
+    assert xpcnn.load(path).epoch >= 1
+    assert sorted(os.listdir(tmp_path)) == [".cache", "run.npz"] or sorted(os.listdir(tmp_path)) == ["run.npz"]
+
+
+def test_info_lists_backends(tmp_path):
+    done = xpcnn_cmd("info", tmp_path=tmp_path)
+    assert done.returncode == 0 and "selected backend: numpy" in done.stdout
