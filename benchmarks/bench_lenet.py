@@ -42,6 +42,7 @@ def synchronizer(backend_name):
 def run(batches=(64, 256), blocks=7, seconds_per_block=0.6):
     import torch
 
+    xpcnn.backend.tune_allocator()    # what `xpcnn.fit` and `xpcnn train` do; affects both contenders alike
     backend = xpcnn.get_backend()
     device = "cuda" if backend.name == "cupy" or str(backend.device).startswith("cuda") else "cpu"
     sync = synchronizer(backend.name)

@@ -254,3 +254,44 @@ def test_conv2d_rejects_mixed_devices():
 def test_conv2d_rejects_non_arrays():
     with pytest.raises(TypeError, match="x must be an array.*list"):
         F.conv2d([[1.0]], np.ones((1, 1, 1, 1)))
+
+
+# --------------------------------------------------------------------------- the batch-innermost layout
+def _to_chwn(B, a):
+    return B.xp.permute_dims(a, (1, 2, 3, 0))
+
+
+def _to_nchw(B, a):
+    return B.xp.permute_dims(a, (3, 0, 1, 2))
+
+
+@SETTINGS
+@given(case=conv_cases())
+def test_conv2d_chwn_layout_matches_nchw(B, case):
+    """layout='CHWN' (what xpcnn's layers use) gives the NCHW results, permuted, forward and backward."""
+    x, w, b = _data(case)
+    bx, bw = B.asarray(x), B.asarray(w)
+    bb = None if b is None else B.asarray(b)
+    kwargs = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"])
+    y, cache = F.conv2d_forward(bx, bw, bb, **kwargs)
+    y2, cache2 = F.conv2d_forward(_to_chwn(B, bx), bw, bb, layout="CHWN", **kwargs)
+    np.testing.assert_allclose(B.numpy(_to_nchw(B, y2)), B.numpy(y), rtol=1e-12, atol=1e-12)
+    dy = B.asarray(np.random.default_rng(case["seed"]).standard_normal(tuple(y.shape)))
+    grads = F.conv2d_backward(dy, cache)
+    grads2 = F.conv2d_backward(_to_chwn(B, dy), cache2)
+    np.testing.assert_allclose(B.numpy(_to_nchw(B, grads2[0])), B.numpy(grads[0]), rtol=1e-12, atol=1e-12)
+    for g, g2 in zip(grads[1:], grads2[1:]):
+        if g is None:
+            assert g2 is None
+        else:
+            assert_like(g2, g)
+            np.testing.assert_allclose(B.numpy(g2), B.numpy(g), rtol=1e-12, atol=1e-12)
+    assert F.conv2d_backward(_to_chwn(B, dy), cache2, input_grad=False)[0] is None
+
+
+def test_conv2d_rejects_unknown_layout_and_names_chwn_channels(B):
+    x, w = _arrays(B)
+    with pytest.raises(ValueError, match="layout must be one of NCHW, CHWN; got 'NHWC'"):
+        F.conv2d(x, w, layout="NHWC")
+    with pytest.raises(ValueError, match=r"x has 1 channels but w expects 2 .*\(1, 2, 5, 5\) in CHWN"):
+        F.conv2d(x, w, layout="CHWN")          # an NCHW array passed as CHWN: its first axis is read as C

@@ -35,18 +35,33 @@ def test_whole_model_gradient_matches_finite_differences(B):
         targets = rng.uniform(0.1, 0.9, size=(3, 3))
         loss_fn = nn.MSELoss()
         loss_fn(model(xpcnn.asarray(x)), xpcnn.asarray(targets))
-        model.backward(loss_fn.backward())
+        dx = model.backward(loss_fn.backward(), input_grad=True)
         params = model.parameters()
-        analytic = [B.numpy(p.grad) for p in params]
+        analytic = [B.numpy(p.grad) for p in params] + [B.numpy(dx)]
         originals = [B.numpy(p.data).copy() for p in params]
 
         def loss(*values):
-            for p, v in zip(params, values):
+            for p, v in zip(params, values[:-1]):
                 p.data = xpcnn.asarray(v)
-            return float(B.numpy(loss_fn(model(xpcnn.asarray(x)), xpcnn.asarray(targets))))
+            return float(B.numpy(loss_fn(model(xpcnn.asarray(values[-1])), xpcnn.asarray(targets))))
 
-        numeric = numerical_gradients(loss, originals)
+        numeric = numerical_gradients(loss, originals + [x])
         assert_gradients_close(analytic, numeric)
+
+
+def test_layers_alone_and_inside_sequential_agree():
+    """Alone a layer works in NCHW; inside a Sequential in the batch-innermost layout: same numbers."""
+    model = _small_model()
+    x = np.random.default_rng(2).standard_normal((4, 2, 6, 6))
+    inside = model(x)
+    alone = x
+    for layer in model.layers:
+        layer._set_layout("NCHW")
+        alone = layer(alone)
+    np.testing.assert_allclose(inside, alone, rtol=1e-12, atol=1e-12)
+    model._set_layout("NCHW")                                    # back to a top-level model
+    model(x)
+    assert model.backward(np.ones_like(inside)) is None          # no input gradient unless asked
 
 
 def test_same_seed_gives_identical_weights_on_every_backend(B):
@@ -121,3 +136,20 @@ def test_config_round_trip_rebuilds_the_architecture():
     rebuilt = nn.Sequential.from_config(model.config())
     assert rebuilt.config() == model.config()
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_micro_batches_give_the_whole_batch_gradients(B):
+    """A batch larger than micro_batch runs in pieces; outputs and summed gradients are the whole batch's."""
+    with _on(B):
+        whole, pieces = _small_model(), _small_model()
+        whole.micro_batch, pieces.micro_batch = None, 3
+        x = xpcnn.asarray(np.random.default_rng(3).standard_normal((8, 2, 6, 6)))
+        outputs = [m(x) for m in (whole, pieces)]
+        np.testing.assert_allclose(B.numpy(outputs[1]), B.numpy(outputs[0]), rtol=1e-12, atol=1e-12)
+        dy = xpcnn.asarray(np.random.default_rng(4).standard_normal(tuple(outputs[0].shape)))
+        dxs = [m.backward(dy, input_grad=True) for m in (whole, pieces)]
+        np.testing.assert_allclose(B.numpy(dxs[1]), B.numpy(dxs[0]), rtol=1e-12, atol=1e-12)
+        for p, q in zip(whole.parameters(), pieces.parameters()):
+            np.testing.assert_allclose(B.numpy(q.grad), B.numpy(p.grad), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="micro_batch must be a positive integer or None; got 0"):
+        nn.Sequential(nn.ReLU(), micro_batch=0)

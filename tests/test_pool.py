@@ -163,3 +163,21 @@ def test_pooling_rejects_bad_input(B, op, xshape, kwargs, error, words):
         op(B.asarray(np.ones(xshape, np.float32)), **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+@SETTINGS
+@given(case=pool_cases())
+def test_pooling_chwn_layout_matches_nchw(B, case):
+    x = B.asarray(_input(case))
+    dy_host = None
+    for op in ("max", "avg"):
+        forward, backward = getattr(F, f"{op}_pool2d_forward"), getattr(F, f"{op}_pool2d_backward")
+        y, cache = forward(x, case["kernel"], case["stride"], case["padding"])
+        y2, cache2 = forward(B.xp.permute_dims(x, (1, 2, 3, 0)), case["kernel"], case["stride"], case["padding"],
+                             layout="CHWN")
+        np.testing.assert_array_equal(B.numpy(B.xp.permute_dims(y2, (3, 0, 1, 2))), B.numpy(y))
+        dy_host = np.random.default_rng(case["seed"]).standard_normal(tuple(y.shape))
+        dy = B.asarray(dy_host)
+        dx = backward(dy, cache)
+        dx2 = backward(B.xp.permute_dims(dy, (1, 2, 3, 0)), cache2)
+        np.testing.assert_allclose(B.numpy(B.xp.permute_dims(dx2, (3, 0, 1, 2))), B.numpy(dx), rtol=1e-12, atol=1e-12)

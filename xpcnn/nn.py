@@ -53,9 +53,16 @@ def _accumulate(p: Parameter, grad: Any) -> None:
 
 
 class Module:
-    """Base of every layer: parameters, train/eval mode, backend moves, a config to rebuild it."""
+    """Base of every layer: parameters, train/eval mode, backend moves, a config to rebuild it.
+
+    ``layout`` is the layout of the activations a layer sees: "NCHW" ((N, C, H, W) and (N, F)) when a
+    layer is used on its own, "CHWN" ((C, H, W, N) and (F, N), the batch innermost) inside a
+    :class:`Sequential`, which converts at its boundaries: that layout makes every convolution one
+    matrix product over contiguous runs and flattening free.
+    """
 
     training = True
+    layout = "NCHW"
 
     def __init__(self, **config: Any):
         self._config = config          # constructor arguments, for checkpoints and summaries
@@ -97,6 +104,10 @@ class Module:
         return self
 
     # -- computation
+    def _set_layout(self, layout: str) -> None:
+        self.layout = layout
+        self._cache, self._ready = None, False
+
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
 
@@ -105,9 +116,11 @@ class Module:
         self._cache, self._ready = (cache, True) if self.training else (None, False)
         return y
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """Fill the parameters' ``.grad`` and return the gradient for the input (None if ``input_grad=False``)."""
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.backward called without a training-mode forward before it")
+        self._input_grad = input_grad
         dx = self._backward(dy, self._cache)
         self._cache, self._ready = None, False
         return dx
@@ -170,19 +183,21 @@ class Conv2D(Module):
 
     def _forward(self, x):
         tied_bias = None if self.untied or self.bias is None else self.bias.data
-        y, cache = F.conv2d_forward(x, self.weight.data, tied_bias, **self.hyper)
+        y, cache = F.conv2d_forward(x, self.weight.data, tied_bias, layout=self.layout, **self.hyper)
         if self.untied:
-            if tuple(y.shape[2:]) != self.bias.shape[1:]:
+            out_hw = cache[2].out_hw
+            if out_hw != self.bias.shape[1:]:
                 raise ValueError(f"Conv2D: untied bias was sized for output {self.bias.shape[1:]}; "
-                                 f"input {tuple(x.shape)} gives {tuple(y.shape[2:])}")
-            y = y + self.bias.data
+                                 f"input {tuple(x.shape)} gives {out_hw}")
+            bias = self.bias.data
+            y = y + (array_namespace(bias).expand_dims(bias, axis=3) if self.layout == "CHWN" else bias)
         return y, cache
 
     def _backward(self, dy, cache):
-        dx, dw, db = F.conv2d_backward(dy, cache)
+        dx, dw, db = F.conv2d_backward(dy, cache, input_grad=self._input_grad)
         _accumulate(self.weight, dw)
         if self.untied:
-            _accumulate(self.bias, array_namespace(dy).sum(dy, axis=0))
+            _accumulate(self.bias, array_namespace(dy).sum(dy, axis=3 if self.layout == "CHWN" else 0))
         elif self.bias is not None:
             _accumulate(self.bias, db)
         return dx
@@ -200,14 +215,21 @@ class Linear(Module):
         self.bias = _make_parameter(np.zeros(out_features), dtype) if bias else None
 
     def _forward(self, x):
-        return F.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        bias = None if self.bias is None else self.bias.data
+        if self.layout == "CHWN":           # x is (in_features, N): compute on the transposed view
+            y, cache = F.linear_forward(x.T, self.weight.data, bias)
+            return y.T, cache
+        return F.linear_forward(x, self.weight.data, bias)
 
     def _backward(self, dy, cache):
-        dx, dw, db = F.linear_backward(dy, cache)
+        transposed = self.layout == "CHWN"
+        dx, dw, db = F.linear_backward(dy.T if transposed else dy, cache)
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)
-        return dx
+        if not self._input_grad:
+            return None
+        return dx.T if transposed else dx
 
 
 # --------------------------------------------------------------------------- parameter-free layers
@@ -218,7 +240,7 @@ class _Pool(Module):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding)
 
     def _forward(self, x):
-        return getattr(F, f"{self._op}_forward")(x, **self._config)
+        return getattr(F, f"{self._op}_forward")(x, layout=self.layout, **self._config)
 
     def _backward(self, dy, cache):
         return getattr(F, f"{self._op}_backward")(dy, cache)
@@ -262,13 +284,34 @@ class Tanh(_Elementwise):
 
 
 class Softmax(_Elementwise):
-    """Softmax over the last axis (for probabilities; train with CrossEntropyLoss on the logits instead)."""
+    """Softmax over the classes (for probabilities; train with CrossEntropyLoss on the logits instead)."""
 
     _op = "softmax"
 
+    def _forward(self, x):
+        if self.layout == "CHWN":           # (K, N): the classes are the first axis
+            y, cache = F.softmax_forward(x.T)
+            return y.T, cache
+        return F.softmax_forward(x)
+
+    def _backward(self, dy, cache):
+        return F.softmax_backward(dy.T, cache).T if self.layout == "CHWN" else F.softmax_backward(dy, cache)
+
 
 class Flatten(_Elementwise):
+    """(N, C, H, W) -> (N, C*H*W); inside a Sequential (C, H, W, N) -> (C*H*W, N), which costs nothing.
+    Both orders list the features as C, H, W, so the Linear weights after it are the same."""
+
     _op = "flatten"
+
+    def _forward(self, x):
+        if self.layout == "CHWN":
+            xp = array_namespace(x)
+            return xp.reshape(x, (math.prod(x.shape[:-1]), x.shape[-1])), tuple(x.shape)
+        return F.flatten_forward(x)
+
+    def _backward(self, dy, cache):
+        return array_namespace(dy).reshape(dy, cache) if self.layout == "CHWN" else F.flatten_backward(dy, cache)
 
 
 class Dropout(Module):
@@ -299,17 +342,66 @@ class Dropout(Module):
 class Sequential(Module):
     """Layers applied in order; ``backward`` runs them in reverse.
 
-    ``input_shape`` (C, H, W) lets the model check inputs and print a summary.
+    Takes (N, C, H, W) or (N, features) inputs and returns outputs in the same convention; between
+    its layers, activations are kept batch-innermost ((C, H, W, N), (features, N)), converted once on
+    the way in and once on the way out. ``input_shape`` (C, H, W) lets the model check inputs and
+    print a summary.
     """
 
-    def __init__(self, *layers: Module, input_shape: tuple | None = None, name: str = "sequential"):
+    def __init__(self, *layers: Module, input_shape: tuple | None = None, name: str = "sequential",
+                 micro_batch: int | None = 64):
         super().__init__()
+        if micro_batch is not None and micro_batch < 1:
+            raise ValueError(f"Sequential: micro_batch must be a positive integer or None; got {micro_batch!r}")
+        # Larger batches run through the layers in pieces of this many samples, whose working set stays in
+        # the CPU caches; gradients are summed over the pieces, so the result is the whole batch's.
+        self.micro_batch = micro_batch
+        self._pieces: list = []
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: layer {i} must be an xpcnn.nn.Module; got {type(layer).__name__}")
+            layer._set_layout("CHWN")
         self.layers = list(layers)
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.name = name
+        self._order = self._execution_order()
+
+    def _execution_order(self) -> list[int]:
+        """The order the layers run in: as given, except that a ReLU directly followed by a MaxPool2D runs
+        after it. max and ReLU commute, and so do their gradients (the window's first maximum is the same
+        and ReLU's derivative there is taken at the same value), so the results are identical while the
+        ReLU touches a quarter of the elements."""
+        order = list(range(len(self.layers)))
+        i = 0
+        while i < len(order) - 1:
+            if isinstance(self.layers[i], ReLU) and isinstance(self.layers[i + 1], MaxPool2D):
+                order[i], order[i + 1] = i + 1, i
+                i += 2
+            else:
+                i += 1
+        return order
+
+    def _set_layout(self, layout: str) -> None:
+        super()._set_layout(layout)
+        for layer in self.layers:
+            layer._set_layout("CHWN")
+
+    @property
+    def _converts(self) -> bool:
+        """A top-level Sequential converts to and from the internal layout; a nested one is already inside."""
+        return self.layout == "NCHW"
+
+    def _enter(self, x: Any) -> Any:
+        xp = array_namespace(x)
+        if x.ndim == 4:   # (N, C, H, W) -> a contiguous (C, H, W, N)
+            return xp.reshape(xp.permute_dims(x, (1, 2, 3, 0)), (*x.shape[1:], x.shape[0]), copy=True)
+        if x.ndim == 2:
+            return x.T
+        raise ValueError(f"{self.name}: inputs must be (N, C, H, W) or (N, features); got shape {tuple(x.shape)}")
+
+    @staticmethod
+    def _leave(y: Any) -> Any:
+        return array_namespace(y).permute_dims(y, (3, 0, 1, 2)) if y.ndim == 4 else y.T
 
     def named_parameters(self):
         for i, layer in enumerate(self.layers):
@@ -338,6 +430,7 @@ class Sequential(Module):
 
     def train(self, mode: bool = True):
         self.training = mode
+        self._pieces = []
         for layer in self.layers:
             layer.train(mode)
         return self
@@ -347,14 +440,48 @@ class Sequential(Module):
             layer.to(backend, device, dtype)
         return self
 
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
+    def _spans(self, n: int) -> list[tuple[int, int]]:
+        step = n if not self._converts or not self.micro_batch else self.micro_batch
+        return [(start, min(start + step, n)) for start in range(0, n, max(step, 1))] or [(0, 0)]
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+    def forward(self, x):
+        if not self._converts:
+            for i in self._order:
+                x = self.layers[i](x)
+            return x
+        outputs, self._pieces = [], []
+        for start, stop in self._spans(int(x.shape[0])):
+            h = self._enter(x[start:stop, ...])
+            for i in self._order:
+                h = self.layers[i](h)
+            outputs.append(h)
+            if self.training:
+                self._pieces.append((start, stop, [(layer._cache, layer._ready) for layer in self.layers]))
+        y = outputs[0] if len(outputs) == 1 else array_namespace(x).concat(outputs, axis=-1)
+        return self._leave(y)
+
+    def backward(self, dy, input_grad: bool = False):
+        """Fill every parameter's ``.grad`` from ``dy`` (the gradient for the output). Returns the gradient
+        for the input only if ``input_grad=True`` (training does not need it, and it costs a col2im)."""
+        if not self._converts:
+            return self._backward_layers(dy, input_grad)
+        if not self._pieces:
+            raise RuntimeError(f"{self.name}.backward called without a training-mode forward before it")
+        dy = self._enter(dy) if dy.ndim == 4 else dy.T
+        grads = []
+        for start, stop, caches in self._pieces:
+            for layer, (cache, ready) in zip(self.layers, caches):
+                layer._cache, layer._ready = cache, ready
+            grads.append(self._backward_layers(dy[..., start:stop], input_grad))
+        self._pieces = []
+        if not input_grad:
+            return None
+        dx = grads[0] if len(grads) == 1 else array_namespace(grads[0]).concat(grads, axis=-1)
+        return self._leave(dx)
+
+    def _backward_layers(self, dy, input_grad):
+        for step, i in enumerate(reversed(self._order)):
+            dy = self.layers[i].backward(dy, input_grad=input_grad or step < len(self._order) - 1)
         return dy
 
     def check_input(self, shape: tuple) -> None:
@@ -369,7 +496,7 @@ class Sequential(Module):
         """Each layer's output shape for one sample, by running an empty batch through the model."""
         params = self.parameters()
         like = params[0].data if params else _backend.asarray(np.zeros(1, np.float32))
-        x = _backend.asarray_like(np.zeros((0, *sample_shape), dtype=_dtype_name(like)), like)
+        x = _backend.asarray_like(np.zeros((*sample_shape, 0), dtype=_dtype_name(like)), like)   # internal layout
         mode, shapes = self.training, []
         self.eval()
         try:
@@ -379,7 +506,7 @@ class Sequential(Module):
                 except (ValueError, TypeError) as exc:
                     raise ValueError(f"{self.name}: input of shape (N, {', '.join(map(str, sample_shape))}) does not "
                                      f"fit layer {len(shapes)} ({layer!r}): {exc}") from None
-                shapes.append(tuple(x.shape[1:]))
+                shapes.append(tuple(x.shape[:-1]))
         finally:
             self.train(mode)
         return shapes

@@ -22,22 +22,29 @@ def namespace(op: str, **arrays: Any) -> Any:
     for name, a in arrays.items():
         if a is None:
             continue
-        if not is_array_api_obj(a):
-            raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); got {type(a).__name__}")
-        xp = array_namespace(a)
         if first is None:
-            first = (name, a, xp)
+            if not is_array_api_obj(a):
+                raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); "
+                                f"got {type(a).__name__}")
+            first = (name, a, array_namespace(a))
             continue
         first_name, first_array, first_xp = first
-        if xp is not first_xp:
-            raise TypeError(
-                f"{op}: {first_name} and {name} come from different array libraries "
-                f"({first_xp.__name__} and {xp.__name__}); put them on one backend, e.g. with xpcnn.asarray"
-            )
+        if type(a) is not type(first_array):       # cheap test first: one library means one array type
+            if not is_array_api_obj(a):
+                raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); "
+                                f"got {type(a).__name__}")
+            xp = array_namespace(a)
+            if xp is not first_xp:
+                raise TypeError(
+                    f"{op}: {first_name} and {name} come from different array libraries "
+                    f"({first_xp.__name__} and {xp.__name__}); put them on one backend, e.g. with xpcnn.asarray"
+                )
         if device(a) != device(first_array):
             raise ValueError(
                 f"{op}: {first_name} and {name} are on different devices ({device(first_array)} and {device(a)})"
             )
+    if first is None:
+        raise TypeError(f"{op}: no array among the arguments")
     return first[2]
 
 

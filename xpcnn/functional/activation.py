@@ -41,7 +41,8 @@ def relu_forward(x: Any) -> tuple[Any, Any]:
 
 def relu_backward(dy: Any, cache: Any) -> Any:
     xp = _grad_input("relu_backward", dy, cache)
-    return xp.where(cache, dy, xp.zeros_like(dy))
+    # a product with the 0/1 mask, not where(): NumPy's where on a random mask is ~15x slower
+    return dy * xp.astype(cache, dy.dtype)
 
 
 def relu(x: Any) -> Any:
@@ -58,7 +59,7 @@ def leaky_relu_forward(x: Any, negative_slope: float = 0.01) -> tuple[Any, tuple
 def leaky_relu_backward(dy: Any, cache: tuple) -> Any:
     mask, negative_slope = cache
     xp = _grad_input("leaky_relu_backward", dy, mask)
-    return xp.where(mask, dy, dy * negative_slope)
+    return dy * (negative_slope + (1 - negative_slope) * xp.astype(mask, dy.dtype))
 
 
 def leaky_relu(x: Any, negative_slope: float = 0.01) -> Any:

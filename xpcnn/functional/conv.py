@@ -32,24 +32,48 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- padding
-def _pad(x: Any, xp: Any, pads: tuple[int, int, int, int], value: float = 0) -> Any:
-    """``x`` with the last two axes padded by (top, bottom, left, right); ``x`` itself when no padding."""
-    top, bottom, left, right = pads
+# --------------------------------------------------------------------------- layouts and padding
+LAYOUTS = ("NCHW", "CHWN")
+
+
+def check_layout(op: str, layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"{op}: layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    return layout
+
+
+def spatial_axes(ndim: int, layout: str = "NCHW") -> tuple[int, int]:
+    """Where H and W are: the last two axes for NCHW (and for plain images), axes 1 and 2 for CHWN."""
+    return (1, 2) if layout == "CHWN" else (ndim - 2, ndim - 1)
+
+
+def _region(ndim: int, axes: tuple[int, int], rows: slice, columns: slice) -> tuple:
+    index = [slice(None)] * ndim
+    index[axes[0]], index[axes[1]] = rows, columns
+    return tuple(index)
+
+
+def _pad(x: Any, xp: Any, pads: tuple[int, int, int, int], value: float = 0, layout: str = "NCHW") -> Any:
+    """``x`` with its spatial axes padded by (top, bottom, left, right); ``x`` itself when no padding."""
     if not any(pads):
         return x
-    height, width = x.shape[-2:]
-    out = xp.full(
-        (*x.shape[:-2], height + top + bottom, width + left + right), value, dtype=x.dtype, device=device(x)
-    )
-    out[..., top:top + height, left:left + width] = x
+    top, bottom, left, right = pads
+    axes = spatial_axes(x.ndim, layout)
+    shape = list(x.shape)
+    height, width = shape[axes[0]], shape[axes[1]]
+    shape[axes[0]], shape[axes[1]] = height + top + bottom, width + left + right
+    out = xp.full(tuple(shape), value, dtype=x.dtype, device=device(x))
+    out[_region(x.ndim, axes, slice(top, top + height), slice(left, left + width))] = x
     return out
 
 
-def _crop(x: Any, pads: tuple[int, int, int, int]) -> Any:
+def _crop(x: Any, pads: tuple[int, int, int, int], layout: str = "NCHW") -> Any:
+    if not any(pads):
+        return x
     top, bottom, left, right = pads
-    height, width = x.shape[-2:]
-    return x[..., top:height - bottom, left:width - right]
+    axes = spatial_axes(x.ndim, layout)
+    height, width = x.shape[axes[0]], x.shape[axes[1]]
+    return x[_region(x.ndim, axes, slice(top, height - bottom), slice(left, width - right))]
 
 
 def pad2d_forward(x: Any, padding: Any, value: float = 0) -> tuple[Any, tuple]:
@@ -82,7 +106,7 @@ def pad2d(x: Any, padding: Any, value: float = 0) -> Any:
 
 # --------------------------------------------------------------------------- convolution
 class ConvGeometry(NamedTuple):
-    """Everything about a convolution's shapes that forward works out and backward reuses."""
+    """Everything about a convolution's (or pooling's) shapes that forward works out and backward reuses."""
 
     x_shape: tuple
     kernel: tuple[int, int]
@@ -90,21 +114,39 @@ class ConvGeometry(NamedTuple):
     dilation: tuple[int, int]
     pads: tuple[int, int, int, int]
     out_hw: tuple[int, int]
+    layout: str = "NCHW"
+
+    @property
+    def batch(self) -> int:
+        return self.x_shape[3] if self.layout == "CHWN" else self.x_shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.x_shape[0] if self.layout == "CHWN" else self.x_shape[1]
+
+    @property
+    def in_hw(self) -> tuple[int, int]:
+        h, w = spatial_axes(4, self.layout)
+        return self.x_shape[h], self.x_shape[w]
 
     @property
     def padded_hw(self) -> tuple[int, int]:
         top, bottom, left, right = self.pads
-        return self.x_shape[2] + top + bottom, self.x_shape[3] + left + right
+        height, width = self.in_hw
+        return height + top + bottom, width + left + right
+
+    def shape(self, channels: int, hw: tuple[int, int]) -> tuple:
+        """A 4-D shape in this geometry's layout."""
+        return (channels, *hw, self.batch) if self.layout == "CHWN" else (self.batch, channels, *hw)
 
     def windows(self):
-        """For each kernel offset (row-major), the strided slices of the padded input it reads."""
+        """For each kernel offset (row-major), the index of the strided view of the padded input it reads."""
         (kh, kw), (sh, sw), (dh, dw), (ho, wo) = self.kernel, self.stride, self.dilation, self.out_hw
+        axes = spatial_axes(4, self.layout)
         for i in range(kh):
             for j in range(kw):
-                yield (
-                    slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
-                    slice(j * dw, j * dw + sw * (wo - 1) + 1, sw),
-                )
+                yield _region(4, axes, slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
+                              slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
 
 
 def _conv_pads(padding: Any, kernel, dilation, stride) -> tuple[int, int, int, int]:
@@ -123,91 +165,116 @@ def _conv_pads(padding: Any, kernel, dilation, stride) -> tuple[int, int, int, i
     return ph, ph, pw, pw
 
 
-def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
+def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation, layout: str = "NCHW") -> ConvGeometry:
     """Check the hyper-parameters against the shapes and work out the output size."""
     stride = pair(op, "stride", stride, 1)
     dilation = pair(op, "dilation", dilation, 1)
     kernel = (w_shape[2], w_shape[3])
     pads = _conv_pads(padding, kernel, dilation, stride)
-    padded = (x_shape[2] + pads[0] + pads[1], x_shape[3] + pads[2] + pads[3])
+    geometry = ConvGeometry(tuple(x_shape), kernel, stride, dilation, pads, (0, 0), layout)
+    padded, (height, width) = geometry.padded_hw, geometry.in_hw
     span = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel))
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(
             f"{op}: kernel {kernel[0]}x{kernel[1]} (spanning {span[0]}x{span[1]} with dilation {dilation}) "
-            f"is larger than the padded input {padded[0]}x{padded[1]} (input {x_shape[2]}x{x_shape[3]}, "
-            f"padding {pads})"
+            f"is larger than the padded input {padded[0]}x{padded[1]} (input {height}x{width}, padding {pads})"
         )
     out_hw = ((padded[0] - span[0]) // stride[0] + 1, (padded[1] - span[1]) // stride[1] + 1)
-    return ConvGeometry(tuple(x_shape), kernel, stride, dilation, pads, out_hw)
+    return geometry._replace(out_hw=out_hw)
 
 
-def _check_conv_args(x, w, b) -> Any:
-    xp = namespace("conv2d", x=x, w=w, b=b)
-    check_ndim("conv2d", "x", x, 4, "N, C, H, W")
-    check_ndim("conv2d", "w", w, 4, "out_channels, in_channels, kh, kw")
-    check_floating("conv2d", "x", x, xp)
-    check_same_dtype("conv2d", "x", x, "w", w)
-    check_same_dtype("conv2d", "x", x, "b", b)
-    if x.shape[1] != w.shape[1]:
+def _check_conv_args(x, w, b, layout) -> Any:
+    op = "conv2d"
+    xp = namespace(op, x=x, w=w, b=b)
+    check_layout(op, layout)
+    check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
+    check_ndim(op, "w", w, 4, "out_channels, in_channels, kh, kw")
+    check_floating(op, "x", x, xp)
+    check_same_dtype(op, "x", x, "w", w)
+    check_same_dtype(op, "x", x, "b", b)
+    channels = x.shape[0] if layout == "CHWN" else x.shape[1]
+    if channels != w.shape[1]:
         raise ValueError(
-            f"conv2d: x has {x.shape[1]} channels but w expects {w.shape[1]} input channels "
-            f"(x shape {tuple(x.shape)}, w shape {tuple(w.shape)})"
+            f"{op}: x has {channels} channels but w expects {w.shape[1]} input channels "
+            f"(x shape {tuple(x.shape)} in {layout}, w shape {tuple(w.shape)})"
         )
     if b is not None:
-        check_shape("conv2d", "b", b, (w.shape[0],))
+        check_shape(op, "b", b, (w.shape[0],))
     return xp
 
 
 def im2col(xpad: Any, xp: Any, geometry: ConvGeometry) -> Any:
-    """The padded input's windows as columns: shape (N, C * kh * kw, out_h * out_w)."""
-    n, c = xpad.shape[:2]
+    """The padded input's windows as columns.
+
+    NCHW: (N, C * kh * kw, out_h * out_w), for a batched matrix product.
+    CHWN: (C * kh * kw, out_h * out_w * N), for ONE matrix product; with the batch innermost every
+    window's slice is a few long contiguous runs, which is what makes this layout fast.
+    """
     (kh, kw), (ho, wo) = geometry.kernel, geometry.out_hw
-    cols = xp.stack([xpad[:, :, rows, columns] for rows, columns in geometry.windows()], axis=2)
-    return xp.reshape(cols, (n, c * kh * kw, ho * wo))
+    c, n = geometry.channels, geometry.batch
+    views = [xpad[index] for index in geometry.windows()]
+    if geometry.layout == "CHWN":
+        return xp.reshape(xp.stack(views, axis=1), (c * kh * kw, ho * wo * n))
+    return xp.reshape(xp.stack(views, axis=2), (n, c * kh * kw, ho * wo))
 
 
 def col2im(dcols: Any, xp: Any, geometry: ConvGeometry) -> Any:
     """Adjoint of :func:`im2col`: add each column back to the input position it was read from."""
-    n, c = geometry.x_shape[:2]
     (kh, kw), (ho, wo) = geometry.kernel, geometry.out_hw
-    dcols = xp.reshape(dcols, (n, c, kh * kw, ho, wo))
-    dxpad = xp.zeros((n, c, *geometry.padded_hw), dtype=dcols.dtype, device=device(dcols))
-    for offset, (rows, columns) in enumerate(geometry.windows()):
-        dxpad[:, :, rows, columns] += dcols[:, :, offset, :, :]
-    return _crop(dxpad, geometry.pads)
+    c, n = geometry.channels, geometry.batch
+    dxpad = xp.zeros(geometry.shape(c, geometry.padded_hw), dtype=dcols.dtype, device=device(dcols))
+    if geometry.layout == "CHWN":
+        dcols = xp.reshape(dcols, (c, kh * kw, ho, wo, n))
+        for offset, index in enumerate(geometry.windows()):
+            dxpad[index] += dcols[:, offset, ...]
+    else:
+        dcols = xp.reshape(dcols, (n, c, kh * kw, ho, wo))
+        for offset, index in enumerate(geometry.windows()):
+            dxpad[index] += dcols[:, :, offset, ...]
+    return _crop(dxpad, geometry.pads, geometry.layout)
 
 
-def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1):
+def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+                   layout: str = "NCHW"):
     """2-D cross-correlation of ``x`` (N, C, H, W) with ``w`` (O, C, kh, kw), plus ``b`` (O,).
 
     ``stride`` and ``dilation`` are an int or a pair; ``padding`` an int, a pair,
     ``"valid"`` or ``"same"`` (stride 1). Returns ``(y, cache)`` with y (N, O, out_h, out_w).
+    ``layout="CHWN"`` takes x as (C, H, W, N) and returns y as (O, out_h, out_w, N): the
+    batch-innermost layout xpcnn's layers use between themselves because it is faster.
     """
-    xp = _check_conv_args(x, w, b)
-    geometry = conv_geometry("conv2d", x.shape, w.shape, stride, padding, dilation)
-    n, out_channels = x.shape[0], w.shape[0]
-    cols = im2col(_pad(x, xp, geometry.pads), xp, geometry)
-    y = xp.reshape(w, (out_channels, cols.shape[1])) @ cols          # (N, O, out_h * out_w)
-    y = xp.reshape(y, (n, out_channels, *geometry.out_hw))
+    xp = _check_conv_args(x, w, b, layout)
+    geometry = conv_geometry("conv2d", x.shape, w.shape, stride, padding, dilation, layout)
+    out_channels = w.shape[0]
+    cols = im2col(_pad(x, xp, geometry.pads, layout=layout), xp, geometry)
+    y = xp.reshape(w, (out_channels, cols.shape[-2])) @ cols        # NCHW (N, O, L); CHWN (O, L * N)
+    y = xp.reshape(y, geometry.shape(out_channels, geometry.out_hw))
     if b is not None:
-        y = y + xp.reshape(b, (1, out_channels, 1, 1))
+        y = y + xp.reshape(b, (out_channels, 1, 1, 1) if layout == "CHWN" else (1, out_channels, 1, 1))
     return y, (w, cols, geometry, b is not None)
 
 
-def conv2d_backward(dy: Any, cache: tuple) -> tuple[Any, Any, Any]:
-    """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward`; ``db`` is None when there was no bias."""
+def conv2d_backward(dy: Any, cache: tuple, input_grad: bool = True) -> tuple[Any, Any, Any]:
+    """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward`; ``db`` is None when there was no bias,
+    ``dx`` is None when ``input_grad=False`` (the first layer of a network needs no input gradient)."""
     w, cols, geometry, has_bias = cache
     xp = namespace("conv2d_backward", dy=dy, w=w)
-    n, out_channels = geometry.x_shape[0], w.shape[0]
-    check_shape("conv2d_backward", "dy", dy, (n, out_channels, *geometry.out_hw))
-    dy_flat = xp.reshape(dy, (n, out_channels, cols.shape[2]))      # (N, O, L)
-    dw = xp.reshape(xp.tensordot(dy_flat, cols, axes=([0, 2], [0, 2])), w.shape)
-    dcols = xp.reshape(w, (out_channels, cols.shape[1])).T @ dy_flat  # (N, C*kh*kw, L)
-    dx = col2im(dcols, xp, geometry)
-    db = xp.sum(dy, axis=(0, 2, 3)) if has_bias else None
-    return dx, dw, db
+    out_channels = w.shape[0]
+    check_shape("conv2d_backward", "dy", dy, geometry.shape(out_channels, geometry.out_hw))
+    w_flat = xp.reshape(w, (out_channels, cols.shape[-2]))
+    if geometry.layout == "CHWN":
+        dy_flat = xp.reshape(dy, (out_channels, cols.shape[1]))        # (O, L * N)
+        dw = dy_flat @ cols.T
+        db = xp.sum(dy_flat, axis=1) if has_bias else None
+    else:
+        dy_flat = xp.reshape(dy, (geometry.batch, out_channels, cols.shape[2]))   # (N, O, L)
+        dw = xp.tensordot(dy_flat, cols, axes=([0, 2], [0, 2]))
+        db = xp.sum(dy, axis=(0, 2, 3)) if has_bias else None
+    dx = col2im(w_flat.T @ dy_flat, xp, geometry) if input_grad else None
+    return dx, xp.reshape(dw, w.shape), db
 
 
-def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1) -> Any:
+def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           layout: str = "NCHW") -> Any:
     """:func:`conv2d_forward` without the cache."""
-    return conv2d_forward(x, w, b, stride, padding, dilation)[0]
+    return conv2d_forward(x, w, b, stride, padding, dilation, layout)[0]

@@ -14,7 +14,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._checks import check_floating, check_ndim, check_shape, namespace, pair
-from .conv import ConvGeometry, _crop, _pad
+from .conv import ConvGeometry, _crop, _pad, check_layout
 
 __all__ = [
     "avg_pool2d",
@@ -26,9 +26,10 @@ __all__ = [
 ]
 
 
-def _pool_geometry(op: str, x: Any, kernel_size: Any, stride: Any, padding: Any) -> tuple[Any, ConvGeometry]:
+def _pool_geometry(op: str, x: Any, kernel_size: Any, stride: Any, padding: Any, layout: str) -> tuple[Any, ConvGeometry]:
     xp = namespace(op, x=x)
-    check_ndim(op, "x", x, 4, "N, C, H, W")
+    check_layout(op, layout)
+    check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
     check_floating(op, "x", x, xp)
     kernel = pair(op, "kernel_size", kernel_size, 1)
     stride = kernel if stride is None else pair(op, "stride", stride, 1)
@@ -38,65 +39,67 @@ def _pool_geometry(op: str, x: Any, kernel_size: Any, stride: Any, padding: Any)
             f"{op}: padding must be at most half the kernel size ({kernel[0] // 2}, {kernel[1] // 2}) "
             f"for kernel_size {kernel}; got padding ({ph}, {pw})"
         )
-    padded = (x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)
+    geometry = ConvGeometry(tuple(x.shape), kernel, stride, (1, 1), (ph, ph, pw, pw), (0, 0), layout)
+    padded = geometry.padded_hw
     if kernel[0] > padded[0] or kernel[1] > padded[1]:
         raise ValueError(
             f"{op}: kernel_size {kernel} is larger than the padded input {padded} "
-            f"(input {tuple(x.shape[2:])}, padding ({ph}, {pw}))"
+            f"(input {geometry.in_hw}, padding ({ph}, {pw}))"
         )
     out_hw = ((padded[0] - kernel[0]) // stride[0] + 1, (padded[1] - kernel[1]) // stride[1] + 1)
-    return xp, ConvGeometry(tuple(x.shape), kernel, stride, (1, 1), (ph, ph, pw, pw), out_hw)
+    return xp, geometry._replace(out_hw=out_hw)
 
 
-def max_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> tuple[Any, tuple]:
-    """Max pooling; ``stride`` defaults to ``kernel_size``, padding counts as -inf.
+def max_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                       layout: str = "NCHW") -> tuple[Any, tuple]:
+    """Max pooling; ``stride`` defaults to ``kernel_size``, padding counts as -inf. NaN propagates.
 
-    Returns ``(y, cache)``; the cache holds, per output element, the window offset of its first maximum.
+    Returns ``(y, cache)``. ``layout="CHWN"`` works on (C, H, W, N) arrays (see :func:`conv2d_forward`).
     """
-    xp, geometry = _pool_geometry("max_pool2d", x, kernel_size, stride, padding)
-    xpad = _pad(x, xp, geometry.pads, value=-float("inf"))
-    windows = geometry.windows()
-    rows, columns = next(windows)
-    y = xpad[:, :, rows, columns]
-    argmax = xp.zeros(y.shape, dtype=xp.int16 if geometry.kernel[0] * geometry.kernel[1] < 2**15 else xp.int32,
-                      device=device(x))
-    for offset, (rows, columns) in enumerate(windows, start=1):
-        candidate = xpad[:, :, rows, columns]
-        # strict: an equal later value never displaces the first maximum; NaN wins and stays, as in PyTorch
-        better = (candidate > y) | xp.isnan(candidate)
-        y = xp.where(better, candidate, y)
-        argmax = xp.where(better, xp.asarray(offset, dtype=argmax.dtype, device=device(x)), argmax)
+    xp, geometry = _pool_geometry("max_pool2d", x, kernel_size, stride, padding, layout)
+    xpad = _pad(x, xp, geometry.pads, value=-float("inf"), layout=layout)
+    y = None
+    for index in geometry.windows():     # an elementwise maximum of strided views, one per window offset
+        y = xpad[index] if y is None else xp.maximum(y, xpad[index])
     if geometry.kernel == (1, 1):
         y = xp.asarray(y, copy=True)      # never hand back a view of the caller's array
-    return y, (argmax, geometry)
+    return y, (xpad, y, geometry)
 
 
 def max_pool2d_backward(dy: Any, cache: tuple) -> Any:
-    """Gradient of :func:`max_pool2d_forward`: each window's gradient goes to its first maximum."""
-    argmax, geometry = cache
+    """Gradient of :func:`max_pool2d_forward`: each window's gradient goes to its FIRST maximum
+    (row-major), as in PyTorch; tied elements after it get nothing."""
+    xpad, y, geometry = cache
     xp = namespace("max_pool2d_backward", dy=dy)
-    check_shape("max_pool2d_backward", "dy", dy, argmax.shape)
-    n, c = geometry.x_shape[:2]
-    dxpad = xp.zeros((n, c, *geometry.padded_hw), dtype=dy.dtype, device=device(dy))
-    zero = xp.zeros_like(dy)
-    for offset, (rows, columns) in enumerate(geometry.windows()):
-        dxpad[:, :, rows, columns] += xp.where(argmax == offset, dy, zero)
-    return _crop(dxpad, geometry.pads)
+    check_shape("max_pool2d_backward", "dy", dy, y.shape)
+    dxpad = xp.zeros(geometry.shape(geometry.channels, geometry.padded_hw), dtype=dy.dtype, device=device(dy))
+    overlapping = geometry.stride[0] < geometry.kernel[0] or geometry.stride[1] < geometry.kernel[1]
+    taken = None
+    for index in geometry.windows():
+        hit = xpad[index] == y
+        first = hit if taken is None else hit & ~taken          # a maximum no earlier offset has claimed
+        taken = hit if taken is None else taken | hit
+        share = dy * xp.astype(first, dy.dtype)                  # products, not where(): much faster in NumPy
+        if overlapping:
+            dxpad[index] += share
+        else:                                                    # disjoint windows: each element written once
+            dxpad[index] = share
+    return _crop(dxpad, geometry.pads, geometry.layout)
 
 
-def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Any:
+def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, layout: str = "NCHW") -> Any:
     """:func:`max_pool2d_forward` without the cache."""
-    return max_pool2d_forward(x, kernel_size, stride, padding)[0]
+    return max_pool2d_forward(x, kernel_size, stride, padding, layout)[0]
 
 
-def avg_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> tuple[Any, tuple]:
+def avg_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                       layout: str = "NCHW") -> tuple[Any, tuple]:
     """Average pooling; ``stride`` defaults to ``kernel_size``; padded zeros count in the average."""
-    xp, geometry = _pool_geometry("avg_pool2d", x, kernel_size, stride, padding)
-    xpad = _pad(x, xp, geometry.pads)
+    xp, geometry = _pool_geometry("avg_pool2d", x, kernel_size, stride, padding, layout)
+    xpad = _pad(x, xp, geometry.pads, layout=layout)
     total = None
-    for rows, columns in geometry.windows():
-        window = xpad[:, :, rows, columns]
-        total = window if total is None else total + window
+    for index in geometry.windows():
+        total = xpad[index] if total is None else total + xpad[index]
     return total / float(geometry.kernel[0] * geometry.kernel[1]), (geometry,)
 
 
@@ -104,15 +107,14 @@ def avg_pool2d_backward(dy: Any, cache: tuple) -> Any:
     """Gradient of :func:`avg_pool2d_forward`: each window shares its gradient equally."""
     (geometry,) = cache
     xp = namespace("avg_pool2d_backward", dy=dy)
-    n, c = geometry.x_shape[:2]
-    check_shape("avg_pool2d_backward", "dy", dy, (n, c, *geometry.out_hw))
+    check_shape("avg_pool2d_backward", "dy", dy, geometry.shape(geometry.channels, geometry.out_hw))
     share = dy / float(geometry.kernel[0] * geometry.kernel[1])
-    dxpad = xp.zeros((n, c, *geometry.padded_hw), dtype=dy.dtype, device=device(dy))
-    for rows, columns in geometry.windows():
-        dxpad[:, :, rows, columns] += share
-    return _crop(dxpad, geometry.pads)
+    dxpad = xp.zeros(geometry.shape(geometry.channels, geometry.padded_hw), dtype=dy.dtype, device=device(dy))
+    for index in geometry.windows():
+        dxpad[index] += share
+    return _crop(dxpad, geometry.pads, geometry.layout)
 
 
-def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Any:
+def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, layout: str = "NCHW") -> Any:
     """:func:`avg_pool2d_forward` without the cache."""
-    return avg_pool2d_forward(x, kernel_size, stride, padding)[0]
+    return avg_pool2d_forward(x, kernel_size, stride, padding, layout)[0]
