@@ -136,20 +136,3 @@ def test_config_round_trip_rebuilds_the_architecture():
     rebuilt = nn.Sequential.from_config(model.config())
     assert rebuilt.config() == model.config()
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
-
-
-def test_micro_batches_give_the_whole_batch_gradients(B):
-    """A batch larger than micro_batch runs in pieces; outputs and summed gradients are the whole batch's."""
-    with _on(B):
-        whole, pieces = _small_model(), _small_model()
-        whole.micro_batch, pieces.micro_batch = None, 3
-        x = xpcnn.asarray(np.random.default_rng(3).standard_normal((8, 2, 6, 6)))
-        outputs = [m(x) for m in (whole, pieces)]
-        np.testing.assert_allclose(B.numpy(outputs[1]), B.numpy(outputs[0]), rtol=1e-12, atol=1e-12)
-        dy = xpcnn.asarray(np.random.default_rng(4).standard_normal(tuple(outputs[0].shape)))
-        dxs = [m.backward(dy, input_grad=True) for m in (whole, pieces)]
-        np.testing.assert_allclose(B.numpy(dxs[1]), B.numpy(dxs[0]), rtol=1e-12, atol=1e-12)
-        for p, q in zip(whole.parameters(), pieces.parameters()):
-            np.testing.assert_allclose(B.numpy(q.grad), B.numpy(p.grad), rtol=1e-10, atol=1e-12)
-    with pytest.raises(ValueError, match="micro_batch must be a positive integer or None; got 0"):
-        nn.Sequential(nn.ReLU(), micro_batch=0)

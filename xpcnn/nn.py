@@ -190,7 +190,7 @@ class Conv2D(Module):
                 raise ValueError(f"Conv2D: untied bias was sized for output {self.bias.shape[1:]}; "
                                  f"input {tuple(x.shape)} gives {out_hw}")
             bias = self.bias.data
-            y = y + (array_namespace(bias).expand_dims(bias, axis=3) if self.layout == "CHWN" else bias)
+            y += array_namespace(bias).expand_dims(bias, axis=3) if self.layout == "CHWN" else bias   # y is ours
         return y, cache
 
     def _backward(self, dy, cache):
@@ -348,15 +348,8 @@ class Sequential(Module):
     print a summary.
     """
 
-    def __init__(self, *layers: Module, input_shape: tuple | None = None, name: str = "sequential",
-                 micro_batch: int | None = 64):
+    def __init__(self, *layers: Module, input_shape: tuple | None = None, name: str = "sequential"):
         super().__init__()
-        if micro_batch is not None and micro_batch < 1:
-            raise ValueError(f"Sequential: micro_batch must be a positive integer or None; got {micro_batch!r}")
-        # Larger batches run through the layers in pieces of this many samples, whose working set stays in
-        # the CPU caches; gradients are summed over the pieces, so the result is the whole batch's.
-        self.micro_batch = micro_batch
-        self._pieces: list = []
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: layer {i} must be an xpcnn.nn.Module; got {type(layer).__name__}")
@@ -430,7 +423,6 @@ class Sequential(Module):
 
     def train(self, mode: bool = True):
         self.training = mode
-        self._pieces = []
         for layer in self.layers:
             layer.train(mode)
         return self
@@ -440,44 +432,19 @@ class Sequential(Module):
             layer.to(backend, device, dtype)
         return self
 
-    def _spans(self, n: int) -> list[tuple[int, int]]:
-        step = n if not self._converts or not self.micro_batch else self.micro_batch
-        return [(start, min(start + step, n)) for start in range(0, n, max(step, 1))] or [(0, 0)]
-
     def forward(self, x):
-        if not self._converts:
-            for i in self._order:
-                x = self.layers[i](x)
-            return x
-        outputs, self._pieces = [], []
-        for start, stop in self._spans(int(x.shape[0])):
-            h = self._enter(x[start:stop, ...])
-            for i in self._order:
-                h = self.layers[i](h)
-            outputs.append(h)
-            if self.training:
-                self._pieces.append((start, stop, [(layer._cache, layer._ready) for layer in self.layers]))
-        y = outputs[0] if len(outputs) == 1 else array_namespace(x).concat(outputs, axis=-1)
-        return self._leave(y)
+        h = self._enter(x) if self._converts else x
+        for i in self._order:
+            h = self.layers[i](h)
+        return self._leave(h) if self._converts else h
 
     def backward(self, dy, input_grad: bool = False):
         """Fill every parameter's ``.grad`` from ``dy`` (the gradient for the output). Returns the gradient
         for the input only if ``input_grad=True`` (training does not need it, and it costs a col2im)."""
-        if not self._converts:
-            return self._backward_layers(dy, input_grad)
-        if not self._pieces:
-            raise RuntimeError(f"{self.name}.backward called without a training-mode forward before it")
-        dy = self._enter(dy) if dy.ndim == 4 else dy.T
-        grads = []
-        for start, stop, caches in self._pieces:
-            for layer, (cache, ready) in zip(self.layers, caches):
-                layer._cache, layer._ready = cache, ready
-            grads.append(self._backward_layers(dy[..., start:stop], input_grad))
-        self._pieces = []
-        if not input_grad:
-            return None
-        dx = grads[0] if len(grads) == 1 else array_namespace(grads[0]).concat(grads, axis=-1)
-        return self._leave(dx)
+        if self._converts:
+            dy = self._enter(dy) if dy.ndim == 4 else dy.T
+        dx = self._backward_layers(dy, input_grad)
+        return self._leave(dx) if self._converts and dx is not None else dx
 
     def _backward_layers(self, dy, input_grad):
         for step, i in enumerate(reversed(self._order)):

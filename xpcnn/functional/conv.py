@@ -249,8 +249,8 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any 
     cols = im2col(_pad(x, xp, geometry.pads, layout=layout), xp, geometry)
     y = xp.reshape(w, (out_channels, cols.shape[-2])) @ cols        # NCHW (N, O, L); CHWN (O, L * N)
     y = xp.reshape(y, geometry.shape(out_channels, geometry.out_hw))
-    if b is not None:
-        y = y + xp.reshape(b, (out_channels, 1, 1, 1) if layout == "CHWN" else (1, out_channels, 1, 1))
+    if b is not None:        # in place: y is a fresh array of ours
+        y += xp.reshape(b, (out_channels, 1, 1, 1) if layout == "CHWN" else (1, out_channels, 1, 1))
     return y, (w, cols, geometry, b is not None)
 
 
