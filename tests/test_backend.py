@@ -142,3 +142,9 @@ def test_info_command_reports_a_bad_selection_and_fails():
     done = _run_info("nope")
     assert done.returncode == 1
     assert "got 'nope'" in done.stdout
+
+
+def test_tune_allocator_is_idempotent_and_reports_what_it_did():
+    first = xpcnn.backend.tune_allocator()
+    assert isinstance(first, bool)
+    assert xpcnn.backend.tune_allocator() is first

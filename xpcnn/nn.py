@@ -233,17 +233,25 @@ class Linear(Module):
 
 
 # --------------------------------------------------------------------------- parameter-free layers
-class _Pool(Module):
-    _op = ""
+class _Elementwise(Module):
+    """A parameter-free layer that calls ``F.<_op>_forward`` and ``F.<_op>_backward``."""
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
-        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding)
+    _op = ""
+    _takes_layout = False       # pooling needs to know where H and W are
 
     def _forward(self, x):
-        return getattr(F, f"{self._op}_forward")(x, layout=self.layout, **self._config)
+        layout = {"layout": self.layout} if self._takes_layout else {}
+        return getattr(F, f"{self._op}_forward")(x, **layout, **self._config)
 
     def _backward(self, dy, cache):
         return getattr(F, f"{self._op}_backward")(dy, cache)
+
+
+class _Pool(_Elementwise):
+    _takes_layout = True
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding)
 
 
 class MaxPool2D(_Pool):
@@ -252,16 +260,6 @@ class MaxPool2D(_Pool):
 
 class AvgPool2D(_Pool):
     _op = "avg_pool2d"
-
-
-class _Elementwise(Module):
-    _op = ""
-
-    def _forward(self, x):
-        return getattr(F, f"{self._op}_forward")(x, **self._config)
-
-    def _backward(self, dy, cache):
-        return getattr(F, f"{self._op}_backward")(dy, cache)
 
 
 class ReLU(_Elementwise):
