@@ -28,8 +28,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 $python - <<'PY'
 import platform, sys
-import numpy, cupy, array_api_compat, array_api_strict
-count = cupy.cuda.runtime.getDeviceCount()
+import numpy, array_api_compat, array_api_strict
+try:
+    import cupy
+    count = cupy.cuda.runtime.getDeviceCount()
+except Exception as exc:
+    sys.exit(f"ci/gpu.sh: this job needs CuPy and a CUDA device: {type(exc).__name__}: {exc}")
 if count == 0:
     sys.exit("ci/gpu.sh: CuPy is installed but no CUDA device was found")
 props = cupy.cuda.runtime.getDeviceProperties(0)
