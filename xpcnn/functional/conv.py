@@ -8,6 +8,7 @@ backward does one matrix product for each gradient and adds one slice per offset
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from array_api_compat import device
@@ -139,14 +140,18 @@ class ConvGeometry(NamedTuple):
         """A 4-D shape in this geometry's layout."""
         return (channels, *hw, self.batch) if self.layout == "CHWN" else (self.batch, channels, *hw)
 
-    def windows(self):
+    def windows(self) -> tuple[tuple, ...]:
         """For each kernel offset (row-major), the index of the strided view of the padded input it reads."""
-        (kh, kw), (sh, sw), (dh, dw), (ho, wo) = self.kernel, self.stride, self.dilation, self.out_hw
-        axes = spatial_axes(4, self.layout)
-        for i in range(kh):
-            for j in range(kw):
-                yield _region(4, axes, slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
-                              slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
+        return _windows(self)
+
+
+@functools.lru_cache(maxsize=256)     # a training loop asks for the same few geometries every step
+def _windows(geometry: ConvGeometry) -> tuple[tuple, ...]:
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = geometry.kernel, geometry.stride, geometry.dilation, geometry.out_hw
+    axes = spatial_axes(4, geometry.layout)
+    return tuple(_region(4, axes, slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
+                         slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
+                 for i in range(kh) for j in range(kw))
 
 
 def _conv_pads(padding: Any, kernel, dilation, stride) -> tuple[int, int, int, int]:
