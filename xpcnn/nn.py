@@ -117,7 +117,8 @@ class Module:
         return y
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
-        """Fill the parameters' ``.grad`` and return the gradient for the input (None if ``input_grad=False``)."""
+        """Fill the parameters' ``.grad`` and return the gradient for the input. Layers with parameters skip
+        computing it, and return None, when ``input_grad=False`` (a network's first layer needs none)."""
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.backward called without a training-mode forward before it")
         self._input_grad = input_grad
