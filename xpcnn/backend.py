@@ -1,7 +1,7 @@
 """Where new arrays live: the backend switch, and the settings read from the environment.
 
-This is the only module that reads the environment (``XPCNN_BACKEND``, ``XPCNN_DEVICE``, ``XPCNN_DATA_DIR``). ``XPCNN_BACKEND`` names the
-array library that new arrays (parameters, data batches) are created with, and
+This is the only module that reads the environment (``XPCNN_BACKEND``, ``XPCNN_DEVICE``,
+``XPCNN_DATA_DIR``). ``XPCNN_BACKEND`` names the array library that new arrays (parameters, data batches) are created with, and
 ``XPCNN_DEVICE`` the device where that library has several. Operations in
 :mod:`xpcnn.functional` never look here: they take their namespace from their
 inputs, so arrays of any backend work with them without configuration.

@@ -142,23 +142,21 @@ def _train(args: argparse.Namespace) -> int:
     _check_plot_support(args.plot)
     backend = _select_backend(args)
     train_data, test_data = _load_data(args, "train"), _load_data(args, "test")
-    model = models.build(args.model, seed=args.seed)
-    optimizer = _make_optimizer(args, model.parameters())
-    history, start_epoch = History(), 0
+    history, start_epoch, checkpoint = History(), 0, None
     if args.resume:
-        checkpoint = _load_checkpoint(args.resume, optimizer=None)
-        model = checkpoint.model
-        optimizer = _make_optimizer(args, model.parameters())
-        if checkpoint.optimizer_state is not None:
-            try:
-                optimizer.load_state_dict(checkpoint.optimizer_state)
-            except ValueError as exc:
-                raise CommandError(f"--resume {args.resume}: {exc} (use the same --optimizer)") from None
+        checkpoint = _load_checkpoint(args.resume)
         start_epoch = checkpoint.epoch
         history = History(**checkpoint.extra.get("history", {}))
         if start_epoch >= args.epochs:
             raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {start_epoch} epochs; "
                                f"ask for more with --epochs (got {args.epochs})")
+    model = checkpoint.model if checkpoint else models.build(args.model, seed=args.seed)
+    optimizer = _make_optimizer(args, model.parameters())
+    if checkpoint and checkpoint.optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        except ValueError as exc:
+            raise CommandError(f"--resume {args.resume}: {exc} (use the same --optimizer)") from None
     schedule = _make_schedule(args, optimizer)
     loss_fn = nn.CrossEntropyLoss()
     try:

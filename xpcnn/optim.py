@@ -64,10 +64,6 @@ class Optimizer:
         self.state = [{k: _backend.asarray_like(v, p.data, dtype=p.data.dtype) for k, v in s.items()}
                       for p, s in zip(self.params, state["state"])]
 
-    def to_params_backend(self) -> None:
-        """Move the state to wherever the parameters now are (after ``model.to(...)``)."""
-        self.load_state_dict(self.state_dict())
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
         return f"{type(self).__name__}(lr={self.lr}{', ' if args else ''}{args})"

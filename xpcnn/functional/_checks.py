@@ -12,6 +12,12 @@ from typing import Any
 from array_api_compat import array_namespace, device, is_array_api_obj
 
 
+def _require_array(op: str, name: str, a: Any) -> None:
+    if not is_array_api_obj(a):
+        raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); "
+                        f"got {type(a).__name__}")
+
+
 def namespace(op: str, **arrays: Any) -> Any:
     """The array namespace shared by ``arrays`` (``None`` values are skipped).
 
@@ -23,16 +29,12 @@ def namespace(op: str, **arrays: Any) -> Any:
         if a is None:
             continue
         if first is None:
-            if not is_array_api_obj(a):
-                raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); "
-                                f"got {type(a).__name__}")
+            _require_array(op, name, a)
             first = (name, a, array_namespace(a))
             continue
         first_name, first_array, first_xp = first
         if type(a) is not type(first_array):       # cheap test first: one library means one array type
-            if not is_array_api_obj(a):
-                raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); "
-                                f"got {type(a).__name__}")
+            _require_array(op, name, a)
             xp = array_namespace(a)
             if xp is not first_xp:
                 raise TypeError(
