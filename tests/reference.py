@@ -27,6 +27,26 @@ def conv2d(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)):
     return y
 
 
+def conv2d_backward(x, w, dy, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)):
+    """(dx, dw) of :func:`conv2d` by the same loop over output pixels, each pixel's window
+    receiving w * dy and giving patch * dy."""
+    x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    top, bottom, left, right = pads
+    xp = np.zeros((n, c, h + top + bottom, wd + left + right))
+    xp[:, :, top:top + h, left:left + wd] = x
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    span_h, span_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    for i in range(dy.shape[2]):
+        for j in range(dy.shape[3]):
+            r, s = i * stride[0], j * stride[1]
+            window = (slice(None), slice(None), slice(r, r + span_h, dilation[0]), slice(s, s + span_w, dilation[1]))
+            dw += np.einsum("nckl,no->ockl", xp[window], dy[:, :, i, j])
+            dxp[window] += np.einsum("ockl,no->nckl", w, dy[:, :, i, j])
+    return dxp[:, :, top:top + h, left:left + wd], dw
+
+
 def _windows(x, kernel, stride, padding, fill):
     n, c, h, w = x.shape
     ph, pw = padding

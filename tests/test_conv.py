@@ -289,6 +289,29 @@ def test_conv2d_chwn_layout_matches_nchw(B, case):
     assert F.conv2d_backward(_to_chwn(B, dy), cache2, input_grad=False)[0] is None
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "CHWN"])
+@pytest.mark.parametrize("out_channels, in_channels, kernel", [
+    (3, 1, 3),      # few output channels, small patches: one matrix-vector product per channel
+    (10, 1, 3),     # 8 or more output channels: one matrix product
+    (3, 12, 5),     # few output channels, patches of 300: one matrix product
+])
+def test_conv2d_backward_matches_loop_reference_in_every_product_form(B, layout, out_channels, in_channels, kernel):
+    """The weight gradient is computed in different ways depending on the shapes; each matches the loops."""
+    rng = np.random.default_rng(out_channels * 100 + in_channels)
+    x = rng.standard_normal((3, in_channels, 9, 8))
+    w = rng.standard_normal((out_channels, in_channels, kernel, kernel))
+    bx = B.asarray(x) if layout == "NCHW" else _to_chwn(B, B.asarray(x))
+    y, cache = F.conv2d_forward(bx, B.asarray(w), stride=(1, 2), padding=1, layout=layout)
+    dy = rng.standard_normal(tuple(y.shape))
+    dx, dw, db = F.conv2d_backward(B.asarray(dy), cache)
+    if layout == "CHWN":
+        dx, dy = _to_nchw(B, dx), np.transpose(dy, (3, 0, 1, 2))
+    want_dx, want_dw = reference.conv2d_backward(x, w, dy, stride=(1, 2), pads=(1, 1, 1, 1))
+    assert db is None
+    np.testing.assert_allclose(B.numpy(dw), want_dw, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(B.numpy(dx), want_dx, rtol=1e-10, atol=1e-10)
+
+
 def test_conv2d_rejects_unknown_layout_and_names_chwn_channels(B):
     x, w = _arrays(B)
     with pytest.raises(ValueError, match="layout must be one of NCHW, CHWN; got 'NHWC'"):
