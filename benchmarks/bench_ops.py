@@ -33,7 +33,7 @@ POOLS = {
 def run(batch=64, blocks=7):
     import torch
 
-    from bench_lenet import synchronizer
+    from bench_networks import synchronizer
 
     xpcnn.backend.tune_allocator()
     backend = xpcnn.get_backend()

@@ -9,7 +9,9 @@ the minimum and the median per call; ratios compare figures taken in the same ru
 from __future__ import annotations
 
 import gc
+import pathlib
 import platform
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -80,3 +82,17 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(results: pathlib.Path, name: str, text: str) -> None:
+    """Put ``text`` between ``name``'s markers in ``results``, replacing what was there (or appending)."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    current = results.read_text() if results.exists() else (
+        "# Benchmark results\n\nWritten by `benchmarks/run_all.py`; each backend's section is replaced by its "
+        "own run. Ratios are xpcnn time / PyTorch time from the same run (below 1: xpcnn is faster).\n")
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block
+    partial = results.with_name(results.name + ".partial")
+    partial.write_text(updated.rstrip() + "\n")
+    partial.replace(results)              # atomic: an interrupted run leaves the old file whole

@@ -14,20 +14,19 @@ import argparse
 import datetime
 import pathlib
 import platform
-import re
 import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_lenet  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_networks  # noqa: E402
 import bench_ops  # noqa: E402
 import bench_tutorial  # noqa: E402
 import mnist_lenet5  # noqa: E402
 import xpcnn  # noqa: E402
-from harness import gemm_gflops, machine  # noqa: E402
+from harness import gemm_gflops, machine, write_section  # noqa: E402
 
 
 def versions(backend) -> str:
@@ -38,6 +37,9 @@ def versions(backend) -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=HERE, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "..", ":!RESULTS.md"], capture_output=True,
+                                 text=True, cwd=HERE, check=True).stdout.strip()
+        commit += " with uncommitted changes" if changed else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return (f"xpcnn {xpcnn.__version__} (commit {commit}), backend {backend}, numpy {numpy.__version__}, "
@@ -66,7 +68,11 @@ def section(args) -> str:
         parts += [f"float32 GEMM rate of this machine (NumPy, 1024^3): {gemm:.0f} GFLOP/s.", ""]
     batches = (256, 1024) if gpu else (64, 256)
     print(f"LeNet-5 step and inference, batches {batches} ...", flush=True)
-    parts += [bench_lenet.report(*bench_lenet.run(batches, args.blocks), gemm), ""]
+    rows = bench_networks.run(["lenet5"], batches, args.blocks)[2]
+    cifar_batches = batches if gpu else (64,)      # on a CPU, a batch-256 step of it takes ~0.5 s
+    print(f"CIFAR-like network step and inference, batches {cifar_batches} ...", flush=True)
+    backend_, device, cifar_rows = bench_networks.run(["cifar"], cifar_batches, args.blocks)
+    parts += [bench_networks.report(backend_, device, rows + cifar_rows, gemm), ""]
     print("per-op timings ...", flush=True)
     parts += [bench_ops.report(*bench_ops.run(256 if gpu else 64, args.blocks)), ""]
     if not gpu:
@@ -80,17 +86,6 @@ def section(args) -> str:
     return "\n".join(parts)
 
 
-def write(results: pathlib.Path, name: str, text: str) -> None:
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    current = results.read_text() if results.exists() else (
-        "# Benchmark results\n\nWritten by `benchmarks/run_all.py`; each backend's section is replaced by its "
-        "own run. Ratios are xpcnn time / PyTorch time from the same run (below 1: xpcnn is faster).\n")
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block
-    results.write_text(updated.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=7, help="timed blocks per contender (at least 7)")
@@ -100,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     text = section(args)
     print(text)
-    write(pathlib.Path(args.output), xpcnn.get_backend().name, text)
+    write_section(pathlib.Path(args.output), xpcnn.get_backend().name, text)
     print(f"\nwritten to {args.output}")
 
 

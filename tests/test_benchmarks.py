@@ -1,0 +1,48 @@
+"""The benchmarks measure what they say: PyTorch runs the same network with the same weights, FLOP counts
+are right, and run_all.py replaces only its own backend's section of RESULTS.md."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+import xpcnn
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_networks  # noqa: E402
+import harness  # noqa: E402
+
+
+@pytest.mark.parametrize("network", sorted(bench_networks.NETWORKS))
+def test_torch_twin_is_the_same_network(network):
+    torch = pytest.importorskip("torch", reason="torch not installed: the benchmarks' reference is not here")
+    with xpcnn.use_backend("numpy"):
+        model = bench_networks.NETWORKS[network][1]()
+        x = np.random.default_rng(1).standard_normal((3, *model.input_shape)).astype(np.float32)
+        ours = xpcnn.to_numpy(model(xpcnn.asarray(x)))
+    net = bench_networks.torch_twin(torch, model, "cpu")
+    with torch.no_grad():
+        theirs = net(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_flops_of_lenet5():
+    model = xpcnn.models.lenet5()
+    macs = 6 * 28 * 28 * 25 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    assert bench_networks.forward_flops(model) == 2 * macs     # ~0.83 MFLOP: the issue's ~2.5 MFLOP a step / 3
+
+
+def test_results_file_keeps_each_backends_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    harness.write_section(results, "numpy", "numpy v1")
+    harness.write_section(results, "cupy", "cupy v1")
+    harness.write_section(results, "numpy", "numpy v2")
+    assert [p.name for p in tmp_path.iterdir()] == ["RESULTS.md"]
+    text = results.read_text()
+    assert "numpy v2" in text and "numpy v1" not in text and "cupy v1" in text
+    assert text.count("<!-- BEGIN numpy -->") == 1 and text.startswith("# Benchmark results")
