@@ -5,7 +5,7 @@
 #
 # Installs nothing it does not need: numpy, cupy, pytest and hypothesis must already be there.
 # array-api-compat / array-api-strict are taken from the environment, or else from wheels in .whl/
-# (download them where pip works: see benchmarks/README.md), installed into a private folder.
+# (download them where pip works: see "Tests" in README.md), installed into a private folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
