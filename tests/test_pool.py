@@ -83,6 +83,14 @@ def test_max_pool2d_sends_each_window_gradient_to_exactly_one_tied_element(B):
         np.testing.assert_array_equal(dx, reference.max_pool2d_backward(x, np.ones(y.shape), kernel, s, (0, 0)))
 
 
+def test_max_pool2d_nan_window_gradient_goes_to_its_last_element(B):
+    """A window whose maximum is NaN has no meaningful argmax; its gradient is neither lost nor
+    duplicated but goes to the window's last element (PyTorch picks the NaN's position instead)."""
+    x = np.array([[[[1.0, np.nan, 5.0, 4.0], [3.0, 2.0, 4.0, 5.0]]]])
+    y, cache = F.max_pool2d_forward(B.asarray(x), 2)
+    dx = B.numpy(F.max_pool2d_backward(B.asarray(np.array([[[[10.0, 20.0]]]])), cache))
+    np.testing.assert_array_equal(dx, [[[[0.0, 0.0, 20.0, 0.0], [0.0, 10.0, 0.0, 0.0]]]])
+
 def test_max_pool2d_backward_matches_finite_differences_away_from_ties(B):
     rng = np.random.default_rng(1)
     x = rng.permutation(2 * 3 * 7 * 6).reshape(2, 3, 7, 6) * 0.01      # distinct values 0.01 apart
