@@ -46,3 +46,15 @@ def test_results_file_keeps_each_backends_section(tmp_path):
     text = results.read_text()
     assert "numpy v2" in text and "numpy v1" not in text and "cupy v1" in text
     assert text.count("<!-- BEGIN numpy -->") == 1 and text.startswith("# Benchmark results")
+
+
+def test_bench_networks_runs_and_reports():
+    """A tiny run of the script's own code path (the GPU run uses the same one with XPCNN_BACKEND=cupy)."""
+    pytest.importorskip("torch", reason="torch not installed: the benchmarks' reference is not here")
+    with xpcnn.use_backend("numpy"):
+        backend, device, rows = bench_networks.run(["lenet5"], (4,), blocks=1, seconds_per_block=0.01)
+    assert device == "cpu" and [(r["kind"], r["batch"]) for r in rows] == [("train step", 4), ("inference", 4)]
+    assert all(r["ours"].median > 0 and r["theirs"].median > 0 for r in rows)
+    table = bench_networks.report(backend, device, rows, gemm=100.0).splitlines()
+    assert table[2].startswith("| network | what | batch |") and table[4].startswith("| LeNet-5 | train step | 4 |")
+    assert table[4].endswith("%) |") and table[5].endswith("| |")      # GFLOP/s only for training steps
