@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import xpcnn
-from harness import compare, gemm_gflops
+from harness import compare, gemm_gflops, synchronizers
 from xpcnn import nn
 
 
@@ -71,14 +71,6 @@ def forward_flops(model: nn.Sequential) -> float:
     return total
 
 
-def synchronizer(backend_name):
-    if backend_name == "cupy":
-        import cupy
-
-        return cupy.cuda.Device().synchronize
-    return lambda: None
-
-
 def _inputs(network: str, batch: int):
     if network == "lenet5":
         images, labels = xpcnn.data.load_bundled("train")
@@ -92,9 +84,7 @@ def run(networks=("lenet5",), batches=(64, 256), blocks=7, seconds_per_block=0.6
 
     xpcnn.backend.tune_allocator()    # what `xpcnn.fit` and `xpcnn train` do; affects both contenders alike
     backend = xpcnn.get_backend()
-    device = "cuda" if backend.name == "cupy" or str(backend.device).startswith("cuda") else "cpu"
-    sync = synchronizer(backend.name)
-    torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    device, sync, torch_sync = synchronizers(backend, torch)
     rows = []
     for network in networks:
         title, build = NETWORKS[network]

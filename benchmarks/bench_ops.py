@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 
 import xpcnn
-from harness import compare
+from harness import compare, synchronizers
 from xpcnn import functional as F
 
 CONVS = {
@@ -33,13 +33,9 @@ POOLS = {
 def run(batch=64, blocks=7):
     import torch
 
-    from bench_networks import synchronizer
-
     xpcnn.backend.tune_allocator()
     backend = xpcnn.get_backend()
-    device = "cuda" if backend.name == "cupy" or str(backend.device).startswith("cuda") else "cpu"
-    sync = synchronizer(backend.name)
-    tsync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    device, sync, tsync = synchronizers(backend, torch)
     xp = backend.xp
     rng = np.random.default_rng(0)
     rows = []

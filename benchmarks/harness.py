@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 
+from xpcnn.checkpoint import write_atomic
+
 PAUSE_S = 0.25
 
 
@@ -52,6 +54,18 @@ def compare(contenders: dict[str, Callable[[], object]], calls_per_block: int, b
                 fn()
             results[name].per_call.append((time.perf_counter() - start) / calls_per_block)
     return results
+
+
+def synchronizers(backend, torch) -> tuple[str, Callable[[], None], Callable[[], None]]:
+    """PyTorch's device matching ``backend`` ("cuda" or "cpu"), and for each side a function that waits
+    until its queued GPU work is done (a no-op on a CPU), so that a timed call includes that work."""
+    device = "cuda" if backend.name == "cupy" or str(backend.device).startswith("cuda") else "cpu"
+    sync = lambda: None  # noqa: E731
+    if backend.name == "cupy":
+        import cupy
+
+        sync = cupy.cuda.Device().synchronize
+    return device, sync, torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
 def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -93,6 +107,4 @@ def write_section(results: pathlib.Path, name: str, text: str) -> None:
         "own run. Ratios are xpcnn time / PyTorch time from the same run (below 1: xpcnn is faster).\n")
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block
-    partial = results.with_name(results.name + ".partial")
-    partial.write_text(updated.rstrip() + "\n")
-    partial.replace(results)              # atomic: an interrupted run leaves the old file whole
+    write_atomic(results, (updated.rstrip() + "\n").encode())      # an interrupted run leaves the old file whole

@@ -23,7 +23,7 @@ import numpy as np
 from . import backend as _backend
 from .nn import Sequential
 
-__all__ = ["Checkpoint", "CheckpointError", "load", "save"]
+__all__ = ["Checkpoint", "CheckpointError", "load", "save", "write_atomic"]
 
 FORMAT = "xpcnn-checkpoint"
 VERSION = 1
@@ -47,7 +47,9 @@ class Checkpoint:
     path: str = ""
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+def write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a flushed temporary file renamed over it: readers see the old
+    file or the new one, never a part (also how the benchmarks rewrite RESULTS.md)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -110,7 +112,7 @@ def save(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *, e
         data = buffer.getvalue()
     else:
         raise ValueError(f"checkpoint path must end in .npz or .safetensors; got {str(path)!r}")
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return path
 
 

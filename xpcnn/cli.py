@@ -75,10 +75,6 @@ def _load_checkpoint(path: str, model=None, optimizer=None):
         raise CommandError(str(exc)) from None
 
 
-def _describe(backend) -> str:
-    return f"{backend.name} {backend.version} on {backend.device}"
-
-
 # --------------------------------------------------------------------------- train
 def _make_optimizer(args, params):
     from . import optim
@@ -166,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
     n_params = sum(math.prod(p.shape) for p in model.parameters())
     print(f"xpcnn train: {model.name} ({n_params:,} parameters) on {train_data.source} "
           f"({len(train_data):,} train / {len(test_data):,} test images)")
-    print(f"backend {_describe(backend)}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
+    print(f"backend {backend}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
           f"epochs {start_epoch + 1}..{args.epochs}, seed {args.seed}", flush=True)
 
     saved = {"epoch": start_epoch if args.resume else None}
@@ -199,7 +195,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.checkpoint:
         print(f"checkpoint: {args.checkpoint} (epoch {saved['epoch']})")
     print(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}; "
-          f"trained in {seconds:.1f}s on {_describe(backend)}")
+          f"trained in {seconds:.1f}s on {backend}")
     return 0
 
 
@@ -221,7 +217,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(checkpoint.model, data, loss_fn=CrossEntropyLoss(), batch_size=args.batch_size)
     correct = round(result["accuracy"] * result["n"])
     print(f"{checkpoint.model.name} from {args.checkpoint} (epoch {checkpoint.epoch}) on {data.source}, "
-          f"backend {_describe(backend)}")
+          f"backend {backend}")
     print(f"accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}")
     return 0
 
