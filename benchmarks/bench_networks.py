@@ -37,37 +37,59 @@ NETWORKS = {
 }
 
 
-def torch_twin(torch, model: nn.Sequential, device):
-    """The same network in PyTorch, with the xpcnn model's current weights."""
-    tnn, layers = torch.nn, []
-    for layer in model.layers:
+def torch_twin(torch, model: nn.Module, device):
+    """The same network in PyTorch (containers, residual blocks and BatchNorm included), with the xpcnn
+    model's current weights and running statistics."""
+    tnn = torch.nn
+
+    class Residual(tnn.Module):
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    def build(layer):
         config = layer.config()
+        if isinstance(layer, nn.Sequential):
+            return tnn.Sequential(*(build(child) for child in layer.layers))
+        if isinstance(layer, nn.Residual):
+            return Residual(build(layer.body), None if layer.shortcut is None else build(layer.shortcut))
         if isinstance(layer, nn.Conv2D):
-            layers.append(tnn.Conv2d(config["in_channels"], config["out_channels"], config["kernel_size"],
-                                     stride=config["stride"], padding=config["padding"], dilation=config["dilation"],
-                                     bias=layer.bias is not None))
-        elif isinstance(layer, nn.Linear):
-            layers.append(tnn.Linear(config["in_features"], config["out_features"], bias=layer.bias is not None))
-        elif isinstance(layer, nn.MaxPool2D):
-            layers.append(tnn.MaxPool2d(config["kernel_size"], config["stride"], config["padding"]))
-        elif isinstance(layer, (nn.ReLU, nn.Flatten)):
-            layers.append(tnn.ReLU() if isinstance(layer, nn.ReLU) else tnn.Flatten())
-        else:
-            raise TypeError(f"torch_twin: no PyTorch counterpart for {layer!r}")
-    net = tnn.Sequential(*layers).to(device)
-    with torch.no_grad():
-        for theirs, ours in zip(net.parameters(), model.parameters()):
+            return tnn.Conv2d(config["in_channels"], config["out_channels"], config["kernel_size"],
+                              stride=config["stride"], padding=config["padding"], dilation=config["dilation"],
+                              bias=layer.bias is not None)
+        if isinstance(layer, nn.BatchNorm2D):
+            return tnn.BatchNorm2d(config["num_features"], eps=config["eps"], momentum=config["momentum"],
+                                   affine=config["affine"])
+        if isinstance(layer, nn.Linear):
+            return tnn.Linear(config["in_features"], config["out_features"], bias=layer.bias is not None)
+        if isinstance(layer, nn.MaxPool2D):
+            return tnn.MaxPool2d(config["kernel_size"], config["stride"], config["padding"])
+        if isinstance(layer, nn.GlobalAvgPool2D):
+            return tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
+        if isinstance(layer, (nn.ReLU, nn.Flatten)):
+            return tnn.ReLU() if isinstance(layer, nn.ReLU) else tnn.Flatten()
+        raise TypeError(f"torch_twin: no PyTorch counterpart for {layer!r}")
+
+    net = build(model).to(device)
+    with torch.no_grad():   # both list parameters (and buffers) in the order the layers were given
+        for theirs, ours in zip(net.parameters(), model.parameters(), strict=True):
+            theirs.copy_(torch.as_tensor(xpcnn.to_numpy(ours.data)))
+        buffers = [b for name, b in net.named_buffers() if not name.endswith("num_batches_tracked")]
+        for theirs, ours in zip(buffers, model.buffers(), strict=True):
             theirs.copy_(torch.as_tensor(xpcnn.to_numpy(ours.data)))
     return net
 
 
-def forward_flops(model: nn.Sequential) -> float:
+def forward_flops(model: nn.Module) -> float:
     """Multiply-adds x 2 of one image's forward pass through the convolutions and dense layers."""
+    shapes = model._trace_shapes(model.input_shape)
     total = 0.0
-    for layer, out in zip(model.layers, model._output_shapes(model.input_shape)):
-        weight = getattr(layer, "weight", None)
-        if weight is not None:        # every output element is a dot product with one row of the weight
-            total += 2 * int(np.prod(out)) * int(np.prod(weight.shape[1:]))
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2D, nn.Linear)):   # each output element: a dot product with a weight row
+            total += 2 * int(np.prod(shapes[id(layer)])) * int(np.prod(layer.weight.shape[1:]))
     return total
 
 

@@ -50,16 +50,24 @@ def test_whole_model_gradient_matches_finite_differences(B):
 
 
 def test_layers_alone_and_inside_sequential_agree():
-    """Alone a layer works in NCHW; inside a Sequential in the batch-innermost layout: same numbers."""
+    """Alone a layer runs in NCHW; inside a Sequential in the batch-innermost layout: same numbers, forward
+    and backward, and the Sequential changes nothing about the layers it was given."""
     model = _small_model()
     x = np.random.default_rng(2).standard_normal((4, 2, 6, 6))
     inside = model(x)
+    dy = np.random.default_rng(3).standard_normal(inside.shape)
+    dx_inside = model.backward(dy, input_grad=True)
+    grads_inside = [p.grad for p in model.parameters()]
+    model.zero_grad()
     alone = x
     for layer in model.layers:
-        layer._set_layout("NCHW")
         alone = layer(alone)
     np.testing.assert_allclose(inside, alone, rtol=1e-12, atol=1e-12)
-    model._set_layout("NCHW")                                    # back to a top-level model
+    for layer in reversed(model.layers):
+        dy = layer.backward(dy)
+    np.testing.assert_allclose(dx_inside, dy, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(grads_inside, [p.grad for p in model.parameters()]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
     model(x)
     assert model.backward(np.ones_like(inside)) is None          # no input gradient unless asked
 

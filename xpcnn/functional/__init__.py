@@ -14,9 +14,12 @@ from .conv import *  # noqa: F401,F403
 from .conv import __all__ as _conv
 from .linear import *  # noqa: F401,F403
 from .linear import __all__ as _linear
+from . import layout  # noqa: F401  (axis helpers: xpcnn.functional.layout)
 from .loss import *  # noqa: F401,F403
 from .loss import __all__ as _loss
+from .normalization import *  # noqa: F401,F403
+from .normalization import __all__ as _normalization
 from .pool import *  # noqa: F401,F403
 from .pool import __all__ as _pool
 
-__all__ = sorted([*_activation, *_conv, *_linear, *_loss, *_pool])
+__all__ = sorted([*_activation, *_conv, *_linear, *_loss, *_normalization, *_pool])

@@ -105,3 +105,11 @@ def padding4(op: str, padding: Any) -> tuple[int, int, int, int]:
         return tuple(as_int(op, "padding", p, 0) for p in padding)
     ph, pw = pair(op, "padding", padding, 0)
     return ph, ph, pw, pw
+
+
+def check_cache(op: str, cache: Any, kind: type) -> None:
+    """A backward refuses another op's cache (or None) instead of computing garbage from it."""
+    if not isinstance(cache, kind):
+        forward = op.replace("_backward", "_forward")
+        got = "None" if cache is None else f"a {type(cache).__name__}"
+        raise TypeError(f"{op}: cache must be the {kind.__name__} that {forward} returned; got {got}")

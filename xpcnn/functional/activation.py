@@ -6,11 +6,12 @@ finite and warning-free for any finite input (sigmoid(-1000) == 0, softmax([1000
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._checks import check_floating, check_shape, namespace
+from ._checks import check_cache, check_floating, check_shape, namespace
 
 __all__ = [
+    "LeakyReLUCache", "LogSoftmaxCache", "ReLUCache", "SigmoidCache", "SoftmaxCache", "TanhCache",
     "leaky_relu", "leaky_relu_backward", "leaky_relu_forward",
     "log_softmax", "log_softmax_backward", "log_softmax_forward",
     "relu", "relu_backward", "relu_forward",
@@ -26,10 +27,37 @@ def _input(op: str, x: Any) -> Any:
     return xp
 
 
-def _grad_input(op: str, dy: Any, reference: Any) -> Any:
+def _grad_input(op: str, dy: Any, cache: Any, kind: type) -> Any:
+    check_cache(op, cache, kind)
+    reference = cache[0]
     xp = namespace(op, dy=dy, cache=reference)
     check_shape(op, "dy", dy, reference.shape)
     return xp
+
+
+class ReLUCache(NamedTuple):
+    y: Any        # the output: positive exactly where the input is
+
+
+class LeakyReLUCache(NamedTuple):
+    mask: Any     # x > 0
+    negative_slope: float
+
+
+class SigmoidCache(NamedTuple):
+    y: Any
+
+
+class TanhCache(NamedTuple):
+    y: Any
+
+
+class SoftmaxCache(NamedTuple):
+    y: Any
+
+
+class LogSoftmaxCache(NamedTuple):
+    y: Any
 
 
 # --------------------------------------------------------------------------- ReLU family
@@ -38,13 +66,13 @@ def relu_forward(x: Any) -> tuple[Any, Any]:
     (so the gradient at 0 is 0, as in PyTorch)."""
     xp = _input("relu", x)
     y = xp.maximum(x, xp.zeros_like(x))
-    return y, y
+    return y, ReLUCache(y)
 
 
-def relu_backward(dy: Any, cache: Any) -> Any:
-    xp = _grad_input("relu_backward", dy, cache)
+def relu_backward(dy: Any, cache: ReLUCache) -> Any:
+    xp = _grad_input("relu_backward", dy, cache, ReLUCache)
     # a product with the 0/1 mask, not where(): NumPy's where on a random mask is ~15x slower
-    return dy * xp.astype(cache > 0, dy.dtype)
+    return dy * xp.astype(cache.y > 0, dy.dtype)
 
 
 def relu(x: Any) -> Any:
@@ -55,12 +83,12 @@ def leaky_relu_forward(x: Any, negative_slope: float = 0.01) -> tuple[Any, tuple
     """x where x > 0, else negative_slope * x."""
     xp = _input("leaky_relu", x)
     mask = x > 0
-    return xp.where(mask, x, x * negative_slope), (mask, negative_slope)
+    return xp.where(mask, x, x * negative_slope), LeakyReLUCache(mask, negative_slope)
 
 
-def leaky_relu_backward(dy: Any, cache: tuple) -> Any:
+def leaky_relu_backward(dy: Any, cache: LeakyReLUCache) -> Any:
+    xp = _grad_input("leaky_relu_backward", dy, cache, LeakyReLUCache)
     mask, negative_slope = cache
-    xp = _grad_input("leaky_relu_backward", dy, mask)
     return dy * (negative_slope + (1 - negative_slope) * xp.astype(mask, dy.dtype))
 
 
@@ -74,12 +102,13 @@ def sigmoid_forward(x: Any) -> tuple[Any, Any]:
     xp = _input("sigmoid", x)
     e = xp.exp(-xp.abs(x))                # in (0, 1]
     y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-    return y, y
+    return y, SigmoidCache(y)
 
 
-def sigmoid_backward(dy: Any, cache: Any) -> Any:
-    _grad_input("sigmoid_backward", dy, cache)
-    return dy * cache * (1 - cache)
+def sigmoid_backward(dy: Any, cache: SigmoidCache) -> Any:
+    _grad_input("sigmoid_backward", dy, cache, SigmoidCache)
+    y = cache.y
+    return dy * y * (1 - y)
 
 
 def sigmoid(x: Any) -> Any:
@@ -89,12 +118,13 @@ def sigmoid(x: Any) -> Any:
 def tanh_forward(x: Any) -> tuple[Any, Any]:
     xp = _input("tanh", x)
     y = xp.tanh(x)
-    return y, y
+    return y, TanhCache(y)
 
 
-def tanh_backward(dy: Any, cache: Any) -> Any:
-    _grad_input("tanh_backward", dy, cache)
-    return dy * (1 - cache * cache)
+def tanh_backward(dy: Any, cache: TanhCache) -> Any:
+    _grad_input("tanh_backward", dy, cache, TanhCache)
+    y = cache.y
+    return dy * (1 - y * y)
 
 
 def tanh(x: Any) -> Any:
@@ -112,12 +142,12 @@ def softmax_forward(x: Any) -> tuple[Any, Any]:
     xp = _input("softmax", x)
     e = xp.exp(_shifted(xp, x))
     y = e / xp.sum(e, axis=-1, keepdims=True)
-    return y, y
+    return y, SoftmaxCache(y)
 
 
-def softmax_backward(dy: Any, cache: Any) -> Any:
-    xp = _grad_input("softmax_backward", dy, cache)
-    y = cache
+def softmax_backward(dy: Any, cache: SoftmaxCache) -> Any:
+    xp = _grad_input("softmax_backward", dy, cache, SoftmaxCache)
+    y = cache.y
     return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True))
 
 
@@ -130,12 +160,12 @@ def log_softmax_forward(x: Any) -> tuple[Any, Any]:
     xp = _input("log_softmax", x)
     z = _shifted(xp, x)
     y = z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
-    return y, y
+    return y, LogSoftmaxCache(y)
 
 
-def log_softmax_backward(dy: Any, cache: Any) -> Any:
-    xp = _grad_input("log_softmax_backward", dy, cache)
-    return dy - xp.exp(cache) * xp.sum(dy, axis=-1, keepdims=True)
+def log_softmax_backward(dy: Any, cache: LogSoftmaxCache) -> Any:
+    xp = _grad_input("log_softmax_backward", dy, cache, LogSoftmaxCache)
+    return dy - xp.exp(cache.y) * xp.sum(dy, axis=-1, keepdims=True)
 
 
 def log_softmax(x: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from ._checks import (
+    check_cache,
     check_floating,
     check_ndim,
     check_same_dtype,
@@ -22,8 +23,12 @@ from ._checks import (
     pair,
     padding4,
 )
+from .layout import check_layout, spatial_axes
 
 __all__ = [
+    "Conv2DCache",
+    "ConvGeometry",
+    "Pad2DCache",
     "conv2d",
     "conv2d_backward",
     "conv2d_forward",
@@ -33,21 +38,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- layouts and padding
-LAYOUTS = ("NCHW", "CHWN")
-
-
-def check_layout(op: str, layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"{op}: layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-    return layout
-
-
-def spatial_axes(ndim: int, layout: str = "NCHW") -> tuple[int, int]:
-    """Where H and W are: the last two axes for NCHW (and for plain images), axes 1 and 2 for CHWN."""
-    return (1, 2) if layout == "CHWN" else (ndim - 2, ndim - 1)
-
-
+# --------------------------------------------------------------------------- padding
 def _region(ndim: int, axes: tuple[int, int], rows: slice, columns: slice) -> tuple:
     index = [slice(None)] * ndim
     index[axes[0]], index[axes[1]] = rows, columns
@@ -88,11 +79,17 @@ def pad2d_forward(x: Any, padding: Any, value: float = 0) -> tuple[Any, tuple]:
     if x.ndim < 2:
         raise ValueError(f"pad2d: x must have at least 2 dimensions (..., H, W); got shape {tuple(x.shape)}")
     pads = padding4("pad2d", padding)
-    return _pad(x, xp, pads, value) if any(pads) else xp.asarray(x, copy=True), (tuple(x.shape), pads)
+    return _pad(x, xp, pads, value) if any(pads) else xp.asarray(x, copy=True), Pad2DCache(tuple(x.shape), pads)
 
 
-def pad2d_backward(dy: Any, cache: tuple) -> Any:
+class Pad2DCache(NamedTuple):
+    x_shape: tuple
+    pads: tuple[int, int, int, int]
+
+
+def pad2d_backward(dy: Any, cache: Pad2DCache) -> Any:
     """Gradient of :func:`pad2d_forward`: the centre of ``dy``."""
+    check_cache("pad2d_backward", cache, Pad2DCache)
     shape, pads = cache
     xp = namespace("pad2d_backward", dy=dy)
     top, bottom, left, right = pads
@@ -278,7 +275,16 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any 
     y = xp.reshape(y, geometry.shape(out_channels, geometry.out_hw))
     if b is not None:        # in place: y is a fresh array of ours
         y += xp.reshape(b, (out_channels, 1, 1, 1) if layout == "CHWN" else (1, out_channels, 1, 1))
-    return y, (w, cols, geometry, b is not None)
+    return y, Conv2DCache(w, cols, geometry, b is not None)
+
+
+class Conv2DCache(NamedTuple):
+    """What :func:`conv2d_backward` needs: the weights, the input's columns (im2col) and the geometry."""
+
+    w: Any
+    cols: Any
+    geometry: ConvGeometry
+    has_bias: bool
 
 
 def _weight_gradient(dy_flat: Any, cols: Any, xp: Any) -> Any:
@@ -294,9 +300,10 @@ def _weight_gradient(dy_flat: Any, cols: Any, xp: Any) -> Any:
     return dy_flat @ cols.T
 
 
-def conv2d_backward(dy: Any, cache: tuple, input_grad: bool = True) -> tuple[Any, Any, Any]:
+def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward`; ``db`` is None when there was no bias,
     ``dx`` is None when ``input_grad=False`` (the first layer of a network needs no input gradient)."""
+    check_cache("conv2d_backward", cache, Conv2DCache)
     w, cols, geometry, has_bias = cache
     xp = namespace("conv2d_backward", dy=dy, w=w)
     out_channels = w.shape[0]

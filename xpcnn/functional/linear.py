@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._checks import check_floating, check_ndim, check_same_dtype, check_shape, namespace
+from ._checks import check_cache, check_floating, check_ndim, check_same_dtype, check_shape, namespace
+from .layout import check_layout
 
-__all__ = ["flatten", "flatten_backward", "flatten_forward", "linear", "linear_backward", "linear_forward"]
+__all__ = ["FlattenCache", "LinearCache", "flatten", "flatten_backward", "flatten_forward", "linear", "linear_backward", "linear_forward"]
 
 
 def linear_forward(x: Any, w: Any, b: Any = None) -> tuple[Any, tuple]:
@@ -26,17 +27,24 @@ def linear_forward(x: Any, w: Any, b: Any = None) -> tuple[Any, tuple]:
     y = x @ w.T
     if b is not None:
         y = y + b
-    return y, (x, w, b is not None)
+    return y, LinearCache(x, w, b is not None)
 
 
-def linear_backward(dy: Any, cache: tuple) -> tuple[Any, Any, Any]:
-    """Gradients ``(dx, dw, db)``; ``db`` is None when there was no bias."""
+class LinearCache(NamedTuple):
+    x: Any
+    w: Any
+    has_bias: bool
+
+
+def linear_backward(dy: Any, cache: LinearCache, input_grad: bool = True) -> tuple[Any, Any, Any]:
+    """Gradients ``(dx, dw, db)``; ``db`` is None when there was no bias, ``dx`` when ``input_grad=False``."""
+    check_cache("linear_backward", cache, LinearCache)
     x, w, has_bias = cache
     xp = namespace("linear_backward", dy=dy, w=w)
     check_shape("linear_backward", "dy", dy, (*x.shape[:-1], w.shape[0]))
     rows = math.prod(x.shape[:-1])
     dy2 = xp.reshape(dy, (rows, w.shape[0]))
-    dx = dy @ w
+    dx = dy @ w if input_grad else None
     dw = dy2.T @ xp.reshape(x, (rows, w.shape[1]))
     db = xp.sum(dy2, axis=0) if has_bias else None
     return dx, dw, db
@@ -46,19 +54,33 @@ def linear(x: Any, w: Any, b: Any = None) -> Any:
     return linear_forward(x, w, b)[0]
 
 
-def flatten_forward(x: Any) -> tuple[Any, tuple]:
-    """(N, ...) -> (N, prod(...)); the cache is the input shape."""
+class FlattenCache(NamedTuple):
+    x_shape: tuple
+    layout: str
+
+
+def _flat_shape(shape: tuple, layout: str) -> tuple[int, int]:
+    if layout == "CHWN":
+        return math.prod(shape[:-1]), shape[-1]
+    return shape[0], math.prod(shape[1:])
+
+
+def flatten_forward(x: Any, layout: str = "NCHW") -> tuple[Any, FlattenCache]:
+    """(N, ...) -> (N, prod(...)); with ``layout="CHWN"`` (..., N) -> (prod(...), N). Both list the
+    features in C, H, W order, so the weights of a Linear after it are the same, and both are free."""
     xp = namespace("flatten", x=x)
+    check_layout("flatten", layout)
     if x.ndim < 1:
         raise ValueError("flatten: x must have a batch axis; got a 0-d array")
-    return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:]))), tuple(x.shape)
+    return xp.reshape(x, _flat_shape(tuple(x.shape), layout)), FlattenCache(tuple(x.shape), layout)
 
 
-def flatten_backward(dy: Any, cache: tuple) -> Any:
+def flatten_backward(dy: Any, cache: FlattenCache) -> Any:
+    check_cache("flatten_backward", cache, FlattenCache)
     xp = namespace("flatten_backward", dy=dy)
-    check_shape("flatten_backward", "dy", dy, (cache[0], math.prod(cache[1:])))
-    return xp.reshape(dy, cache)
+    check_shape("flatten_backward", "dy", dy, _flat_shape(cache.x_shape, cache.layout))
+    return xp.reshape(dy, cache.x_shape)
 
 
-def flatten(x: Any) -> Any:
-    return flatten_forward(x)[0]
+def flatten(x: Any, layout: str = "NCHW") -> Any:
+    return flatten_forward(x, layout)[0]

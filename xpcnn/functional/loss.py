@@ -13,14 +13,15 @@ binary cross-entropy and MSE average over every element, as PyTorch's default
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from array_api_compat import device
 
-from ._checks import check_floating, check_ndim, check_shape, namespace
+from ._checks import check_cache, check_floating, check_ndim, check_shape, namespace
 from .activation import sigmoid_forward
 
 __all__ = [
+    "BinaryCrossEntropyCache", "BinaryCrossEntropyWithLogitsCache", "MSECache", "SoftmaxCrossEntropyCache",
     "binary_cross_entropy", "binary_cross_entropy_backward", "binary_cross_entropy_forward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "binary_cross_entropy_with_logits_forward",
@@ -90,11 +91,17 @@ def softmax_cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple]
     log_probs = z - xp.log(sum_exp)
     n = logits.shape[0]
     loss = _mean(xp, -xp.sum(targets * log_probs), n)
-    return loss, (exp_z / sum_exp, targets)
+    return loss, SoftmaxCrossEntropyCache(exp_z / sum_exp, targets)
 
 
-def softmax_cross_entropy_backward(dloss: Any, cache: tuple) -> Any:
+class SoftmaxCrossEntropyCache(NamedTuple):
+    probs: Any
+    targets: Any
+
+
+def softmax_cross_entropy_backward(dloss: Any, cache: SoftmaxCrossEntropyCache) -> Any:
     """Gradient for the logits: (softmax(logits) - targets) * dloss / N."""
+    check_cache("softmax_cross_entropy_backward", cache, SoftmaxCrossEntropyCache)
     probs, targets = cache
     return (probs - targets) * _scale(dloss, probs.shape[0])
 
@@ -117,10 +124,16 @@ def binary_cross_entropy_forward(probs: Any, targets: Any) -> tuple[Any, tuple]:
     p = xp.clip(probs, eps, 1 - eps)
     total = -xp.sum(targets * xp.log(p) + (1 - targets) * xp.log(1 - p))
     count = math.prod(probs.shape)
-    return _mean(xp, total, count), (p, targets)
+    return _mean(xp, total, count), BinaryCrossEntropyCache(p, targets)
 
 
-def binary_cross_entropy_backward(dloss: Any, cache: tuple) -> Any:
+class BinaryCrossEntropyCache(NamedTuple):
+    clipped_probs: Any
+    targets: Any
+
+
+def binary_cross_entropy_backward(dloss: Any, cache: BinaryCrossEntropyCache) -> Any:
+    check_cache("binary_cross_entropy_backward", cache, BinaryCrossEntropyCache)
     p, targets = cache
     return (p - targets) / (p * (1 - p)) * _scale(dloss, math.prod(p.shape))
 
@@ -138,10 +151,16 @@ def binary_cross_entropy_with_logits_forward(logits: Any, targets: Any) -> tuple
     z = logits
     total = xp.sum(xp.maximum(z, xp.zeros_like(z)) - z * targets + xp.log1p(xp.exp(-xp.abs(z))))
     count = math.prod(z.shape)
-    return _mean(xp, total, count), (sigmoid_forward(z)[0], targets)
+    return _mean(xp, total, count), BinaryCrossEntropyWithLogitsCache(sigmoid_forward(z)[0], targets)
 
 
-def binary_cross_entropy_with_logits_backward(dloss: Any, cache: tuple) -> Any:
+class BinaryCrossEntropyWithLogitsCache(NamedTuple):
+    probs: Any
+    targets: Any
+
+
+def binary_cross_entropy_with_logits_backward(dloss: Any, cache: BinaryCrossEntropyWithLogitsCache) -> Any:
+    check_cache("binary_cross_entropy_with_logits_backward", cache, BinaryCrossEntropyWithLogitsCache)
     probs, targets = cache
     return (probs - targets) * _scale(dloss, math.prod(probs.shape))
 
@@ -155,11 +174,16 @@ def mse_forward(pred: Any, targets: Any) -> tuple[Any, tuple]:
     """Mean of (pred - targets)**2 over all elements."""
     xp = _pair_inputs("mse", "pred", pred, targets)
     diff = pred - _targets_like(xp, targets, pred)
-    return _mean(xp, xp.sum(diff * diff), math.prod(diff.shape)), (diff,)
+    return _mean(xp, xp.sum(diff * diff), math.prod(diff.shape)), MSECache(diff)
 
 
-def mse_backward(dloss: Any, cache: tuple) -> Any:
-    (diff,) = cache
+class MSECache(NamedTuple):
+    diff: Any     # pred - targets
+
+
+def mse_backward(dloss: Any, cache: MSECache) -> Any:
+    check_cache("mse_backward", cache, MSECache)
+    diff = cache.diff
     return 2 * diff * _scale(dloss, math.prod(diff.shape))
 
 

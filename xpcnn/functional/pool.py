@@ -9,17 +9,24 @@ in MNIST are everywhere) exactly one input element receives it, as in PyTorch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from array_api_compat import device
 
-from ._checks import check_floating, check_ndim, check_shape, namespace, pair
-from .conv import ConvGeometry, _crop, _pad, check_layout
+from ._checks import check_cache, check_floating, check_ndim, check_shape, namespace, pair
+from .conv import ConvGeometry, _crop, _pad
+from .layout import check_layout, spatial_axes
 
 __all__ = [
+    "AvgPool2DCache",
+    "GlobalAvgPool2DCache",
+    "MaxPool2DCache",
     "avg_pool2d",
     "avg_pool2d_backward",
     "avg_pool2d_forward",
+    "global_avg_pool2d",
+    "global_avg_pool2d_backward",
+    "global_avg_pool2d_forward",
     "max_pool2d",
     "max_pool2d_backward",
     "max_pool2d_forward",
@@ -63,10 +70,16 @@ def max_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: An
         y = xpad[index] if y is None else xp.maximum(y, xpad[index])
     if geometry.kernel == (1, 1):
         y = xp.asarray(y, copy=True)      # never hand back a view of the caller's array
-    return y, (xpad, y, geometry)
+    return y, MaxPool2DCache(xpad, y, geometry)
 
 
-def max_pool2d_backward(dy: Any, cache: tuple) -> Any:
+class MaxPool2DCache(NamedTuple):
+    xpad: Any          # the (padded) input
+    y: Any             # the output: where the input equals it, a window's maximum is
+    geometry: ConvGeometry
+
+
+def max_pool2d_backward(dy: Any, cache: MaxPool2DCache) -> Any:
     """Gradient of :func:`max_pool2d_forward`: each window's gradient goes to its FIRST maximum
     (row-major), as in PyTorch; tied elements after it get nothing.
 
@@ -75,6 +88,7 @@ def max_pool2d_backward(dy: Any, cache: tuple) -> Any:
     ``where()`` (NumPy's is ~15x slower on random masks); the last offset takes what is left
     without a comparison, so a window whose maximum is NaN sends its gradient there.
     """
+    check_cache("max_pool2d_backward", cache, MaxPool2DCache)
     xpad, y, geometry = cache
     xp = namespace("max_pool2d_backward", dy=dy)
     check_shape("max_pool2d_backward", "dy", dy, y.shape)
@@ -111,12 +125,17 @@ def avg_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: An
     total = None
     for index in geometry.windows():
         total = xpad[index] if total is None else total + xpad[index]
-    return total / float(geometry.kernel[0] * geometry.kernel[1]), (geometry,)
+    return total / float(geometry.kernel[0] * geometry.kernel[1]), AvgPool2DCache(geometry)
 
 
-def avg_pool2d_backward(dy: Any, cache: tuple) -> Any:
+class AvgPool2DCache(NamedTuple):
+    geometry: ConvGeometry
+
+
+def avg_pool2d_backward(dy: Any, cache: AvgPool2DCache) -> Any:
     """Gradient of :func:`avg_pool2d_forward`: each window shares its gradient equally."""
-    (geometry,) = cache
+    check_cache("avg_pool2d_backward", cache, AvgPool2DCache)
+    geometry = cache.geometry
     xp = namespace("avg_pool2d_backward", dy=dy)
     check_shape("avg_pool2d_backward", "dy", dy, geometry.shape(geometry.channels, geometry.out_hw))
     share = dy / float(geometry.kernel[0] * geometry.kernel[1])
@@ -129,3 +148,38 @@ def avg_pool2d_backward(dy: Any, cache: tuple) -> Any:
 def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, layout: str = "NCHW") -> Any:
     """:func:`avg_pool2d_forward` without the cache."""
     return avg_pool2d_forward(x, kernel_size, stride, padding, layout)[0]
+
+
+# --------------------------------------------------------------------------- global average pooling
+class GlobalAvgPool2DCache(NamedTuple):
+    x_shape: tuple
+    layout: str
+
+
+def global_avg_pool2d_forward(x: Any, layout: str = "NCHW") -> tuple[Any, GlobalAvgPool2DCache]:
+    """The mean of each channel over its H x W positions: (N, C, H, W) -> (N, C); with ``layout="CHWN"``
+    (C, H, W, N) -> (C, N). What a ResNet does before its classifier."""
+    op = "global_avg_pool2d"
+    xp = namespace(op, x=x)
+    check_layout(op, layout)
+    check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
+    check_floating(op, "x", x, xp)
+    return xp.mean(x, axis=spatial_axes(4, layout)), GlobalAvgPool2DCache(tuple(x.shape), layout)
+
+
+def global_avg_pool2d_backward(dy: Any, cache: GlobalAvgPool2DCache) -> Any:
+    """Gradient of :func:`global_avg_pool2d_forward`: each position gets 1/(H*W) of its channel's gradient."""
+    op = "global_avg_pool2d_backward"
+    check_cache(op, cache, GlobalAvgPool2DCache)
+    xp = namespace(op, dy=dy)
+    shape, layout = cache
+    rows, columns = spatial_axes(4, layout)
+    pooled = list(shape)
+    pooled[rows] = pooled[columns] = 1
+    check_shape(op, "dy", dy, tuple(n for axis, n in enumerate(shape) if axis not in (rows, columns)))
+    return xp.broadcast_to(xp.reshape(dy, tuple(pooled)), shape) * (1.0 / (shape[rows] * shape[columns]))
+
+
+def global_avg_pool2d(x: Any, layout: str = "NCHW") -> Any:
+    """:func:`global_avg_pool2d_forward` without the cache."""
+    return global_avg_pool2d_forward(x, layout)[0]

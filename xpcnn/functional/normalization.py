@@ -1,0 +1,127 @@
+"""Batch normalization over the channels of 4-D activations, forward and backward.
+
+The forward is stateless: it takes the running statistics and returns the new ones (Keras'
+``stateless_call`` shape) instead of mutating them, so it works on immutable arrays and the
+layer object only stores what comes back. Semantics are PyTorch's ``batch_norm``: batch
+statistics with the biased variance normalize in training; the running variance is updated
+with the unbiased one; eval mode normalizes with the running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from ._checks import check_cache, check_floating, check_ndim, check_same_dtype, check_shape, namespace
+from .layout import channel_axis, channel_shape, check_layout, reduce_axes
+
+__all__ = ["BatchNormCache", "RunningStats", "batch_norm", "batch_norm_backward", "batch_norm_forward"]
+
+
+class RunningStats(NamedTuple):
+    """Per-channel running mean and (unbiased) variance, each (C,)."""
+
+    mean: Any
+    var: Any
+
+
+class BatchNormCache(NamedTuple):
+    """What :func:`batch_norm_backward` needs."""
+
+    xhat: Any                 # the normalized input, (x - mean) / sqrt(var + eps)
+    invstd: Any               # 1 / sqrt(var + eps), broadcastable along the channel axis
+    weight: Any               # None without the affine transform
+    has_bias: bool
+    batch_stats: bool         # True: the mean and variance came from this batch (their gradients count)
+    layout: str
+
+
+def _check_vector(op: str, name: str, v: Any, x: Any, channels: int) -> None:
+    if v is not None:
+        check_same_dtype(op, "x", x, name, v)
+        check_shape(op, name, v, (channels,))
+
+
+def batch_norm_forward(x: Any, weight: Any = None, bias: Any = None, running_mean: Any = None,
+                       running_var: Any = None, training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+                       layout: str = "NCHW") -> tuple[Any, BatchNormCache, RunningStats | None]:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel of ``x`` (N, C, H, W).
+
+    ``weight`` and ``bias`` (C,) are optional (no affine transform without them). In training (or when
+    no running statistics are given) mean and var are the batch's, over N, H and W. Returns
+    ``(y, cache, running)``: ``running`` holds the NEW running statistics, ``(1 - momentum) * old +
+    momentum * batch`` (the variance unbiased), in training; the given ones in eval mode; None when
+    none were given. ``layout="CHWN"`` takes (C, H, W, N).
+    """
+    op = "batch_norm"
+    xp = namespace(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    check_layout(op, layout)
+    check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
+    check_floating(op, "x", x, xp)
+    channels = x.shape[channel_axis(4, layout)]
+    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        _check_vector(op, name, v, x, channels)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+        raise ValueError(f"{op}: momentum must be a number in [0, 1]; got {momentum!r}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"{op}: eps must be a number > 0; got {eps!r}")
+    axes, shape = reduce_axes(4, layout), channel_shape(4, layout, channels)
+    batch_stats = training or running_mean is None
+    if batch_stats:
+        count = math.prod(x.shape) // channels
+        if count < 2 and training:
+            raise ValueError(f"{op}: training needs more than one value per channel to estimate a variance; "
+                             f"got x of shape {tuple(x.shape)} ({layout})")
+        mean = xp.mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        var = xp.mean(centered * centered, axis=axes, keepdims=True)
+    else:
+        mean, var = xp.reshape(running_mean, shape), xp.reshape(running_var, shape)
+        centered = x - mean
+    invstd = 1.0 / xp.sqrt(var + eps)
+    xhat = centered * invstd
+    y = xhat if weight is None else xhat * xp.reshape(weight, shape)
+    if bias is not None:
+        y = y + xp.reshape(bias, shape)
+    running = None
+    if running_mean is not None:
+        running = RunningStats(running_mean, running_var)
+        if training:
+            unbiased = xp.reshape(var, (channels,)) * (count / (count - 1))
+            running = RunningStats((1 - momentum) * running_mean + momentum * xp.reshape(mean, (channels,)),
+                                   (1 - momentum) * running_var + momentum * unbiased)
+    return y, BatchNormCache(xhat, invstd, weight, bias is not None, batch_stats, layout), running
+
+
+def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward` (None for absent weight and bias).
+
+    With batch statistics the mean and variance depend on x too, which gives the classic
+    dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)); with running statistics
+    dx = weight * invstd * dy.
+    """
+    op = "batch_norm_backward"
+    check_cache(op, cache, BatchNormCache)
+    xhat, invstd, weight, has_bias, batch_stats, layout = cache
+    xp = namespace(op, dy=dy, cache=xhat)
+    check_shape(op, "dy", dy, xhat.shape)
+    channels = xhat.shape[channel_axis(4, layout)]
+    axes, shape = reduce_axes(4, layout), channel_shape(4, layout, channels)
+    dbias = xp.sum(dy, axis=axes, keepdims=True)
+    dweight = xp.sum(dy * xhat, axis=axes, keepdims=True)
+    scale = invstd if weight is None else invstd * xp.reshape(weight, shape)
+    if batch_stats:
+        count = math.prod(xhat.shape) // channels
+        dx = scale * (dy - dbias / count - xhat * (dweight / count))
+    else:
+        dx = scale * dy
+    return (dx, None if weight is None else xp.reshape(dweight, (channels,)),
+            xp.reshape(dbias, (channels,)) if has_bias else None)
+
+
+def batch_norm(x: Any, weight: Any = None, bias: Any = None, running_mean: Any = None, running_var: Any = None,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5, layout: str = "NCHW") -> Any:
+    """:func:`batch_norm_forward` without the cache and the new running statistics."""
+    return batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, layout)[0]

@@ -1,0 +1,223 @@
+"""Layers: modules that hold parameters (or none) and call :mod:`xpcnn.functional`.
+
+Parameters are created on the current backend (:func:`xpcnn.get_backend`) from NumPy draws, so one seed
+gives the same weights everywhere. Updates rebind ``Parameter.data``; nothing relies on in-place mutation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import array_api_compat.numpy as _npx
+import numpy as np
+from array_api_compat import array_namespace
+
+from .. import backend as _backend
+from .. import functional as F
+from .. import init as _init
+from ..functional import layout as _layout
+from ..functional._checks import as_int
+from .module import Module, accumulate, check_dtype, make_parameter
+
+__all__ = [
+    "AvgPool2D", "Conv2D", "Dropout", "Flatten", "GlobalAvgPool2D", "LeakyReLU", "Linear", "MaxPool2D", "ReLU",
+    "Sigmoid", "Softmax", "Tanh",
+]
+
+
+# --------------------------------------------------------------------------- layers with parameters
+class Conv2D(Module):
+    """2-D convolution. ``bias`` is True, False, or ``"untied"``: one bias per output channel AND position,
+    as the classic notebook's CNNLayer (then ``input_size=(H, W)`` is needed to size it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, bias: bool | str = True, input_size: Any = None, init: str = "he_uniform",
+                 dtype: str = "float32", rng: np.random.Generator | None = None):
+        super().__init__(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride,
+                         padding=padding, dilation=dilation, bias=bias, input_size=input_size)
+        if bias not in (True, False, "untied"):
+            raise ValueError(f"Conv2D: bias must be True, False or 'untied'; got {bias!r}")
+        in_channels = as_int("Conv2D", "in_channels", in_channels, 1)
+        out_channels = as_int("Conv2D", "out_channels", out_channels, 1)
+        kh, kw = F._checks.pair("Conv2D", "kernel_size", kernel_size, 1)
+        check_dtype("Conv2D", dtype)
+        rng = rng or _init.default_rng()
+        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
+        self.weight = make_parameter(_init.get(init)((out_channels, in_channels, kh, kw), fan_in, fan_out, rng), dtype)
+        self.hyper = dict(stride=stride, padding=padding, dilation=dilation)
+        self.untied = bias == "untied"
+        if self.untied:
+            if input_size is None:
+                raise ValueError("Conv2D: bias='untied' needs input_size=(H, W) to size one bias per output position")
+            h, w = F._checks.pair("Conv2D", "input_size", input_size, 1)
+            geometry = F.conv.conv_geometry("Conv2D", (1, in_channels, h, w), self.weight.shape, **self.hyper)
+            self.bias = make_parameter(np.zeros((out_channels, *geometry.out_hw)), dtype)
+        elif bias:
+            self.bias = make_parameter(np.zeros(out_channels), dtype)
+        else:
+            self.bias = None
+
+    def _forward(self, x, layout):
+        tied_bias = None if self.untied or self.bias is None else self.bias.data
+        y, cache = F.conv2d_forward(x, self.weight.data, tied_bias, layout=layout, **self.hyper)
+        if self.untied:
+            out_hw = cache.geometry.out_hw
+            if out_hw != self.bias.shape[1:]:
+                raise ValueError(f"Conv2D: untied bias was sized for output {self.bias.shape[1:]}; "
+                                 f"input {tuple(x.shape)} gives {out_hw}")
+            bias = self.bias.data
+            y += array_namespace(bias).expand_dims(bias, axis=3) if layout == "CHWN" else bias   # y is ours
+        return y, cache
+
+    def _backward(self, dy, cache, layout, input_grad):
+        dx, dw, db = F.conv2d_backward(dy, cache, input_grad=input_grad)
+        accumulate(self.weight, dw)
+        if self.untied:
+            accumulate(self.bias, array_namespace(dy).sum(dy, axis=_layout.batch_axis(4, layout)))
+        elif self.bias is not None:
+            accumulate(self.bias, db)
+        return dx
+
+
+class Linear(Module):
+    """y = x @ W.T + b, W of shape (out_features, in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he_uniform",
+                 dtype: str = "float32", rng: np.random.Generator | None = None):
+        super().__init__(in_features=in_features, out_features=out_features, bias=bias)
+        in_features = as_int("Linear", "in_features", in_features, 1)
+        out_features = as_int("Linear", "out_features", out_features, 1)
+        check_dtype("Linear", dtype)
+        rng = rng or _init.default_rng()
+        self.weight = make_parameter(
+            _init.get(init)((out_features, in_features), in_features, out_features, rng), dtype)
+        self.bias = make_parameter(np.zeros(out_features), dtype) if bias else None
+
+    def _forward(self, x, layout):
+        bias = None if self.bias is None else self.bias.data
+        if layout == "CHWN":           # x is (in_features, N): compute on the transposed view
+            y, cache = F.linear_forward(x.T, self.weight.data, bias)
+            return y.T, cache
+        return F.linear_forward(x, self.weight.data, bias)
+
+    def _backward(self, dy, cache, layout, input_grad):
+        transposed = layout == "CHWN"
+        dx, dw, db = F.linear_backward(dy.T if transposed else dy, cache, input_grad=input_grad)
+        accumulate(self.weight, dw)
+        if self.bias is not None:
+            accumulate(self.bias, db)
+        if dx is None:
+            return None
+        return dx.T if transposed else dx
+
+
+# --------------------------------------------------------------------------- parameter-free layers
+class _Function(Module):
+    """A parameter-free layer: a functional forward/backward pair and its constructor arguments."""
+
+    forward_fn = None
+    backward_fn = None
+
+    def _forward(self, x, layout):
+        return type(self).forward_fn(x, **self._config)
+
+    def _backward(self, dy, cache, layout, input_grad):
+        return type(self).backward_fn(dy, cache)
+
+
+class ReLU(_Function):
+    forward_fn, backward_fn = F.relu_forward, F.relu_backward
+
+
+class LeakyReLU(_Function):
+    forward_fn, backward_fn = F.leaky_relu_forward, F.leaky_relu_backward
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__(negative_slope=negative_slope)
+
+
+class Sigmoid(_Function):
+    forward_fn, backward_fn = F.sigmoid_forward, F.sigmoid_backward
+
+
+class Tanh(_Function):
+    forward_fn, backward_fn = F.tanh_forward, F.tanh_backward
+
+
+class _Pool(_Function):
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
+        super().__init__(kernel_size=kernel_size, stride=stride, padding=padding)
+
+    def _forward(self, x, layout):
+        return type(self).forward_fn(x, layout=layout, **self._config)
+
+
+class MaxPool2D(_Pool):
+    forward_fn, backward_fn = F.max_pool2d_forward, F.max_pool2d_backward
+
+
+class AvgPool2D(_Pool):
+    forward_fn, backward_fn = F.avg_pool2d_forward, F.avg_pool2d_backward
+
+
+class GlobalAvgPool2D(_Function):
+    """(N, C, H, W) -> (N, C): each channel's mean over its positions."""
+
+    forward_fn, backward_fn = F.global_avg_pool2d_forward, F.global_avg_pool2d_backward
+
+    def _forward(self, x, layout):
+        return F.global_avg_pool2d_forward(x, layout=layout)
+
+
+class Flatten(_Function):
+    """(N, C, H, W) -> (N, C*H*W); in the batch-innermost layout (C, H, W, N) -> (C*H*W, N), which costs
+    nothing. Both orders list the features as C, H, W, so the Linear weights after it are the same."""
+
+    forward_fn, backward_fn = F.flatten_forward, F.flatten_backward
+
+    def _forward(self, x, layout):
+        return F.flatten_forward(x, layout=layout)
+
+
+class Softmax(_Function):
+    """Softmax over the classes (for probabilities; train with CrossEntropyLoss on the logits instead)."""
+
+    def _forward(self, x, layout):
+        if layout == "CHWN":           # (K, N): the classes are the first axis
+            y, cache = F.softmax_forward(x.T)
+            return y.T, cache
+        return F.softmax_forward(x)
+
+    def _backward(self, dy, cache, layout, input_grad):
+        return F.softmax_backward(dy.T, cache).T if layout == "CHWN" else F.softmax_backward(dy, cache)
+
+
+class DropoutCache(NamedTuple):
+    mask: Any          # 0 or 1/(1-p) per element; None when the layer was the identity
+
+
+class Dropout(Module):
+    """Zeroes each element with probability ``p`` in training mode (scaling the rest by 1/(1-p)); identity in eval.
+
+    Masks are drawn from a NumPy generator (seeded, so runs repeat) and moved to the input's backend.
+    """
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
+        if not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1); got {p!r}")
+        super().__init__(p=p)
+        self.p = p
+        self.rng = rng or _init.default_rng()
+
+    def _forward(self, x, layout):
+        if not self.training or self.p == 0:
+            return x, DropoutCache(None)
+        # drawn in NCHW order, so the layer drops the same elements alone and inside a container
+        keep = self.rng.random(_layout.nchw_shape(x.shape, layout)) >= self.p
+        keep = _layout.from_nchw(keep, _npx, layout)
+        mask = _backend.asarray_like(keep / (1.0 - self.p), x, dtype=x.dtype)
+        return x * mask, DropoutCache(mask)
+
+    def _backward(self, dy, cache, layout, input_grad):
+        F._checks.check_cache("Dropout.backward", cache, DropoutCache)
+        return dy if cache.mask is None else dy * cache.mask

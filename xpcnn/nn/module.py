@@ -1,0 +1,372 @@
+"""The module tree: :class:`Parameter`, :class:`Buffer` and :class:`Module`.
+
+A module holds parameters (trained), buffers (state that is not trained, such as BatchNorm's running
+statistics) and child modules, all found by one walk over its attributes. Computation has two levels:
+
+- ``_forward(x, layout) -> (y, cache)`` and ``_backward(dy, cache, layout, input_grad) -> dx``: what each
+  module implements. Everything a backward needs comes in as arguments: its own named cache (a NamedTuple,
+  checked), the layout of the activations and whether the input gradient is wanted. Nothing is left on the
+  object between calls, so one module can appear twice in a network.
+- ``module(x)`` and ``module.backward(dy)``: the public pair. A public call takes and returns (N, C, H, W)
+  / (N, features) arrays; a container converts once to the batch-innermost layout (see
+  :mod:`xpcnn.functional.layout`) and runs its children in it. The cache of the last training-mode call is
+  kept for the public ``backward``. A layer gives the same answers alone and inside any container.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Iterator
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .. import backend as _backend
+from ..functional import layout as _layout
+
+__all__ = ["Buffer", "LAYERS", "Module", "Parameter", "from_config"]
+
+DTYPES = ("float32", "float64")
+LAYERS: dict[str, type] = {}        # every public module class of xpcnn.nn by name, for from_config
+
+
+class Parameter:
+    """A trainable array (``.data``) and the gradient of the loss for it (``.grad``, None until backward)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data: Any):
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
+
+
+class Buffer:
+    """State that is saved and moved with the model but not trained (``.data``), e.g. running statistics."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any):
+        self.data = data
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    def __repr__(self) -> str:
+        return f"Buffer(shape={self.shape}, dtype={self.data.dtype})"
+
+
+def check_dtype(owner: str, dtype: Any) -> str:
+    """A floating dtype name: integer or complex weights would be silently zeroed or meaningless."""
+    if dtype not in DTYPES:
+        raise ValueError(f"{owner}: dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return dtype
+
+
+def make_parameter(values: np.ndarray, dtype: str) -> Parameter:
+    return Parameter(_backend.asarray(np.asarray(values), dtype=dtype))
+
+
+def make_buffer(values: np.ndarray, dtype: str) -> Buffer:
+    return Buffer(_backend.asarray(np.asarray(values), dtype=dtype))
+
+
+def accumulate(p: Parameter, grad: Any) -> None:
+    """Add ``grad`` to ``p.grad``; a gradient of another dtype is an error, never a silent upcast."""
+    if grad.dtype != p.data.dtype:
+        raise TypeError(f"a gradient of dtype {grad.dtype} reached a parameter of dtype {p.data.dtype}; "
+                        f"pass the gradient in the model's dtype")
+    p.grad = grad if p.grad is None else p.grad + grad
+
+
+def dtype_name(x: Any) -> str:
+    xp = array_namespace(x)
+    for name in DTYPES:
+        if x.dtype == getattr(xp, name, None):
+            return name
+    raise TypeError(f"parameters must have a floating dtype ({', '.join(DTYPES)}); got {x.dtype}")
+
+
+_trace: list | None = None          # set while summary()/check_input() record each module's output
+
+
+class Module:
+    """Base of every layer and container.
+
+    Subclasses implement ``_forward(x, layout)`` and ``_backward(dy, cache, layout, input_grad)``; containers
+    run their children with :meth:`_call` and set ``run_layout = "CHWN"``. Constructor arguments are passed to
+    ``super().__init__(**config)`` so the module can be rebuilt (:func:`from_config`) and printed.
+    """
+
+    training = True
+    run_layout = "NCHW"         # the layout a public call runs in: containers use the fast CHWN
+    input_shape: tuple | None = None
+    input_grad_default = True   # what backward(dy) returns without input_grad=
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("xpcnn.nn") and not cls.__name__.startswith("_"):
+            LAYERS[cls.__name__] = cls
+
+    def __init__(self, **config: Any):
+        self._config = config          # constructor arguments, for checkpoints and summaries
+        self._last = None              # (cache, layout, dtype) of the last training-mode public call
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    # -- the tree
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def children(self) -> list["Module"]:
+        return [m for _, m in self.named_children()]
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """This module and every descendant, depth first, with dotted names ("" for this one)."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> list["Module"]:
+        return [m for _, m in self.named_modules()]
+
+    def _named_own(self, kind: type) -> Iterator[tuple[str, Any]]:
+        for name, value in vars(self).items():
+            if isinstance(value, kind):
+                yield name, value
+
+    def _named_all(self, kind: type) -> Iterator[tuple[str, Any]]:
+        seen = set()
+        for prefix, module in self.named_modules():
+            for name, value in module._named_own(kind):
+                if id(value) not in seen:          # a module used twice holds its parameters once
+                    seen.add(id(value))
+                    yield (f"{prefix}.{name}" if prefix else name), value
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """Every parameter with its dotted name, e.g. ``3.body.0.weight``."""
+        return self._named_all(Parameter)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> Iterator[tuple[str, Buffer]]:
+        return self._named_all(Buffer)
+
+    def buffers(self) -> list[Buffer]:
+        return [b for _, b in self.named_buffers()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters and buffers by dotted name (the arrays themselves, on their backend), as in PyTorch."""
+        return {**{n: p.data for n, p in self.named_parameters()}, **{n: b.data for n, b in self.named_buffers()}}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Copy arrays (any backend) into the parameters and buffers of the same names, keeping each one's
+        backend, device and dtype. ``strict``: the names must match exactly. Shapes always must."""
+        slots = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        missing, unexpected = sorted(set(slots) - set(state)), sorted(set(state) - set(slots))
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}")
+        for name in sorted(set(slots) & set(state)):
+            if tuple(state[name].shape) != slots[name].shape:
+                raise ValueError(f"load_state_dict: {name} must have shape {slots[name].shape}; "
+                                 f"got {tuple(state[name].shape)}")
+        for name in sorted(set(slots) & set(state)):
+            slot = slots[name]
+            slot.data = _backend.asarray_like(state[name], slot.data, dtype=slot.data.dtype)
+            if isinstance(slot, Parameter):
+                slot.grad = None
+        self._forget()
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__, **self._config}
+
+    @classmethod
+    def from_config(cls, config: dict, dtype: str = "float32") -> "Module":
+        """Rebuild from :meth:`config` (freshly initialized weights: load a checkpoint or state over them)."""
+        args = {k: v for k, v in config.items() if k != "type"}
+        if "dtype" in inspect.signature(cls.__init__).parameters:
+            args["dtype"] = dtype
+        return cls(**args)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode (batch statistics, dropout) for this module and all below it; ``train(False)``: eval."""
+        for module in self.modules():
+            module.training = bool(mode)
+            if not mode:
+                module._last = None
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def to(self, backend: str | None = None, device: Any = None, dtype: str | None = None) -> "Module":
+        """Move parameters and buffers to ``backend`` (default: the current one) and optionally change their
+        dtype (float32 or float64)."""
+        if dtype is not None:
+            check_dtype(f"{type(self).__name__}.to", dtype)
+        with _backend.use_backend(backend or _backend.get_backend().name, device):
+            for slot in [*self.parameters(), *self.buffers()]:
+                slot.data = _backend.asarray(slot.data, dtype=dtype or dtype_name(slot.data))
+                if isinstance(slot, Parameter):
+                    slot.grad = None
+        self._forget()
+        return self
+
+    def _forget(self) -> None:
+        for module in self.modules():
+            module._last = None
+
+    # -- computation
+    def _forward(self, x: Any, layout: str) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _backward(self, dy: Any, cache: Any, layout: str, input_grad: bool) -> Any:
+        raise NotImplementedError
+
+    def _call(self, x: Any, layout: str) -> tuple[Any, Any]:
+        """How a container runs a child: ``_forward``, recorded while a summary traces shapes."""
+        if _trace is None:
+            return self._forward(x, layout)
+        try:
+            y, cache = self._forward(x, layout)
+        except (ValueError, TypeError) as exc:
+            if not hasattr(exc, "xpcnn_module"):
+                exc.xpcnn_module = self          # the innermost module that refused the input
+            raise
+        _trace.append((self, _layout.sample_shape(y.shape, layout)))
+        return y, cache
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def forward(self, x: Any) -> Any:
+        """The output for ``x`` ((N, C, H, W) or (N, features)); in training mode the cache is kept for
+        :meth:`backward`."""
+        if not hasattr(x, "ndim"):
+            raise TypeError(f"{type(self).__name__}: input must be an array; got {type(x).__name__}")
+        layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
+        xp = array_namespace(x)
+        y, cache = self._forward(_layout.from_nchw(x, xp, layout), layout)
+        self._last = (cache, layout, y.dtype) if self.training else None
+        return _layout.to_nchw(y, xp, layout)
+
+    def backward(self, dy: Any, input_grad: bool | None = None) -> Any:
+        """Fill the parameters' ``.grad`` from ``dy``, the gradient for the output of the last training-mode
+        call, and return the gradient for its input when ``input_grad`` is true (default: True for layers,
+        False for Sequential, as training needs none and it costs a col2im). A first layer with parameters
+        skips computing it."""
+        if self._last is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a training-mode forward before it")
+        cache, layout, dtype = self._last
+        if not hasattr(dy, "dtype"):
+            raise TypeError(f"{type(self).__name__}.backward: dy must be an array; got {type(dy).__name__}")
+        if dy.dtype != dtype:
+            raise TypeError(f"{type(self).__name__}.backward: dy must have the dtype of the output ({dtype}); "
+                            f"got {dy.dtype}")
+        wanted = self.input_grad_default if input_grad is None else bool(input_grad)
+        xp = array_namespace(dy)
+        dx = self._backward(_layout.from_nchw(dy, xp, layout), cache, layout, wanted)
+        self._last = None
+        return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+
+    # -- shapes and printing
+    def _trace_shapes(self, sample_shape: tuple) -> dict[int, tuple]:
+        """Each module's output shape for one sample, by running an empty batch (eval mode) through it."""
+        global _trace
+        params = [*self.parameters(), *self.buffers()]
+        like = params[0].data if params else _backend.asarray(np.zeros(1, np.float32))
+        layout = self.run_layout if len(sample_shape) in (1, 3) else "NCHW"
+        empty = np.zeros((*sample_shape, 0) if layout == "CHWN" else (0, *sample_shape), dtype=dtype_name(like))
+        x = _backend.asarray_like(empty, like)
+        mode = [(m, m.training) for m in self.modules()]
+        self.eval()
+        _trace = []
+        try:
+            self._call(x, layout)
+            return {id(module): shape for module, shape in reversed(_trace)}    # first use wins
+        except (ValueError, TypeError) as exc:
+            names = {id(m): n for n, m in self.named_modules()}
+            where = getattr(exc, "xpcnn_module", self)
+            label = names.get(id(where)) or "(top)"
+            raise ValueError(f"{self.name}: input of shape (N, {', '.join(map(str, sample_shape))}) does not fit "
+                             f"layer {label} ({where.short_repr()}): {exc}") from None
+        finally:
+            _trace = None
+            for module, training in mode:
+                module.training = training
+
+    def check_input(self, shape: tuple) -> None:
+        """Raise ValueError, with the expected shape, if inputs of ``shape`` (N, ...) cannot pass through."""
+        shape = tuple(shape)
+        if self.input_shape is not None and shape[1:] != tuple(self.input_shape):
+            raise ValueError(f"{self.name} expects inputs of shape (N, {', '.join(map(str, self.input_shape))}); "
+                             f"got {shape}")
+        self._trace_shapes(shape[1:])
+
+    def summary(self, input_shape: tuple | None = None) -> str:
+        """A table of every module (indented by depth), its output shape and parameter count (needs
+        ``input_shape`` (C, H, W), or a model built with one)."""
+        sample = tuple(input_shape or self.input_shape or ())
+        if not sample:
+            raise ValueError("summary needs input_shape=(C, H, W) (or a model built with one)")
+        shapes = self._trace_shapes(sample)
+        rows = [("layer", "output shape", "parameters")]
+        for name, module in self.named_modules():
+            if not name:
+                continue
+            depth = name.count(".")
+            count = sum(math.prod(p.shape) for p in module.parameters())
+            rows.append((f"{'  ' * depth}{name.rsplit('.', 1)[-1]}: {module.short_repr()}",
+                         str(shapes.get(id(module), "?")), f"{count:,}"))
+        total = sum(math.prod(p.shape) for p in self.parameters())
+        widths = [max(len(r[k]) for r in rows) for k in range(3)]
+        lines = [f"{self.name}: input {sample}"]
+        lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+        lines.append(f"total parameters: {total:,}")
+        return "\n".join(lines)
+
+    def short_repr(self) -> str:
+        """One line: a layer's repr, or a container's type and size."""
+        return repr(self)
+
+    def __repr__(self) -> str:
+        """Required arguments by position, the others only where they differ from their defaults."""
+        params = inspect.signature(type(self).__init__).parameters
+        args = []
+        for key, value in self._config.items():
+            default = params[key].default if key in params else inspect.Parameter.empty
+            if default is inspect.Parameter.empty:
+                args.append(repr(value))
+            elif value != default:
+                args.append(f"{key}={value!r}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+def from_config(config: Any, dtype: str = "float32") -> Module:
+    """A module (and its children) rebuilt from ``module.config()``; ValueError for anything malformed."""
+    if not isinstance(config, dict) or not isinstance(config.get("type"), str):
+        raise ValueError(f"a module configuration must be a dict with a 'type'; got {config!r:.200}")
+    kind = config["type"]
+    if kind not in LAYERS:
+        raise ValueError(f"unknown layer type {kind!r} in the model configuration (known: {', '.join(sorted(LAYERS))})")
+    try:
+        return LAYERS[kind].from_config(config, dtype)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"bad configuration for {kind}: {type(exc).__name__}: {exc}") from None
