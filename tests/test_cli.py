@@ -153,3 +153,16 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path):
 def test_info_lists_backends(tmp_path):
     done = xpcnn_cmd("info", tmp_path=tmp_path)
     assert done.returncode == 0 and "selected backend: numpy" in done.stdout
+
+
+def test_train_a_resnet8_and_predict_with_it(tmp_path):
+    """`--model resnet8`: BatchNorm, residual blocks; one epoch learns, the checkpoint rebuilds the tree."""
+    done = xpcnn_cmd("train", "--model", "resnet8", "--epochs", "1", "--batch-size", "64", "--lr", "0.05",
+                     "--quiet", "--checkpoint", str(tmp_path / "r8.npz"), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resnet8 (77,754 parameters)" in done.stdout
+    accuracy = float(re.search(r"test accuracy: (\d+\.\d+)%", done.stdout).group(1))
+    assert accuracy >= 80.0, done.stdout
+    evaluated = xpcnn_cmd("evaluate", "--checkpoint", str(tmp_path / "r8.npz"), tmp_path=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"accuracy: {accuracy:.2f}%" in evaluated.stdout

@@ -144,3 +144,19 @@ def test_config_round_trip_rebuilds_the_architecture():
     rebuilt = nn.Sequential.from_config(model.config())
     assert rebuilt.config() == model.config()
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_resnets_follow_he_et_al():
+    """6n+2 layers, 16/32/64 channels, projection shortcuts where the shape changes, bias-free convolutions."""
+    r8 = xpcnn.models.build("resnet8", in_channels=3)
+    assert r8.input_shape == (3, 32, 32) and r8.name == "resnet8"
+    convs = [m for m in r8.modules() if isinstance(m, nn.Conv2D)]
+    assert len(convs) == 1 + 2 * 3 + 2                     # 8 weighted layers minus the dense one, plus 2 projections
+    assert all(c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.Residual) and m.shortcut is not None for m in r8.modules()) == 2
+    assert "total parameters: 272,474" in xpcnn.models.resnet20(in_channels=3).summary()   # the paper's 0.27M
+    assert xpcnn.models.resnet8().input_shape == (1, 28, 28)
+    with pytest.raises(ValueError, match=r"depth must be 6n \+ 2"):
+        xpcnn.models.resnet(10)
+    with pytest.raises(ValueError, match="resnet8: num_classes must be >= 1; got -1"):
+        xpcnn.models.resnet8(num_classes=-1)

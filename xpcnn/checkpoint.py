@@ -1,10 +1,12 @@
-"""Checkpoints without pickle: parameters, optimizer state, progress, RNG state and the model's configuration.
+"""Checkpoints without pickle: parameters, buffers, optimizer state, progress, RNG state and the model's
+configuration (any module tree: nested containers and residual blocks are rebuilt from it).
 
 Formats: ``.npz`` (read back with ``allow_pickle=False``) or ``.safetensors`` (needs the
 ``safetensors`` package). Both hold plain arrays plus one JSON document. Writes are atomic:
 a temporary file in the same folder is written, flushed to disk and renamed over the target,
 so an interrupted save leaves the previous checkpoint intact. Every array's SHA-256 is
-recorded and checked on load, so an altered file is refused rather than trusted.
+recorded, and the SHA-256 of the JSON document itself (which holds those digests); both are
+checked on load, so an altered file is refused rather than trusted.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from . import backend as _backend
-from .nn import Sequential
+from .nn import Module, from_config
 
 __all__ = ["Checkpoint", "CheckpointError", "load", "save", "write_atomic"]
 
 FORMAT = "xpcnn-checkpoint"
-VERSION = 1
+VERSION = 2
 _META_KEY = "__xpcnn__"
 
 
@@ -38,7 +40,7 @@ class CheckpointError(ValueError):
 class Checkpoint:
     """What :func:`load` returns: the model (with the weights loaded) and everything saved beside it."""
 
-    model: Sequential
+    model: Module
     epoch: int = 0
     step: int = 0
     rng_state: Any = None
@@ -76,7 +78,7 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def save(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *, epoch: int = 0, step: int = 0,
+def save(path: str | os.PathLike, model: Module, optimizer: Any = None, *, epoch: int = 0, step: int = 0,
          rng_state: Any = None, extra: dict | None = None) -> pathlib.Path:
     """Write a checkpoint of ``model`` (and ``optimizer``) to ``path`` (.npz or .safetensors), atomically.
 
@@ -89,6 +91,11 @@ def save(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *, e
         if not np.all(np.isfinite(host)):
             raise ValueError(f"refusing to save a checkpoint: parameter {name} holds NaN or Inf values")
         arrays[f"param/{name}"] = host
+    for name, b in model.named_buffers():
+        host = _backend.to_numpy(b.data)
+        if not np.all(np.isfinite(host)):
+            raise ValueError(f"refusing to save a checkpoint: buffer {name} holds NaN or Inf values")
+        arrays[f"buffer/{name}"] = host
     optim_meta = None
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -101,6 +108,7 @@ def save(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *, e
         "rng_state": rng_state, "extra": extra or {}, "optimizer": optim_meta,
         "sha256": {key: _digest(value) for key, value in arrays.items()},
     }
+    meta["meta_sha256"] = _meta_digest(meta)
     text = json.dumps(meta, sort_keys=True)
     if path.suffix == ".safetensors":
         safetensors_numpy = _safetensors()
@@ -114,6 +122,13 @@ def save(path: str | os.PathLike, model: Sequential, optimizer: Any = None, *, e
         raise ValueError(f"checkpoint path must end in .npz or .safetensors; got {str(path)!r}")
     write_atomic(path, data)
     return path
+
+
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of the JSON document without its own digest: an edited epoch, hyper-parameter or layer
+    argument is detected like an edited array."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _safetensors():
@@ -149,8 +164,13 @@ def _read(path: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
     except Exception as exc:       # zipfile, zlib, numpy and safetensors each raise their own types
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}); "
                               "it is truncated, damaged or not a checkpoint") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an xpcnn checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r}; this xpcnn reads "
+                              f"version {VERSION} (save it again with the xpcnn that wrote it, or retrain)")
+    if meta.get("meta_sha256") != _meta_digest(meta):
+        raise CheckpointError(f"{path}: its JSON record was altered (its SHA-256 does not match the one saved)")
     expected = meta.get("sha256", {})
     if set(expected) != set(arrays):
         raise CheckpointError(f"{path}: its arrays {sorted(arrays)} do not match its own index {sorted(expected)}")
@@ -160,45 +180,71 @@ def _read(path: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
-def load(path: str | os.PathLike, model: Sequential | None = None, optimizer: Any = None) -> Checkpoint:
-    """Read ``path`` and load its weights into ``model`` (or into a model rebuilt from the saved
-    configuration, on the current backend), and its optimizer state into ``optimizer`` if given.
+def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = None) -> Checkpoint:
+    """Read ``path`` and load its parameters and buffers into ``model`` (or into a model rebuilt from the
+    saved configuration, on the current backend), and its optimizer state into ``optimizer`` if given.
 
-    Raises CheckpointError for truncated, altered or non-finite checkpoints and for another architecture.
+    Raises CheckpointError for truncated, altered or non-finite checkpoints, malformed configurations and
+    another architecture.
     """
     path = pathlib.Path(path)
     meta, arrays = _read(path)
-    saved_name = meta["model"].get("name", "?")
+    config = meta.get("model")
+    saved_name = config.get("name", "?") if isinstance(config, dict) else "?"
     if model is None:
-        model = Sequential.from_config(meta["model"])
-    params = dict(model.named_parameters())
-    saved = {key[len("param/"):]: value for key, value in arrays.items() if key.startswith("param/")}
-    mismatch = sorted(set(params) ^ set(saved)) or [
-        name for name in params if params[name].shape != tuple(saved[name].shape)]
-    same_layers = meta["model"].get("layers") == json.loads(json.dumps(model.config()))["layers"]
-    if mismatch or not same_layers:
+        try:
+            model = from_config(config)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}") from None
+    slots = {**{f"param/{n}": p for n, p in model.named_parameters()},
+             **{f"buffer/{n}": b for n, b in model.named_buffers()}}
+    saved = {key: value for key, value in arrays.items() if key.startswith(("param/", "buffer/"))}
+    mismatch = sorted(set(slots) ^ set(saved)) or [
+        key for key in slots if slots[key].shape != tuple(saved[key].shape)]
+    if mismatch or _architecture(config) != _architecture(json.loads(json.dumps(model.config()))):
         saved_shapes = {k: tuple(v.shape) for k, v in saved.items()}
-        model_shapes = {k: p.shape for k, p in params.items()}
+        model_shapes = {k: s.shape for k, s in slots.items()}
         raise CheckpointError(
-            f"{path}: checkpoint is for model {saved_name!r} with parameters {saved_shapes}, "
-            f"which does not fit the model {model.name!r} with parameters {model_shapes}")
-    for name, value in saved.items():
+            f"{path}: checkpoint is for model {saved_name!r} with {saved_shapes}, "
+            f"which does not fit the model {model.name!r} with {model_shapes}")
+    for key, value in saved.items():
         if not np.all(np.isfinite(value)):
-            raise CheckpointError(f"{path}: parameter {name} holds NaN or Inf values")
-    for name, p in params.items():
-        p.data = _backend.asarray_like(saved[name], p.data, dtype=p.data.dtype)
-        p.grad = None
-    optimizer_state = None
-    if meta.get("optimizer") is not None:
-        optimizer_state = dict(meta["optimizer"])
-        optimizer_state["state"] = [{} for _ in params]
+            raise CheckpointError(f"{path}: {key.replace('/', ' ', 1)} holds NaN or Inf values")
+    for key, slot in slots.items():
+        slot.data = _backend.asarray_like(saved[key], slot.data, dtype=slot.data.dtype)
+        if hasattr(slot, "grad"):
+            slot.grad = None
+    optimizer_state = _optimizer_state(path, meta, arrays, model)
+    if optimizer is not None and optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    return Checkpoint(model=model, epoch=meta["epoch"], step=meta["step"], rng_state=meta.get("rng_state"),
+                      extra=meta.get("extra", {}), optimizer_state=optimizer_state, path=str(path))
+
+
+def _architecture(config: Any) -> Any:
+    """A configuration without the model's name: what must match for weights to fit."""
+    return {k: v for k, v in config.items() if k != "name"} if isinstance(config, dict) else config
+
+
+def _optimizer_state(path: pathlib.Path, meta: dict, arrays: dict, model: Module) -> dict | None:
+    if meta.get("optimizer") is None:
+        return None
+    params = model.parameters()
+    try:
+        state = dict(meta["optimizer"])
+        state["state"] = [{} for _ in params]
         for key, value in arrays.items():
             if key.startswith("optim/"):
                 _, index, name = key.split("/", 2)
-                optimizer_state["state"][int(index)][name] = value
-        optimizer_state["hyper"] = {k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in optimizer_state["hyper"].items()}
-        if optimizer is not None:
-            optimizer.load_state_dict(optimizer_state)
-    return Checkpoint(model=model, epoch=meta["epoch"], step=meta["step"], rng_state=meta.get("rng_state"),
-                      extra=meta.get("extra", {}), optimizer_state=optimizer_state, path=str(path))
+                index = int(index)
+                if tuple(value.shape) != params[index].shape:
+                    raise ValueError(f"optimizer state {key} has shape {tuple(value.shape)}; its parameter has "
+                                     f"{params[index].shape}")
+                state["state"][index][name] = value
+        state["hyper"] = {k: tuple(v) if isinstance(v, list) else v for k, v in state["hyper"].items()}
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: malformed optimizer state ({type(exc).__name__}: {exc})") from None
+    return state

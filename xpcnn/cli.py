@@ -76,6 +76,18 @@ def _load_checkpoint(path: str, model=None, optimizer=None):
 
 
 # --------------------------------------------------------------------------- train
+def _build_model(name: str, seed: int, sample_shape: tuple):
+    """A model for samples of ``sample_shape`` (C, H, W): ResNets take the channels and image size from the data."""
+    import inspect
+
+    from . import models
+
+    kwargs = {"seed": seed}
+    if "in_channels" in inspect.signature(models.MODELS[name]).parameters:
+        kwargs.update(in_channels=sample_shape[0], image_size=sample_shape[1])
+    return models.build(name, **kwargs)
+
+
 def _make_optimizer(args, params):
     from . import optim
 
@@ -131,7 +143,7 @@ def write_plot(history: dict, path: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import models, nn
+    from . import nn
     from .checkpoint import save
     from .train import History, TrainingDivergedError, evaluate, fit
 
@@ -146,7 +158,7 @@ def _train(args: argparse.Namespace) -> int:
         if start_epoch >= args.epochs:
             raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {start_epoch} epochs; "
                                f"ask for more with --epochs (got {args.epochs})")
-    model = checkpoint.model if checkpoint else models.build(args.model, seed=args.seed)
+    model = checkpoint.model if checkpoint else _build_model(args.model, args.seed, train_data.sample_shape)
     optimizer = _make_optimizer(args, model.parameters())
     if checkpoint and checkpoint.optimizer_state is not None:
         try:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nn import Conv2D, Flatten, Linear, MaxPool2D, ReLU, Sequential, Sigmoid
+from .functional._checks import as_int
+from .nn import (
+    BatchNorm2D, Conv2D, Flatten, GlobalAvgPool2D, Linear, MaxPool2D, ReLU, Residual, Sequential, Sigmoid,
+)
+from .nn.module import check_dtype
 
-__all__ = ["MODELS", "build", "lenet5", "seed_binary", "seed_cnn"]
+__all__ = ["MODELS", "build", "lenet5", "resnet", "resnet20", "resnet8", "seed_binary", "seed_cnn"]
+
+
+def _check(model: str, num_classes: int, dtype: str) -> None:
+    as_int(model, "num_classes", num_classes, 1)
+    check_dtype(model, dtype)
 
 
 def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Sequential:
@@ -14,6 +23,7 @@ def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Sequ
 
     conv 6@5x5 (padding 2) - pool 2 - conv 16@5x5 - pool 2 - dense 120 - dense 84 - dense ``num_classes``.
     """
+    _check("lenet5", num_classes, dtype)
     rng = np.random.default_rng(seed)
     kw = dict(dtype=dtype, rng=rng)
     return Sequential(
@@ -52,11 +62,63 @@ def seed_binary(image_size: int = 32, seed: int = 0, dtype: str = "float32", ini
     )
 
 
-MODELS = {"lenet5": lenet5, "seed_cnn": seed_cnn, "seed_binary": seed_binary}
+def resnet(depth: int, num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
+           dtype: str = "float32") -> Sequential:
+    """The CIFAR ResNet of He et al. 2016 (section 4.2): ``depth = 6n + 2`` layers.
+
+    A 3x3 convolution to 16 channels, then three stages of ``n`` residual blocks with 16, 32 and 64 channels
+    (the first block of stages 2 and 3 halves H and W with stride 2), global average pooling and a dense
+    layer. Each block is conv 3x3 - BN - ReLU - conv 3x3 - BN, plus a shortcut: the identity, or a
+    projection (1x1 convolution with the stride, then BN) where the shape changes; then ReLU.
+    Convolutions have no bias (the BN after each has one). ``in_channels``: 1 for MNIST, 3 for CIFAR-10;
+    ``image_size`` (default 28 for one channel, else 32) only sets ``input_shape`` for checks and summaries:
+    the network runs on any size.
+    """
+    name = f"resnet{depth}"
+    _check(name, num_classes, dtype)
+    in_channels = as_int(name, "in_channels", in_channels, 1)
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"resnet: depth must be 6n + 2 for n >= 1 (8, 14, 20, 32, ...); got {depth!r}")
+    size = as_int(name, "image_size", image_size if image_size is not None else 28 if in_channels == 1 else 32, 1)
+    rng = np.random.default_rng(seed)
+
+    def conv(cin, cout, kernel, stride=1):
+        return Conv2D(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False, dtype=dtype, rng=rng)
+
+    layers = [conv(in_channels, 16, 3), BatchNorm2D(16, dtype=dtype), ReLU()]
+    channels = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range((depth - 2) // 6):
+            stride = 2 if stage > 0 and block == 0 else 1
+            body = Sequential(conv(channels, width, 3, stride), BatchNorm2D(width, dtype=dtype), ReLU(),
+                              conv(width, width, 3), BatchNorm2D(width, dtype=dtype))
+            shortcut = None
+            if stride != 1 or channels != width:
+                shortcut = Sequential(conv(channels, width, 1, stride), BatchNorm2D(width, dtype=dtype))
+            layers += [Residual(body, shortcut), ReLU()]
+            channels = width
+    layers += [GlobalAvgPool2D(), Linear(channels, num_classes, init="glorot_uniform", dtype=dtype, rng=rng)]
+    return Sequential(*layers, input_shape=(in_channels, size, size), name=name)
+
+
+def resnet8(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
+            dtype: str = "float32") -> Sequential:
+    """ResNet-8 (one block per stage, 78k parameters for one input channel): see :func:`resnet`."""
+    return resnet(8, num_classes, in_channels, image_size, seed, dtype)
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
+             dtype: str = "float32") -> Sequential:
+    """ResNet-20 (three blocks per stage, 0.27M parameters as in the paper): see :func:`resnet`."""
+    return resnet(20, num_classes, in_channels, image_size, seed, dtype)
+
+
+MODELS = {"lenet5": lenet5, "seed_cnn": seed_cnn, "seed_binary": seed_binary, "resnet8": resnet8,
+          "resnet20": resnet20}
 
 
 def build(name: str, **kwargs) -> Sequential:
-    """A model by name: one of ``MODELS``."""
+    """A model by name: one of ``MODELS``, e.g. ``build("resnet8", in_channels=3)``."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
     return MODELS[name](**kwargs)

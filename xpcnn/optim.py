@@ -88,7 +88,8 @@ class SGD(Optimizer):
             grad = grad + weight_decay * data
         if momentum:
             buffer = state.get("momentum")
-            buffer = grad if buffer is None else momentum * buffer + grad
+            # a copy, never the gradient array itself: gradients may live in a buffer that is reused
+            buffer = array_namespace(grad).asarray(grad, copy=True) if buffer is None else momentum * buffer + grad
             state["momentum"] = buffer
             grad = grad + momentum * buffer if self.hyper["nesterov"] else buffer
         return data - self.lr * grad

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..functional._checks import check_cache
+from ..functional.layout import nchw_shape
 from .layers import MaxPool2D, ReLU
 from . import module as _module
 from .module import Module, from_config
@@ -142,8 +143,8 @@ class Residual(Module):
         else:
             skip, skip_cache = self.shortcut._call(x, layout)
         if tuple(y.shape) != tuple(skip.shape):
-            raise ValueError(f"Residual: the body's output {tuple(y.shape)} and the shortcut's "
-                             f"{tuple(skip.shape)} ({layout}) must have the same shape; give a shortcut that "
+            raise ValueError(f"Residual: the body's output {nchw_shape(y.shape, layout)} and the shortcut's "
+                             f"{nchw_shape(skip.shape, layout)} must have the same shape; give a shortcut that "
                              f"matches them (e.g. a 1x1 Conv2D with the body's stride)")
         return y + skip, ResidualCache(body_cache, skip_cache)
 

@@ -1,0 +1,227 @@
+"""The module tree (xpcnn.nn.module, containers): names, state, modes, reentrancy, residual networks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import xpcnn
+from helpers import assert_gradients_close, numerical_gradients
+from xpcnn import functional as F
+from xpcnn import nn
+
+
+def _residual_net(dtype="float64", seed=0):
+    """A small network with every new piece: BatchNorm, an identity and a projection residual block,
+    a nested Sequential, global average pooling."""
+    rng = np.random.default_rng(seed)
+
+    def conv(cin, cout, k, stride=1):
+        return nn.Conv2D(cin, cout, k, stride=stride, padding=k // 2, bias=False, dtype=dtype, rng=rng)
+
+    return nn.Sequential(
+        conv(2, 3, 3), nn.BatchNorm2D(3, dtype=dtype), nn.ReLU(),
+        nn.Residual(nn.Sequential(conv(3, 3, 3), nn.BatchNorm2D(3, dtype=dtype), nn.Tanh())),
+        nn.Residual(nn.Sequential(conv(3, 4, 3, 2), nn.BatchNorm2D(4, dtype=dtype)),
+                    nn.Sequential(conv(3, 4, 1, 2), nn.BatchNorm2D(4, dtype=dtype))),
+        nn.ReLU(), nn.GlobalAvgPool2D(), nn.Linear(4, 3, dtype=dtype, rng=rng),
+        input_shape=(2, 5, 5), name="tiny_resnet")
+
+
+def _on(B):
+    name, _, device = B.name.partition(":")
+    return xpcnn.use_backend(name, device or None)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
+def test_residual_network_with_batchnorm_matches_finite_differences(backend):
+    """Every parameter and the input, float64, through BatchNorm (training mode) and both residual kinds."""
+    with xpcnn.use_backend(backend):
+        model = _residual_net()
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((4, 2, 5, 5))
+        labels = xpcnn.asarray(np.array([0, 2, 1, 2]))
+        loss_fn = nn.CrossEntropyLoss()
+        loss_fn(model(xpcnn.asarray(x)), labels)
+        dx = model.backward(loss_fn.backward(), input_grad=True)
+        params = model.parameters()
+        analytic = [xpcnn.to_numpy(p.grad) for p in params] + [xpcnn.to_numpy(dx)]
+        originals = [xpcnn.to_numpy(p.data).copy() for p in params]
+
+        def loss(*values):
+            for p, v in zip(params, values[:-1]):
+                p.data = xpcnn.asarray(v)
+            return float(xpcnn.to_numpy(loss_fn(model(xpcnn.asarray(values[-1])), labels)))
+
+        assert_gradients_close(analytic, numerical_gradients(loss, originals + [x]))
+
+
+def test_names_parameters_buffers_and_modules():
+    model = _residual_net()
+    names = [n for n, _ in model.named_parameters()]
+    assert names[:3] == ["0.weight", "1.weight", "1.bias"]
+    assert "3.body.0.weight" in names and "4.shortcut.0.weight" in names and names[-1] == "7.bias"
+    assert [n for n, _ in model.named_buffers()][:2] == ["1.running_mean", "1.running_var"]
+    assert len(model.buffers()) == 2 * 4
+    assert [n for n, _ in model.named_modules()][:6] == ["", "0", "1", "2", "3", "3.body"]
+    assert set(model.state_dict()) == set(names) | {n for n, _ in model.named_buffers()}
+
+
+def test_state_dict_round_trip_and_refusals():
+    a, b = _residual_net(seed=0), _residual_net(seed=1)
+    a(np.random.default_rng(2).standard_normal((3, 2, 5, 5)))          # running statistics move
+    b.load_state_dict(a.state_dict())
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    state = a.state_dict()
+    state["1.running_mean"] = np.zeros(4)
+    with pytest.raises(ValueError, match=r"1.running_mean must have shape \(3,\); got \(4,\)"):
+        b.load_state_dict(state)
+    del state["1.running_mean"]
+    with pytest.raises(KeyError, match="missing \\['1.running_mean'\\]"):
+        b.load_state_dict(state)
+
+
+def test_train_eval_and_zero_grad_recurse():
+    model = _residual_net()
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    model(np.ones((2, 2, 5, 5)))
+    model.backward(np.ones((2, 3)))
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_eval_uses_running_statistics_and_training_updates_them():
+    model = _residual_net()
+    x = np.random.default_rng(3).standard_normal((6, 2, 5, 5))
+    before = [b.data.copy() for b in model.buffers()]
+    model.eval()
+    first = model(x)
+    np.testing.assert_array_equal(model(x[:2]), first[:2])            # per-sample in eval: no batch coupling
+    assert all(np.array_equal(a, b.data) for a, b in zip(before, model.buffers()))
+    model.train()
+    train_out = model(x)
+    assert not np.allclose(train_out[:2], model(x[:2]))               # batch statistics in training
+    assert not np.allclose(before[0], model.buffers()[0].data)
+
+
+def test_same_answers_alone_inside_a_sequential_and_inside_a_residual():
+    """A BatchNorm layer: alone (NCHW), inside a Sequential and inside a Residual (batch-innermost)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 5, 5))
+    dy = rng.standard_normal(x.shape)
+    results = []
+    for wrap in (lambda m: m, lambda m: nn.Sequential(m), lambda m: nn.Residual(m)):
+        bn = nn.BatchNorm2D(3, dtype="float64")
+        bn.weight.data = np.linspace(0.5, 2, 3)
+        model = wrap(bn)
+        y = model(x)
+        dx = model.backward(dy, input_grad=True)
+        if isinstance(model, nn.Residual):                  # remove the identity path's contribution
+            y, dx = y - x, dx - dy
+        results.append((y, dx, bn.weight.grad, bn.running_var.data))
+    for other in results[1:]:
+        for ours, theirs in zip(results[0], other):
+            np.testing.assert_allclose(theirs, ours, rtol=1e-12, atol=1e-12)
+
+
+def test_a_module_used_twice_gets_both_gradients():
+    """Reentrant: the same Linear twice in one graph; its gradient is the sum over both uses."""
+    rng = np.random.default_rng(5)
+    shared = nn.Linear(3, 3, dtype="float64", rng=rng)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    assert len(model.parameters()) == 2                     # listed once
+    x = rng.standard_normal((4, 3))
+    y = model(x)
+    model.backward(np.ones_like(y))
+    analytic = [shared.weight.grad, shared.bias.grad]
+    original = [shared.weight.data.copy(), shared.bias.data.copy()]
+
+    def loss(w, b):
+        shared.weight.data, shared.bias.data = w, b
+        return float(np.sum(model(x)))
+
+    assert_gradients_close(analytic, numerical_gradients(loss, original))
+
+
+def test_wrong_caches_and_missing_forward_are_refused():
+    model = _residual_net()
+    with pytest.raises(RuntimeError, match="Sequential.backward called without a training-mode forward"):
+        model.backward(np.ones((2, 3)))
+    model(np.ones((2, 2, 5, 5)))
+    with pytest.raises(TypeError, match=r"dy must have the dtype of the output \(float64\); got float32"):
+        model.backward(np.ones((2, 3), np.float32))
+    y, conv_cache = F.conv2d_forward(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+    with pytest.raises(TypeError, match="max_pool2d_backward: cache must be the MaxPool2DCache that "
+                                        "max_pool2d_forward returned; got a Conv2DCache"):
+        F.max_pool2d_backward(y, conv_cache)
+    _, sigmoid_cache = F.sigmoid_forward(y)
+    with pytest.raises(TypeError, match="relu_backward: cache must be the ReLUCache .* got a SigmoidCache"):
+        F.relu_backward(y, sigmoid_cache)
+    with pytest.raises(TypeError, match="got None"):
+        F.linear_backward(np.ones((1, 2)), None)
+    with pytest.raises(TypeError, match="Residual.backward: cache must be the ResidualCache"):
+        model.layers[3]._backward(np.ones((3, 5, 5, 2)), conv_cache, "CHWN", True)
+
+
+def test_residual_shapes_must_agree():
+    block = nn.Residual(nn.Conv2D(2, 3, 3, padding=1))
+    with pytest.raises(ValueError, match=r"Residual: the body's output \(1, 3, 4, 4\) and the shortcut's "
+                                         r"\(1, 2, 4, 4\)"):
+        block(np.ones((1, 2, 4, 4), np.float32))
+    model = nn.Sequential(nn.Conv2D(1, 2, 3), nn.Residual(nn.Conv2D(2, 3, 1)))
+    with pytest.raises(ValueError, match="does not fit layer 1 .*Residual"):
+        model.check_input((1, 1, 8, 8))
+    with pytest.raises(TypeError, match="Residual: body must be an xpcnn.nn.Module; got int"):
+        nn.Residual(3)
+
+
+def test_global_avg_pool_matches_mean_and_its_gradient(B):
+    rng = np.random.default_rng(6)
+    x, dy = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3))
+    y, cache = F.global_avg_pool2d_forward(B.asarray(x))
+    np.testing.assert_allclose(B.numpy(y), x.mean(axis=(2, 3)), rtol=1e-12)
+    dx = F.global_avg_pool2d_backward(B.asarray(dy), cache)
+    np.testing.assert_allclose(B.numpy(dx), np.broadcast_to(dy[:, :, None, None] / 20, x.shape), rtol=1e-12)
+    y2, cache2 = F.global_avg_pool2d_forward(B.asarray(np.ascontiguousarray(x.transpose(1, 2, 3, 0))), "CHWN")
+    np.testing.assert_allclose(B.numpy(y2), x.mean(axis=(2, 3)).T, rtol=1e-12)
+
+
+def test_nested_config_round_trip_and_summary():
+    model = _residual_net("float32")
+    config = json.loads(json.dumps(model.config()))
+    rebuilt = nn.from_config(config)
+    assert rebuilt.config() == model.config()
+    assert [(n, p.shape) for n, p in rebuilt.named_parameters()] == [(n, p.shape) for n, p in model.named_parameters()]
+    text = model.summary()
+    assert "    0: Conv2D(3, 4, 3, stride=2, padding=1, bias=False)  (4, 3, 3)" in text
+    assert "  shortcut: Sequential(2 layers)" in text and "6: GlobalAvgPool2D()" in text
+    with pytest.raises(ValueError, match="unknown layer type 'Bogus'"):
+        nn.from_config({"type": "Sequential", "layers": [{"type": "Bogus"}]})
+    with pytest.raises(ValueError, match="bad configuration for Linear: TypeError"):
+        nn.from_config({"type": "Linear", "in_features": 3, "out_features": 2, "colour": "red"})
+
+
+def test_to_refuses_non_floating_dtypes():
+    model = xpcnn.models.lenet5()
+    before = model.parameters()[0].data.copy()
+    for dtype in ("int32", "complex64", "bogus"):
+        with pytest.raises(ValueError, match=f"dtype must be one of float32, float64; got '{dtype}'"):
+            model.to(dtype=dtype)
+        with pytest.raises(ValueError, match="lenet5: dtype must be one of float32, float64"):
+            xpcnn.models.lenet5(dtype=dtype)
+    np.testing.assert_array_equal(model.parameters()[0].data, before)
+
+
+def test_a_float64_gradient_never_turns_float32_parameters_into_float64():
+    model = xpcnn.models.lenet5()
+    model(np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.raises(TypeError, match="dtype of the output"):
+        model.backward(np.ones((2, 10)))
+    assert all(p.data.dtype == np.float32 and p.grad is None for p in model.parameters())
