@@ -5,9 +5,10 @@
     XPCNN_BACKEND=cupy python benchmarks/bench_networks.py --network lenet5 cifar --batch 256 1024   # vs CUDA
 
 A training step is forward, cross-entropy, backward and an SGD (momentum 0.9) update, float32. Two networks:
-LeNet-5 on MNIST images from the bundled subset (about 2.5 MFLOP per image and step), and a CIFAR-like
+LeNet-5 on MNIST images from the bundled subset (about 2.5 MFLOP per image and step), a CIFAR-like
 network on random 3x32x32 inputs (conv 64@3x3 'same', ReLU, pool 2, conv 64@3x3 'same', ReLU, pool 2,
-dense 10; about 66 MFLOP per image and step). PyTorch runs the same layers with the same initial weights.
+dense 10; about 66 MFLOP per image and step), and ResNet-8 (BatchNorm, residual blocks) on random 3x32x32
+inputs. PyTorch runs the same layers with the same initial weights.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def cifar_like(seed: int = 0) -> nn.Sequential:
 NETWORKS = {
     "lenet5": ("LeNet-5", lambda: xpcnn.models.lenet5(seed=0)),
     "cifar": ("CIFAR-like", cifar_like),
+    "resnet8": ("ResNet-8", lambda: xpcnn.models.resnet8(in_channels=3, seed=0)),
 }
 
 

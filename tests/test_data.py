@@ -115,7 +115,7 @@ def test_dataset_batches_on_every_backend(B):
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="split must be one of train, test; got 'val'"):
         data.load_bundled("val")
-    with pytest.raises(ValueError, match="dataset must be 'bundled' or 'mnist'; got 'cifar'"):
+    with pytest.raises(ValueError, match="dataset must be one of bundled, mnist, fashion-mnist, cifar10; got 'cifar'"):
         data.load_dataset("cifar")
     with pytest.raises(TypeError, match="uint8"):
         data.normalize(np.zeros((1, 28, 28)))
@@ -129,3 +129,120 @@ def test_copy_of_full_set_in_data_dir_is_found(tmp_path):
         shutil.copy(src / f"{name}.gz", tmp_path)
     ds = data.load_dataset("mnist", "test", data_dir=tmp_path)
     assert len(ds) == 10_000 and str(tmp_path) in ds.source
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST and CIFAR-10
+def _idx_bytes(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape) + array.tobytes()
+
+
+def _fashion_files(folder, n=6):
+    """The four Fashion-MNIST files in the official format (gzip'd IDX), with small random contents."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(exist_ok=True)
+    made = {}
+    for prefix, count in (("train", n), ("t10k", n // 2)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        for kind, array in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            (folder / f"{prefix}-{kind}.gz").write_bytes(gzip.compress(_idx_bytes(array)))
+        made[prefix] = (images, labels)
+    return made
+
+
+def _digests(folder, names):
+    return {name: data.files.sha256_file(folder / name) for name in names}
+
+
+def test_fashion_mnist_reader_and_checksum_refusal(tmp_path, monkeypatch):
+    made = _fashion_files(tmp_path / "fashion")
+    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte.gz: SHA-256 is [0-9a-f]{64}, expected "
+                                             "3aede38d"):
+        data.load_fashion_mnist("train", tmp_path / "fashion", download=False)
+    for name, digest in _digests(tmp_path / "fashion", data.FASHION_MNIST_SHA256).items():
+        monkeypatch.setitem(data.FASHION_MNIST_SHA256, name, digest)      # as if these were the published files
+    images, labels = data.load_fashion_mnist("train", tmp_path / "fashion", download=False)
+    np.testing.assert_array_equal(images, made["train"][0])
+    np.testing.assert_array_equal(labels, made["train"][1])
+    ds = data.load_dataset("fashion-mnist", "test", data_dir=tmp_path / "fashion")
+    assert len(ds) == 3 and ds.sample_shape == (1, 28, 28) and "Fashion-MNIST from" in ds.source
+    np.testing.assert_allclose(xpcnn.to_numpy(ds.images), data.normalize(made["t10k"][0], mean=0.2860, std=0.3530))
+
+
+def _cifar_archive(path, per_batch=4, label_max=9):
+    """A cifar-10-binary.tar.gz in the official layout with ``per_batch`` random records per member."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(1)
+    made = {"train": [], "test": []}
+    with tarfile.open(path, "w:gz") as archive:
+        members = [(f"data_batch_{i}.bin", "train") for i in range(1, 6)] + [("test_batch.bin", "test")]
+        for name, split in members:
+            labels = rng.integers(0, label_max + 1, per_batch).astype(np.uint8)
+            images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
+            raw = np.concatenate([labels[:, None], images.reshape(per_batch, -1)], axis=1).tobytes()
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(raw)
+            archive.addfile(info, io.BytesIO(raw))
+            made[split].append((images, labels))
+    return {k: (np.concatenate([i for i, _ in v]), np.concatenate([l for _, l in v])) for k, v in made.items()}
+
+
+def test_cifar10_reader_and_checksum_refusal(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    made = _cifar_archive(folder / "cifar-10-binary.tar.gz")
+    with pytest.raises(data.DataError, match="SHA-256 is .* expected c4a38c50"):
+        data.load_cifar10("train", folder, download=False)
+    images, labels = data.read_cifar10_archive(folder / "cifar-10-binary.tar.gz", "train", expected_sha256=None)
+    assert images.shape == (20, 3, 32, 32) and labels.dtype == np.int64
+    np.testing.assert_array_equal(images, made["train"][0])
+    np.testing.assert_array_equal(labels, made["train"][1])
+    monkeypatch.setitem(data.CIFAR10_SHA256, "cifar-10-binary.tar.gz",
+                        data.files.sha256_file(folder / "cifar-10-binary.tar.gz"))
+    ds = data.load_dataset("cifar10", "test", data_dir=folder)
+    assert len(ds) == 4 and ds.sample_shape == (3, 32, 32)
+    host = xpcnn.to_numpy(ds.images)
+    expected = (made["test"][0][:, 1] / 255 - 0.4822) / 0.2435                 # the green channel
+    np.testing.assert_allclose(host[:, 1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cifar10_reader_refuses_damaged_archives(tmp_path):
+    _cifar_archive(tmp_path / "bad-labels.tar.gz", label_max=200)
+    with pytest.raises(data.DataError, match="labels up to .*CIFAR-10 has 10 classes"):
+        data.read_cifar10_archive(tmp_path / "bad-labels.tar.gz", expected_sha256=None)
+    good = tmp_path / "good.tar.gz"
+    _cifar_archive(good)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(data.DataError, match="cannot be read as a .tar.gz archive"):
+        data.read_cifar10_archive(cut, expected_sha256=None)
+    (tmp_path / "empty.tar.gz").write_bytes(gzip.compress(b""))
+    with pytest.raises(data.DataError):
+        data.read_cifar10_archive(tmp_path / "empty.tar.gz", expected_sha256=None)
+
+
+def test_every_dataset_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv("XPCNN_DATA_DIR", raising=False)
+    for name, title in (("fashion-mnist", "Fashion-MNIST"), ("cifar10", "CIFAR-10")):
+        with pytest.raises(data.DataNotFoundError, match=f"(?s){title} files not found. Looked in:.*no such folder"):
+            data.load_dataset(name, data_dir=tmp_path / "nowhere", download=False, cache=tmp_path / "cache")
+
+
+def test_random_crop_flip_on_every_backend(B):
+    """Each output image is a window of the zero-padded input, mirrored or not; the same draws give the
+    same batch on every backend."""
+    x = np.random.default_rng(2).standard_normal((8, 3, 6, 5)).astype(np.float32)
+    out = B.numpy(data.random_crop_flip(B.asarray(x), np.random.default_rng(3), padding=2))
+    reference = data.random_crop_flip(x, np.random.default_rng(3), padding=2)
+    np.testing.assert_array_equal(out, reference)
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    flipped = 0
+    for image, source in zip(out, padded):
+        windows = [(source[:, i:i + 6, j:j + 5], False) for i in range(5) for j in range(5)]
+        windows += [(w[:, :, ::-1], True) for w, _ in windows]
+        match = [mirrored for w, mirrored in windows if np.array_equal(w, image)]
+        assert match, "an output image is not a (mirrored) window of the padded input"
+        flipped += match[0]
+    assert 0 < flipped < 8

@@ -124,3 +124,18 @@ def test_evaluate_restores_training_mode():
     model.train()
     result = xpcnn.evaluate(model, _subset(50))
     assert model.training and result["n"] == 50 and 0 <= result["accuracy"] <= 1
+
+
+def test_augmented_training_repeats_with_the_seed_and_differs_without_it():
+    def run(augment):
+        model = xpcnn.models.resnet8(seed=0)
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, _subset(64), epochs=2, batch_size=32, progress=False,
+                  augment=augment)
+        return [p.data for p in model.parameters()] + [b.data for b in model.buffers()]
+
+    first, again = run(xpcnn.data.random_crop_flip), run(xpcnn.data.random_crop_flip)
+    plain = run(None)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], plain[0])

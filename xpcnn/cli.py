@@ -145,6 +145,7 @@ def write_plot(history: dict, path: str) -> None:
 def _train(args: argparse.Namespace) -> int:
     from . import nn
     from .checkpoint import save
+    from .data import random_crop_flip
     from .train import History, TrainingDivergedError, evaluate, fit
 
     _check_plot_support(args.plot)
@@ -189,7 +190,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         fit(model, loss_fn, optimizer, train_data, epochs=args.epochs, batch_size=args.batch_size,
             validation_data=test_data if args.validate else None, callbacks=[save_checkpoint], scheduler=schedule,
-            seed=args.seed, start_epoch=start_epoch, history=history, progress=not args.quiet)
+            seed=args.seed, start_epoch=start_epoch, history=history, progress=not args.quiet,
+            augment=random_crop_flip if args.augment else None)
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _report_checkpoint(args, saved["epoch"])
@@ -313,11 +315,13 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=("bundled", "mnist"), default="bundled",
-                        help="bundled: the 10,000/2,000-image subset shipped with xpcnn; mnist: the full set "
-                             "(from --data-dir, XPCNN_DATA_DIR, ~/.cache/xpcnn/mnist or a download)")
-    parser.add_argument("--data-dir", help="folder holding the four MNIST files (.gz or raw)")
-    parser.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is not found")
+    parser.add_argument("--dataset", choices=("bundled", "mnist", "fashion-mnist", "cifar10"), default="bundled",
+                        help="bundled: the 10,000/2,000-image MNIST subset shipped with xpcnn; mnist, fashion-mnist, "
+                             "cifar10: the full sets (from --data-dir, XPCNN_DATA_DIR, ~/.cache/xpcnn/NAME or a "
+                             "download)")
+    parser.add_argument("--data-dir", help="folder holding the dataset's files: the four MNIST files (.gz or raw), "
+                                           "the four Fashion-MNIST .gz files, or cifar-10-binary.tar.gz")
+    parser.add_argument("--no-download", action="store_true", help="never download data; fail if it is not found")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show the selected backend, library versions and available backends")
     info.set_defaults(run=_info)
 
-    train = commands.add_parser("train", help="train a network on MNIST and report its test accuracy")
+    train = commands.add_parser("train", help="train a network and report its test accuracy")
     train.add_argument("--model", choices=[m for m in MODELS if m != "seed_binary"], default="lenet5")
     _add_data_options(train)
     train.add_argument("--epochs", type=_positive_int, default=5)
@@ -350,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint up to --epochs")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (needs matplotlib)")
     train.add_argument("--validate", action="store_true", help="evaluate on the test split after every epoch")
+    train.add_argument("--augment", action="store_true",
+                       help="random crops (4-pixel padding) and horizontal flips of each training batch, "
+                            "CIFAR's standard augmentation")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     _add_backend_options(train)
     train.set_defaults(run=_train)

@@ -63,7 +63,7 @@ def _correct(logits: Any, labels: Any) -> Any:
 def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, batch_size: int = 64,
         validation_data: Any = None, callbacks: Iterable[Callable[[int, dict], None]] = (), scheduler: Any = None,
         seed: int = 0, start_epoch: int = 0, history: History | None = None, progress: bool = True,
-        tune_allocator: bool = True) -> History:
+        tune_allocator: bool = True, augment: Callable[[Any, np.random.Generator], Any] | None = None) -> History:
     """Train ``model`` for epochs ``start_epoch + 1 .. epochs`` and return the :class:`History`.
 
     Each step: forward, loss, backward, ``optimizer.step()``, zero gradients. ``scheduler`` (if any) sets
@@ -72,7 +72,8 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. A NaN or infinite loss raises
     :class:`TrainingDivergedError` naming the epoch and step. ``tune_allocator`` keeps freed memory in
     the process between steps (see :func:`xpcnn.backend.tune_allocator`), which makes NumPy training
-    markedly faster on Linux.
+    markedly faster on Linux. ``augment(x, rng)`` (e.g. :func:`xpcnn.data.random_crop_flip`) transforms each
+    training batch; its generator depends on ``(seed, epoch)`` only, so resumed runs repeat it too.
     """
     from tqdm.auto import tqdm
 
@@ -96,11 +97,14 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         model.train()
         start = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
+        augment_rng = np.random.default_rng([seed, epoch, 1])
         with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", unit_scale=True, disable=not progress,
                   leave=False, dynamic_ncols=True) as bar:
             for step, (x, y) in enumerate(train_data.batches(batch_size, epoch_order(seed, epoch, n))):
                 if scheduler is not None:
                     scheduler.set_epoch(epoch + step / steps_per_epoch)
+                if augment is not None:
+                    x = augment(x, augment_rng)
                 logits = model(x)
                 loss = loss_fn(logits, y)
                 value = float(loss)

@@ -1,0 +1,126 @@
+"""Arrays on the backend: normalization, :class:`Dataset` and its batches, augmentation, ``load_dataset``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .. import backend as _backend
+from .. import functional as F
+from . import files as _files
+from .cifar import CIFAR10, load_cifar10
+from .mnist import FASHION_MNIST, MNIST, load_bundled, load_fashion_mnist, load_mnist
+
+__all__ = ["DATASETS", "Dataset", "MEAN", "STD", "load_dataset", "normalize", "random_crop_flip"]
+
+MEAN, STD = 0.1307, 0.3081          # of the MNIST training pixels scaled to [0, 1]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    load: Callable[..., tuple[np.ndarray, np.ndarray]]
+    mean: Any                       # of the training pixels scaled to [0, 1]: one value or one per channel
+    std: Any
+    title: str
+    source: _files.Source | None = None    # where the files are looked for; None: shipped with xpcnn
+
+
+DATASETS = {
+    "bundled": _Spec(lambda split, *_, **__: load_bundled(split), MEAN, STD, "the bundled MNIST subset"),
+    "mnist": _Spec(load_mnist, MEAN, STD, "MNIST", MNIST),
+    "fashion-mnist": _Spec(load_fashion_mnist, 0.2860, 0.3530, "Fashion-MNIST", FASHION_MNIST),
+    "cifar10": _Spec(load_cifar10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR-10", CIFAR10),
+}
+
+
+def normalize(images: np.ndarray, dtype: str = "float32", mean: Any = MEAN, std: Any = STD) -> np.ndarray:
+    """uint8 images (N, H, W) or (N, C, H, W) -> (N, C, H, W) floats, scaled to [0, 1] then standardized
+    with ``mean`` and ``std`` (one value, or one per channel; MNIST's by default)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"normalize: images must be uint8 pixels 0..255; got {images.dtype}")
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise ValueError(f"normalize: images must be (N, H, W) or (N, C, H, W); got shape {images.shape}")
+    shape = (1, -1, 1, 1)
+    scaled = images.astype(dtype) / np.asarray(255, dtype)
+    return (scaled - np.asarray(mean, dtype).reshape(shape)) / np.asarray(std, dtype).reshape(shape)
+
+
+class Dataset:
+    """Images (N, C, H, W) and integer labels (N,) on one backend, moved there once; batches are taken there."""
+
+    def __init__(self, images: Any, labels: Any, source: str = "arrays"):
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"Dataset: {images.shape[0]} images but {labels.shape[0]} labels")
+        self.images, self.labels, self.source = images, labels, source
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, dtype: str = "float32", source: str = "arrays",
+                   mean: Any = MEAN, std: Any = STD):
+        """uint8 arrays, normalized on the host, then put on the current backend in one transfer."""
+        return cls(_backend.asarray(normalize(images, dtype, mean, std)),
+                   _backend.asarray(np.asarray(labels, np.int64)), source)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple:
+        return tuple(self.images.shape[1:])
+
+    def batches(self, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[Any, Any]]:
+        """``(x, y)`` batches in ``order`` (a permutation of range(N); None keeps the stored order)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
+        n = len(self)
+        spans = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]  # in-bounds stops
+        if order is None:
+            for start, stop in spans:
+                yield self.images[start:stop, ...], self.labels[start:stop]
+            return
+        xp = array_namespace(self.images)
+        index = _backend.asarray_like(np.asarray(order, np.int64), self.labels)   # one transfer per epoch
+        for start, stop in spans:
+            rows = index[start:stop]
+            yield xp.take(self.images, rows, axis=0), xp.take(self.labels, rows, axis=0)
+
+
+def random_crop_flip(x: Any, rng: np.random.Generator, padding: int = 4, flip: bool = True) -> Any:
+    """CIFAR's standard augmentation on a batch (N, C, H, W) on any backend: each image is zero-padded by
+    ``padding`` pixels, cropped back to H x W at a random offset, and mirrored left-right with probability
+    1/2. The random draws come from ``rng`` (NumPy) and the whole batch moves as one gather."""
+    xp = array_namespace(x)
+    n, c, h, w = x.shape
+    padded = F.pad2d(x, padding) if padding else x
+    width = w + 2 * padding
+    rows = rng.integers(0, 2 * padding + 1, n)[:, None] + np.arange(h)          # (N, H)
+    cols = rng.integers(0, 2 * padding + 1, n)[:, None] + np.arange(w)          # (N, W)
+    if flip:
+        cols = np.where((rng.random(n) < 0.5)[:, None], cols[:, ::-1], cols)
+    index = (rows[:, :, None] * width + cols[:, None, :]).reshape(n, 1, h * w)
+    index = xp.broadcast_to(_backend.asarray_like(index, x), (n, c, h * w))
+    flat = xp.reshape(padded, (n, c, (h + 2 * padding) * width))
+    return xp.reshape(xp.take_along_axis(flat, index, axis=2), (n, c, h, w))
+
+
+def load_dataset(name: str = "bundled", split: str = "train", data_dir: str | os.PathLike | None = None,
+                 download: bool = True, dtype: str = "float32", **find: Any) -> Dataset:
+    """A dataset of :data:`DATASETS` (``bundled``, ``mnist``, ``fashion-mnist``, ``cifar10``), ``split``
+    ('train' or 'test'), normalized with its own statistics, as a :class:`Dataset` on the current backend."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    spec = DATASETS[name]
+    if spec.source is None:
+        images, labels = spec.load(split)
+        title = spec.title
+    else:
+        folder = _files.find(spec.source, data_dir, download, **find)
+        images, labels = spec.load(split, folder, download=False)
+        title = f"{spec.title} from {folder}"
+    return Dataset.from_numpy(images, labels, dtype, title, spec.mean, spec.std)
