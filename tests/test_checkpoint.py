@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 
@@ -213,3 +214,135 @@ def test_optimizer_state_of_the_wrong_shape_is_refused(tmp_path):
 
     with pytest.raises(xpcnn.CheckpointError, match=r"optimizer state optim/0/momentum has shape \(3,\)"):
         xpcnn.load(_rewrite(path, tmp_path / "bad.npz", edit))
+
+
+def test_an_array_declaring_a_huge_shape_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
+    """A crafted member whose .npy header claims 1.6 GB: refused from the header, no data read."""
+    model, opt = _trained(1)
+    path = xpcnn.save(tmp_path / "ck.npz", model, opt)
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename == "param/0.weight.npy":
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    header, {"descr": "<f4", "fortran_order": False, "shape": (400_000_000,)})
+                dst.writestr(info.filename, header.getvalue() + bytes(1000))
+            else:
+                dst.writestr(info, src.read(info))
+    reads = []
+    monkeypatch.setattr(checkpoint._Npz, "read", lambda self, key: reads.append(key))
+    with pytest.raises(xpcnn.CheckpointError, match=r"does not fit the model"):
+        xpcnn.load(bomb)
+    assert reads == []
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    model, _ = _trained(1)
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        old = os.umask(mask)
+        try:
+            path = xpcnn.save(tmp_path / f"ck{mask:o}.npz", model)
+        finally:
+            os.umask(old)
+        assert path.stat().st_mode & 0o777 == mode
+
+
+def test_a_directory_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(xpcnn.CheckpointError, match="is a directory; give the checkpoint file"):
+        xpcnn.load(tmp_path)
+
+
+def _python(code, **kwargs):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_kill_9_during_a_save_then_a_new_save_leaves_no_temporaries(tmp_path):
+    """A writer killed between writing its temporary and renaming it: the old checkpoint stays, and the next
+    save removes the dead writer's temporary."""
+    import signal
+
+    model, opt = _trained(1)
+    path = xpcnn.save(tmp_path / "ck.npz", model, opt, epoch=1)
+    writer = _python(f"""
+import time, xpcnn
+from xpcnn import checkpoint
+def stall(src, dst):
+    print("written", flush=True)
+    time.sleep(600)
+checkpoint.os.replace = stall
+xpcnn.save({str(path)!r}, xpcnn.models.lenet5(seed=5), epoch=2)
+""")
+    try:
+        assert writer.stdout.readline().strip() == "written"
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert len(leftovers) == 1 and leftovers[0].startswith(f".ck.npz.{writer.pid}.")
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        writer.kill()
+    assert xpcnn.load(path).epoch == 1                          # the last good file is intact
+    xpcnn.save(path, model, opt, epoch=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"]
+    assert xpcnn.load(path).epoch == 3
+
+
+def test_a_reader_never_sees_a_false_altered_while_another_process_saves(tmp_path):
+    import time
+
+    model, opt = _trained(1)
+    path = xpcnn.save(tmp_path / "ck.npz", model, opt, epoch=0)
+    writer = _python(f"""
+import time, xpcnn
+models = [xpcnn.models.lenet5(seed=s) for s in (1, 2)]
+print("go", flush=True)
+end = time.time() + 3
+epoch = 0
+while time.time() < end:
+    epoch += 1
+    xpcnn.save({str(path)!r}, models[epoch % 2], epoch=epoch)
+print(epoch, flush=True)
+""")
+    try:
+        assert writer.stdout.readline().strip() == "go"
+        loads, start = 0, time.time()
+        while writer.poll() is None and time.time() - start < 60:
+            xpcnn.load(path)                  # raises on any false "altered" or half-written file
+            loads += 1
+        saves = int(writer.stdout.readline())
+    finally:
+        writer.kill()
+    assert loads > 5 and saves > 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz"]
+
+
+def test_resume_from_python_is_exact_with_dropout(tmp_path):
+    """The Dropout generator's state is saved: continuing after a reload draws the same masks."""
+    def model_with_dropout():
+        return xpcnn.nn.Sequential(xpcnn.nn.Flatten(), xpcnn.nn.Linear(784, 32, rng=np.random.default_rng(0)),
+                                   xpcnn.nn.Dropout(0.5, rng=np.random.default_rng(1)),
+                                   xpcnn.nn.Linear(32, 10, rng=np.random.default_rng(2)), input_shape=(1, 28, 28))
+
+    ds = xpcnn.data.Dataset.from_numpy(*[a[:128] for a in xpcnn.data.load_bundled("test")])
+    loss_fn = xpcnn.nn.CrossEntropyLoss()
+
+    def fit(model, opt, start, epochs):
+        xpcnn.fit(model, loss_fn, opt, ds, epochs=epochs, batch_size=32, start_epoch=start, progress=False,
+                  scheduler=xpcnn.optim.CosineLR(opt, 2))      # made afresh: its base is the initial lr
+
+    straight = model_with_dropout()
+    fit(straight, xpcnn.optim.SGD(straight.parameters(), lr=0.1, momentum=0.9), 0, 2)
+    first = model_with_dropout()
+    opt = xpcnn.optim.SGD(first.parameters(), lr=0.1, momentum=0.9)
+    fit(first, opt, 0, 1)
+    xpcnn.save(tmp_path / "half.npz", first, opt, epoch=1)
+    first.layers[2].rng.random(100)                            # the original process goes on drawing
+    resumed = xpcnn.load(tmp_path / "half.npz")
+    opt2 = xpcnn.optim.SGD(resumed.model.parameters(), lr=5.0, momentum=0.9)   # any lr: the state has it
+    opt2.load_state_dict(resumed.optimizer_state)
+    fit(resumed.model, opt2, resumed.epoch, 2)
+    for a, b in zip(straight.parameters(), resumed.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)

@@ -89,9 +89,15 @@ def test_schedules():
 @pytest.mark.parametrize("bad, words", [
     (lambda: optim.SGD([], lr=0.1), "params is empty"),
     (lambda: optim.SGD([np.ones(2)], lr=0.1), "must be an xpcnn.nn.Parameter"),
-    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0), "lr must be > 0"),
-    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=1.0), "momentum must be in [0, 1)"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0), "SGD: lr must be a finite number > 0; got 0"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=float("inf")), "lr must be a finite number > 0; got inf"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr="0.1"), "lr must be a finite number > 0; got '0.1'"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=1.0), "momentum must be a finite number >= 0 and < 1"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=-5), "momentum must be a finite number >= 0"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, weight_decay=-1), "weight_decay must be a finite number >= 0"),
     (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, nesterov=True), "nesterov=True needs a momentum"),
+    (lambda: optim.Adam([Parameter(np.ones(1))], betas=(0.9, float("nan"))), "betas must be a finite number"),
+    (lambda: optim.Adam([Parameter(np.ones(1))], eps=0), "Adam: eps must be a finite number > 0"),
 ])
 def test_bad_hyperparameters_are_refused(bad, words):
     with pytest.raises((ValueError, TypeError)) as info:
@@ -101,3 +107,32 @@ def test_bad_hyperparameters_are_refused(bad, words):
 
 def test_cosine_ends_at_min_lr():
     assert math.isclose(optim.CosineLR(optim.SGD([Parameter(np.ones(1))], lr=1.0), 3).lr_at(3), 0.0, abs_tol=1e-15)
+
+
+def test_a_schedule_made_after_loading_continues_from_the_initial_lr():
+    """Resume from Python: the optimizer's state carries its initial lr, so CosineLR needs no base_lr."""
+    opt = optim.SGD([Parameter(np.ones(1))], lr=0.4, momentum=0.9)
+    optim.CosineLR(opt, 4).set_epoch(2.5)
+    resumed = optim.SGD([Parameter(np.ones(1))], lr=123.0, momentum=0.9)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.initial_lr == 0.4
+    assert optim.CosineLR(resumed, 4).lr_at(3) == optim.CosineLR(opt, 4).lr_at(3)
+
+
+def test_sgd_momentum_is_not_the_gradient_array():
+    """With gradients in a reused buffer (as data-parallel training has), momentum must not change with it."""
+    p = Parameter(np.zeros(3))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    grad = np.ones(3)
+    p.grad = grad
+    opt.step()
+    grad[:] = 100.0                       # the buffer is refilled for the next step
+    np.testing.assert_array_equal(opt.state[0]["momentum"], np.ones(3))
+
+
+def test_loading_optimizer_state_of_the_wrong_shape_is_refused():
+    opt = optim.SGD([Parameter(np.ones(2))], lr=0.1, momentum=0.9)
+    state = opt.state_dict()
+    state["state"] = [{"momentum": np.ones(3)}]
+    with pytest.raises(ValueError, match=r"optimizer state 0/momentum has shape \(3,\); its parameter has \(2,\)"):
+        opt.load_state_dict(state)

@@ -1,12 +1,21 @@
-"""Checkpoints without pickle: parameters, buffers, optimizer state, progress, RNG state and the model's
+"""Checkpoints without pickle: parameters, buffers, optimizer state, progress, RNG states and the model's
 configuration (any module tree: nested containers and residual blocks are rebuilt from it).
 
-Formats: ``.npz`` (read back with ``allow_pickle=False``) or ``.safetensors`` (needs the
-``safetensors`` package). Both hold plain arrays plus one JSON document. Writes are atomic:
-a temporary file in the same folder is written, flushed to disk and renamed over the target,
-so an interrupted save leaves the previous checkpoint intact. Every array's SHA-256 is
-recorded, and the SHA-256 of the JSON document itself (which holds those digests); both are
-checked on load, so an altered file is refused rather than trusted.
+Formats: ``.npz`` (read back without pickle) or ``.safetensors`` (needs the ``safetensors`` package). Both
+hold plain arrays plus one JSON record. What is guaranteed:
+
+- Writes are atomic: a temporary file ``.NAME.PID.*.tmp`` in the same folder is written, flushed to disk and
+  renamed over the target, so an interrupted save (even ``kill -9``) leaves the previous checkpoint intact and
+  a reader sees the old file or the new one, never a part. A save first removes the temporaries that dead
+  processes left for the same target. The file gets the permissions any new file gets (0666 less the umask).
+- Everything is checked on load: every array's SHA-256 and the SHA-256 of the JSON record (which holds the
+  configuration, the progress, the hyper-parameters and those digests) must match, every array's shape must be
+  the one the configuration implies (checked from the file's headers before any array is decompressed), and
+  parameters and buffers must be finite. Anything else is a :class:`CheckpointError`: an altered, truncated,
+  crafted or foreign file is refused, never half-loaded.
+- The checksums detect damage and edits; they are not a signature: someone who can write the file can also
+  rewrite its digests. Never load checkpoints from people you do not trust with your machine's files; at
+  worst such a file is refused or gives a wrong model, since nothing in it is executed.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import json
 import os
 import pathlib
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +40,11 @@ __all__ = ["Checkpoint", "CheckpointError", "load", "save", "write_atomic"]
 FORMAT = "xpcnn-checkpoint"
 VERSION = 2
 _META_KEY = "__xpcnn__"
+_META_LIMIT = 64 << 20          # bytes of JSON record read at most
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is unreadable, altered, non-finite, or for another architecture."""
+    """A checkpoint is unreadable, altered, non-finite, malformed, or for another architecture."""
 
 
 @dataclass
@@ -49,16 +60,59 @@ class Checkpoint:
     path: str = ""
 
 
+# --------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: pathlib.Path) -> None:
+    """Temporaries of ``path`` whose writer died (``kill -9``, power loss): their PID is in their name."""
+    prefix = f".{path.name}."
+    for temp in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+        pid = temp.name[len(prefix):].split(".", 1)[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            try:
+                temp.unlink()
+            except OSError:
+                pass
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def write_atomic(path: pathlib.Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a flushed temporary file renamed over it: readers see the old
     file or the new one, never a part (also how the benchmarks rewrite RESULTS.md)."""
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temp, 0o666 & ~_umask())          # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(temp, path)
     except BaseException:          # includes KeyboardInterrupt: never leave the temporary file behind
         if os.path.exists(temp):
@@ -74,58 +128,13 @@ def write_atomic(path: pathlib.Path, data: bytes) -> None:
         pass
 
 
+# --------------------------------------------------------------------------- save
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def save(path: str | os.PathLike, model: Module, optimizer: Any = None, *, epoch: int = 0, step: int = 0,
-         rng_state: Any = None, extra: dict | None = None) -> pathlib.Path:
-    """Write a checkpoint of ``model`` (and ``optimizer``) to ``path`` (.npz or .safetensors), atomically.
-
-    Refuses (ValueError) to save non-finite weights, so a diverged run never overwrites a good checkpoint.
-    """
-    path = pathlib.Path(path)
-    arrays: dict[str, np.ndarray] = {}
-    for name, p in model.named_parameters():
-        host = _backend.to_numpy(p.data)
-        if not np.all(np.isfinite(host)):
-            raise ValueError(f"refusing to save a checkpoint: parameter {name} holds NaN or Inf values")
-        arrays[f"param/{name}"] = host
-    for name, b in model.named_buffers():
-        host = _backend.to_numpy(b.data)
-        if not np.all(np.isfinite(host)):
-            raise ValueError(f"refusing to save a checkpoint: buffer {name} holds NaN or Inf values")
-        arrays[f"buffer/{name}"] = host
-    optim_meta = None
-    if optimizer is not None:
-        state = optimizer.state_dict()
-        for i, entry in enumerate(state.pop("state")):
-            for key, value in entry.items():
-                arrays[f"optim/{i}/{key}"] = _backend.to_numpy(value)
-        optim_meta = state
-    meta = {
-        "format": FORMAT, "version": VERSION, "model": model.config(), "epoch": int(epoch), "step": int(step),
-        "rng_state": rng_state, "extra": extra or {}, "optimizer": optim_meta,
-        "sha256": {key: _digest(value) for key, value in arrays.items()},
-    }
-    meta["meta_sha256"] = _meta_digest(meta)
-    text = json.dumps(meta, sort_keys=True)
-    if path.suffix == ".safetensors":
-        safetensors_numpy = _safetensors()
-        data = safetensors_numpy.save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
-                                      metadata={_META_KEY: text})
-    elif path.suffix == ".npz":
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(text.encode(), dtype=np.uint8)})
-        data = buffer.getvalue()
-    else:
-        raise ValueError(f"checkpoint path must end in .npz or .safetensors; got {str(path)!r}")
-    write_atomic(path, data)
-    return path
-
-
 def _meta_digest(meta: dict) -> str:
-    """SHA-256 of the JSON document without its own digest: an edited epoch, hyper-parameter or layer
+    """SHA-256 of the JSON record without its own digest: an edited epoch, hyper-parameter or layer
     argument is detected like an edited array."""
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -140,88 +149,139 @@ def _safetensors():
     return safetensors.numpy
 
 
-def _read(path: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+def check_path(path: str | os.PathLike) -> pathlib.Path:
+    """``path`` if a checkpoint can be written there (known suffix, its library installed); ValueError or
+    ImportError otherwise. Lets a caller find out before training, not after."""
+    path = pathlib.Path(path)
+    if path.suffix not in (".npz", ".safetensors"):
+        raise ValueError(f"checkpoint path must end in .npz or .safetensors; got {str(path)!r}")
+    if path.suffix == ".safetensors":
+        _safetensors()
+    return path
+
+
+def save(path: str | os.PathLike, model: Module, optimizer: Any = None, *, epoch: int = 0, step: int = 0,
+         rng_state: Any = None, extra: dict | None = None) -> pathlib.Path:
+    """Write a checkpoint of ``model`` (and ``optimizer``) to ``path`` (.npz or .safetensors), atomically.
+
+    Refuses (ValueError) to save non-finite weights, so a diverged run never overwrites a good checkpoint.
+    """
+    path = check_path(path)
+    arrays: dict[str, np.ndarray] = {}
+    for kind, named in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, slot in named:
+            host = _backend.to_numpy(slot.data)
+            if not np.all(np.isfinite(host)):
+                raise ValueError(f"refusing to save a checkpoint: {'parameter' if kind == 'param' else kind} "
+                                 f"{name} holds NaN or Inf values")
+            arrays[f"{kind}/{name}"] = host
+    optim_meta = None
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        for i, entry in enumerate(state.pop("state")):
+            for key, value in entry.items():
+                arrays[f"optim/{i}/{key}"] = _backend.to_numpy(value)
+        optim_meta = state
+    meta = {
+        "format": FORMAT, "version": VERSION, "model": model.config(), "epoch": int(epoch), "step": int(step),
+        "rng_state": rng_state, "extra": extra or {}, "optimizer": optim_meta,
+        "module_state": {name: s for name, m in model.named_modules() if (s := m.get_extra_state()) is not None},
+        "sha256": {key: _digest(value) for key, value in arrays.items()},
+    }
+    meta["meta_sha256"] = _meta_digest(meta)
+    text = json.dumps(meta, sort_keys=True)
+    if path.suffix == ".safetensors":
+        data = _safetensors().save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={_META_KEY: text})
+    else:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(text.encode(), dtype=np.uint8)})
+        data = buffer.getvalue()
+    write_atomic(path, data)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class _Npz:
+    """An .npz read member by member: shapes from the .npy headers first, data only once they were checked."""
+
+    def __init__(self, path: pathlib.Path):
+        self.zip = zipfile.ZipFile(path)
+        self.members = {info.filename.removesuffix(".npy"): info for info in self.zip.infolist()}
+
+    def meta_text(self) -> str | None:
+        info = self.members.pop(_META_KEY, None)
+        if info is None:
+            return None
+        if info.file_size > _META_LIMIT:
+            raise CheckpointError(f"its JSON record declares {info.file_size:,} bytes (more than {_META_LIMIT:,})")
+        with self.zip.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False).tobytes().decode()
+
+    def shapes(self) -> dict[str, tuple]:
+        out = {}
+        for key, info in self.members.items():
+            with self.zip.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = _NPY_HEADERS.get(version)
+                if read_header is None:
+                    raise CheckpointError(f"array {key} has .npy format version {version}, which xpcnn never writes")
+                shape, _, dtype = read_header(member)
+            if dtype.hasobject:
+                raise CheckpointError(f"array {key} holds Python objects; checkpoints never do")
+            out[key] = tuple(shape)
+        return out
+
+    def read(self, key: str) -> np.ndarray:
+        with self.zip.open(self.members[key]) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+class _Safetensors:
+    def __init__(self, path: pathlib.Path):
+        _safetensors()
+        from safetensors import safe_open
+
+        self.handle = safe_open(str(path), framework="np")
+
+    def meta_text(self) -> str | None:
+        return (self.handle.metadata() or {}).get(_META_KEY)
+
+    def shapes(self) -> dict[str, tuple]:
+        return {key: tuple(self.handle.get_slice(key).get_shape()) for key in self.handle.keys()}
+
+    def read(self, key: str) -> np.ndarray:
+        return self.handle.get_tensor(key)
+
+    def close(self) -> None:
+        self.handle = None
+
+
+def _open(path: pathlib.Path):
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give the checkpoint file (.npz or .safetensors) in it")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            safetensors_numpy = _safetensors()
-            from safetensors import safe_open
+    return _Safetensors(path) if path.suffix == ".safetensors" else _Npz(path)
 
-            with safe_open(str(path), framework="np") as handle:
-                text = (handle.metadata() or {}).get(_META_KEY)
-            arrays = safetensors_numpy.load_file(str(path))
-        else:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-            raw = arrays.pop(_META_KEY, None)
-            text = None if raw is None else raw.tobytes().decode()
-        if text is None:
-            raise CheckpointError(f"{path}: not an xpcnn checkpoint (no {_META_KEY} record)")
-        meta = json.loads(text)
-    except (CheckpointError, ImportError):
-        raise
-    except Exception as exc:       # zipfile, zlib, numpy and safetensors each raise their own types
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}); "
-                              "it is truncated, damaged or not a checkpoint") from exc
+
+def _check_meta(path: pathlib.Path, text: str | None) -> dict:
+    if text is None:
+        raise CheckpointError(f"{path}: not an xpcnn checkpoint (no {_META_KEY} record)")
+    meta = json.loads(text)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an xpcnn checkpoint (format {meta.get('format')!r})")
+        raise CheckpointError(f"{path}: not an xpcnn checkpoint")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r}; this xpcnn reads "
                               f"version {VERSION} (save it again with the xpcnn that wrote it, or retrain)")
     if meta.get("meta_sha256") != _meta_digest(meta):
         raise CheckpointError(f"{path}: its JSON record was altered (its SHA-256 does not match the one saved)")
-    expected = meta.get("sha256", {})
-    if set(expected) != set(arrays):
-        raise CheckpointError(f"{path}: its arrays {sorted(arrays)} do not match its own index {sorted(expected)}")
-    for key, value in arrays.items():
-        if _digest(value) != expected[key]:
-            raise CheckpointError(f"{path}: array {key} was altered (its SHA-256 does not match the one saved)")
-    return meta, arrays
-
-
-def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = None) -> Checkpoint:
-    """Read ``path`` and load its parameters and buffers into ``model`` (or into a model rebuilt from the
-    saved configuration, on the current backend), and its optimizer state into ``optimizer`` if given.
-
-    Raises CheckpointError for truncated, altered or non-finite checkpoints, malformed configurations and
-    another architecture.
-    """
-    path = pathlib.Path(path)
-    meta, arrays = _read(path)
-    config = meta.get("model")
-    saved_name = config.get("name", "?") if isinstance(config, dict) else "?"
-    if model is None:
-        try:
-            model = from_config(config)
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}") from None
-    slots = {**{f"param/{n}": p for n, p in model.named_parameters()},
-             **{f"buffer/{n}": b for n, b in model.named_buffers()}}
-    saved = {key: value for key, value in arrays.items() if key.startswith(("param/", "buffer/"))}
-    mismatch = sorted(set(slots) ^ set(saved)) or [
-        key for key in slots if slots[key].shape != tuple(saved[key].shape)]
-    if mismatch or _architecture(config) != _architecture(json.loads(json.dumps(model.config()))):
-        saved_shapes = {k: tuple(v.shape) for k, v in saved.items()}
-        model_shapes = {k: s.shape for k, s in slots.items()}
-        raise CheckpointError(
-            f"{path}: checkpoint is for model {saved_name!r} with {saved_shapes}, "
-            f"which does not fit the model {model.name!r} with {model_shapes}")
-    for key, value in saved.items():
-        if not np.all(np.isfinite(value)):
-            raise CheckpointError(f"{path}: {key.replace('/', ' ', 1)} holds NaN or Inf values")
-    for key, slot in slots.items():
-        slot.data = _backend.asarray_like(saved[key], slot.data, dtype=slot.data.dtype)
-        if hasattr(slot, "grad"):
-            slot.grad = None
-    optimizer_state = _optimizer_state(path, meta, arrays, model)
-    if optimizer is not None and optimizer_state is not None:
-        try:
-            optimizer.load_state_dict(optimizer_state)
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-    return Checkpoint(model=model, epoch=meta["epoch"], step=meta["step"], rng_state=meta.get("rng_state"),
-                      extra=meta.get("extra", {}), optimizer_state=optimizer_state, path=str(path))
+    return meta
 
 
 def _architecture(config: Any) -> Any:
@@ -229,21 +289,112 @@ def _architecture(config: Any) -> Any:
     return {k: v for k, v in config.items() if k != "name"} if isinstance(config, dict) else config
 
 
+def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = None) -> Checkpoint:
+    """Read ``path`` and load its parameters and buffers into ``model`` (or into a model rebuilt from the
+    saved configuration, on the current backend), and its optimizer state into ``optimizer`` if given.
+
+    Raises CheckpointError for truncated, altered, crafted or non-finite checkpoints and for another
+    architecture; FileNotFoundError when there is no such file.
+    """
+    path = pathlib.Path(path)
+    reader = None
+    try:
+        reader = _open(path)
+        meta = _check_meta(path, reader.meta_text())
+        model = _model(path, meta, model)
+        slots = {**{f"param/{n}": p for n, p in model.named_parameters()},
+                 **{f"buffer/{n}": b for n, b in model.named_buffers()}}
+        shapes = reader.shapes()
+        _check_shapes(path, meta, model, slots, shapes)
+        arrays = {key: reader.read(key) for key in shapes}
+    except (CheckpointError, FileNotFoundError, ImportError):
+        raise
+    except Exception as exc:       # zipfile, zlib, numpy, json and safetensors each raise their own types
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}); "
+                              "it is truncated, damaged or not a checkpoint") from exc
+    finally:
+        if reader is not None:
+            reader.close()
+    expected = meta.get("sha256")
+    if not isinstance(expected, dict) or set(expected) != set(arrays):
+        raise CheckpointError(f"{path}: its arrays {sorted(arrays)} do not match its own index")
+    for key, value in arrays.items():
+        if _digest(value) != expected[key]:
+            raise CheckpointError(f"{path}: array {key} was altered (its SHA-256 does not match the one saved)")
+        if key in slots and not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{path}: {key.replace('/', ' ', 1)} holds NaN or Inf values")
+    for key, slot in slots.items():
+        slot.data = _backend.asarray_like(arrays[key], slot.data, dtype=slot.data.dtype)
+        if hasattr(slot, "grad"):
+            slot.grad = None
+    _set_module_state(path, meta, model)
+    optimizer_state = _optimizer_state(path, meta, arrays, model)
+    if optimizer is not None and optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        epoch, step = int(meta["epoch"]), int(meta["step"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed progress record ({exc})") from None
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    return Checkpoint(model=model, epoch=epoch, step=step, rng_state=meta.get("rng_state"), extra=extra,
+                      optimizer_state=optimizer_state, path=str(path))
+
+
+def _model(path: pathlib.Path, meta: dict, model: Module | None) -> Module:
+    if model is not None:
+        return model
+    try:
+        return from_config(meta.get("model"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}") from None
+
+
+def _check_shapes(path, meta, model, slots, shapes) -> None:
+    """Every array the file holds must be one the model (or its optimizer state) has, with its shape."""
+    params = model.parameters()
+    wanted = {key: slot.shape for key, slot in slots.items()}
+    for key in shapes:
+        if key.startswith("optim/"):
+            index = key.split("/")[1]
+            if index.isdigit() and int(index) < len(params):
+                wanted[key] = params[int(index)].shape
+    saved = {k: v for k, v in shapes.items() if k.startswith(("param/", "buffer/"))}
+    mismatch = sorted(set(slots) ^ set(saved)) or [k for k in slots if wanted[k] != saved[k]]
+    if mismatch or _architecture(meta.get("model")) != _architecture(json.loads(json.dumps(model.config()))):
+        name = meta["model"].get("name", "?") if isinstance(meta.get("model"), dict) else "?"
+        raise CheckpointError(f"{path}: checkpoint is for model {name!r} with {saved}, which does not fit "
+                              f"the model {model.name!r} with {dict(sorted((k, wanted[k]) for k in slots))}")
+    for key, shape in shapes.items():
+        if key not in wanted:
+            raise CheckpointError(f"{path}: holds an array {key} that no parameter, buffer or optimizer state has")
+        if shape != wanted[key]:
+            raise CheckpointError(f"{path}: optimizer state {key} has shape {shape}; its parameter has "
+                                  f"{wanted[key]}")
+
+
+def _set_module_state(path: pathlib.Path, meta: dict, model: Module) -> None:
+    states = meta.get("module_state") or {}
+    modules = dict(model.named_modules())
+    try:
+        for name, state in states.items():
+            modules[name].set_extra_state(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed module state ({type(exc).__name__}: {exc})") from None
+
+
 def _optimizer_state(path: pathlib.Path, meta: dict, arrays: dict, model: Module) -> dict | None:
     if meta.get("optimizer") is None:
         return None
-    params = model.parameters()
     try:
         state = dict(meta["optimizer"])
-        state["state"] = [{} for _ in params]
+        state["state"] = [{} for _ in model.parameters()]
         for key, value in arrays.items():
             if key.startswith("optim/"):
                 _, index, name = key.split("/", 2)
-                index = int(index)
-                if tuple(value.shape) != params[index].shape:
-                    raise ValueError(f"optimizer state {key} has shape {tuple(value.shape)}; its parameter has "
-                                     f"{params[index].shape}")
-                state["state"][index][name] = value
+                state["state"][int(index)][name] = value
         state["hyper"] = {k: tuple(v) if isinstance(v, list) else v for k, v in state["hyper"].items()}
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed optimizer state ({type(exc).__name__}: {exc})") from None

@@ -18,6 +18,21 @@ from .nn import Parameter
 __all__ = ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR", "OPTIMIZERS"]
 
 
+def _check_number(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None,
+                  low_open: bool = False) -> None:
+    """A finite real number in [low, high) (or (low, ...) with ``low_open``), else a ValueError saying so."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high
+    if not ok:
+        low_text = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        high_text = "" if high is None else f"< {high:g}"
+        rule = " and ".join(t for t in (low_text, high_text) if t)
+        raise ValueError(f"{owner}: {name} must be a finite number{' ' + rule if rule else ''}; got {value!r}")
+
+
 class Optimizer:
     """Base: a list of parameters, a learning rate, per-parameter state and a step counter."""
 
@@ -28,9 +43,8 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if not isinstance(p, Parameter):
                 raise TypeError(f"{type(self).__name__}: params[{i}] must be an xpcnn.nn.Parameter; got {type(p).__name__}")
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be > 0; got {lr!r}")
-        self.lr = float(lr)
+        _check_number(type(self).__name__, "lr", lr, low=0, low_open=True)
+        self.lr = self.initial_lr = float(lr)
         self.hyper = hyper
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         self.steps = 0
@@ -52,21 +66,27 @@ class Optimizer:
     # -- checkpoints
     def state_dict(self) -> dict:
         """``{"type", "lr", "steps", "hyper", "state": [{name: array}]}`` (arrays on the parameters' backend)."""
-        return {"type": type(self).__name__, "lr": self.lr, "steps": self.steps, "hyper": dict(self.hyper),
-                "state": [dict(s) for s in self.state]}
+        return {"type": type(self).__name__, "lr": self.lr, "initial_lr": self.initial_lr, "steps": self.steps,
+                "hyper": dict(self.hyper), "state": [dict(s) for s in self.state]}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("type") != type(self).__name__:
             raise ValueError(f"optimizer state is for {state.get('type')}, not {type(self).__name__}")
         if len(state["state"]) != len(self.params):
             raise ValueError(f"optimizer state has {len(state['state'])} parameters; this optimizer has {len(self.params)}")
+        for i, (p, s) in enumerate(zip(self.params, state["state"])):
+            for key, value in s.items():
+                if tuple(value.shape) != p.shape:
+                    raise ValueError(f"optimizer state {i}/{key} has shape {tuple(value.shape)}; its parameter "
+                                     f"has {p.shape}")
         self.lr, self.steps, self.hyper = float(state["lr"]), int(state["steps"]), dict(state["hyper"])
+        self.initial_lr = float(state.get("initial_lr", self.lr))
         self.state = [{k: _backend.asarray_like(v, p.data, dtype=p.data.dtype) for k, v in s.items()}
                       for p, s in zip(self.params, state["state"])]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
-        return f"{type(self).__name__}(lr={self.lr}{', ' if args else ''}{args})"
+        return f"{type(self).__name__}(lr={self.lr:.4g}{', ' if args else ''}{args})"
 
 
 class SGD(Optimizer):
@@ -74,12 +94,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1); got {momentum!r}")
+        _check_number("SGD", "momentum", momentum, low=0, high=1)
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
-        if weight_decay < 0:
-            raise ValueError(f"SGD: weight_decay must be >= 0; got {weight_decay!r}")
+        _check_number("SGD", "weight_decay", weight_decay, low=0)
         super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
     def _update(self, data, grad, state):
@@ -102,8 +120,12 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        if not all(0 <= b < 1 for b in betas) or len(betas) != 2:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{type(self).__name__}: betas must be two numbers in [0, 1); got {betas!r}")
+        for beta in betas:
+            _check_number(type(self).__name__, "betas", beta, low=0, high=1)
+        _check_number(type(self).__name__, "eps", eps, low=0, low_open=True)
+        _check_number(type(self).__name__, "weight_decay", weight_decay, low=0)
         super().__init__(params, lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
     def _update(self, data, grad, state):
@@ -139,13 +161,13 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 class _Schedule:
     """Sets ``optimizer.lr`` from the (fractional) epoch alone, so resuming needs no schedule state.
 
-    ``base_lr`` defaults to the optimizer's learning rate when the schedule is made; pass it
-    explicitly when the optimizer's state was loaded from a checkpoint mid-schedule.
+    ``base_lr`` defaults to the optimizer's initial learning rate (``optimizer.initial_lr``, which
+    checkpoints keep), so a schedule made after loading a checkpoint mid-schedule continues exactly.
     """
 
     def __init__(self, optimizer: Optimizer, base_lr: float | None = None):
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr if base_lr is None else float(base_lr)
+        self.base_lr = optimizer.initial_lr if base_lr is None else float(base_lr)
 
     def set_epoch(self, epoch: float) -> float:
         self.optimizer.lr = self.lr_at(epoch)

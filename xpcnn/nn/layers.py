@@ -218,6 +218,13 @@ class Dropout(Module):
         mask = _backend.asarray_like(keep / (1.0 - self.p), x, dtype=x.dtype)
         return x * mask, DropoutCache(mask)
 
+    def get_extra_state(self) -> dict:
+        """The generator's state, so a resumed run draws the same masks."""
+        return self.rng.bit_generator.state
+
+    def set_extra_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
     def _backward(self, dy, cache, layout, input_grad):
         F._checks.check_cache("Dropout.backward", cache, DropoutCache)
         return dy if cache.mask is None else dy * cache.mask

@@ -201,6 +201,14 @@ class Module:
             args["dtype"] = dtype
         return cls(**args)
 
+    def get_extra_state(self) -> Any:
+        """JSON-able state beyond parameters and buffers that a checkpoint must keep for an exact resume
+        (a Dropout's random generator); None when there is none."""
+        return None
+
+    def set_extra_state(self, state: Any) -> None:
+        raise ValueError(f"{type(self).__name__} keeps no extra state; got {type(state).__name__}")
+
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
