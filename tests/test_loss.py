@@ -116,3 +116,23 @@ def test_binary_cross_entropy_is_clipped_and_logits_version_is_stable(B):
 def test_pointwise_losses_reject_mismatched_targets(B):
     with pytest.raises(ValueError, match=r"targets must have shape \(4, 1\); got \(4,\)"):
         F.mse(B.asarray(np.zeros((4, 1))), B.asarray(np.zeros(4)))
+
+
+def test_binary_cross_entropy_refuses_values_outside_0_1():
+    """PyTorch refuses these; clipping them silently would train on a different loss."""
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: probs must lie in \[0, 1\]; got values from "
+                                         r"-0.5 to 0.5 \(pass logits to binary_cross_entropy_with_logits"):
+        F.binary_cross_entropy(np.array([-0.5, 0.5]), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 1\]; got values from 0 to 2"):
+        F.binary_cross_entropy(np.array([0.5, 0.5]), np.array([0.0, 2.0]))
+    assert np.isfinite(F.binary_cross_entropy(np.array([0.0, 1.0]), np.array([0.0, 1.0])))   # the ends are fine
+
+
+def test_none_inputs_name_the_argument():
+    with pytest.raises(TypeError, match="relu: x must be an array .*; got None"):
+        F.relu(None)
+    _, cache = F.relu_forward(np.ones(3))
+    with pytest.raises(TypeError, match="relu_backward: dy must be an array .*; got None"):
+        F.relu_backward(None, cache)
+    with pytest.raises(TypeError, match="conv2d: w must be an array .*; got None"):
+        F.conv2d(np.ones((1, 1, 3, 3)), None)

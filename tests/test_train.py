@@ -83,9 +83,58 @@ def test_nan_loss_stops_training_naming_epoch_and_step(monkeypatch):
     monkeypatch.setattr(xpcnn.train, "epoch_order", lambda seed, epoch, n: np.arange(n))
     model = xpcnn.models.lenet5()
     opt = xpcnn.optim.SGD(model.parameters(), lr=0.01)
-    with pytest.raises(xpcnn.TrainingDivergedError, match=r"became nan at epoch 1, step 3 \(of 4\)") as info:
+    with pytest.raises(xpcnn.TrainingDivergedError, match=r"became nan at epoch 1, between steps 1 and 4 "
+                                                          r"\(of 4\)") as info:
         xpcnn.fit(model, nn.CrossEntropyLoss(), opt, data, epochs=1, batch_size=32, progress=False)
-    assert (info.value.epoch, info.value.step) == (1, 3)
+    assert (info.value.epoch, info.value.step) == (1, 4)       # the loss is read back at step 4, the last
+
+
+def test_fit_reads_the_loss_back_once_every_10_steps(monkeypatch):
+    """Each read-back stalls a GPU's queue: fit reads the running sums back every 10 steps and at the end
+    of an epoch, one transfer each time (plus one for the weights' finiteness)."""
+    calls = []
+    real = xpcnn.backend.to_numpy
+    monkeypatch.setattr(xpcnn.backend, "to_numpy", lambda x: calls.append(1) or real(x))
+    model = xpcnn.models.lenet5()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.01), _subset(32 * 25),
+              epochs=1, batch_size=32, progress=False)
+    assert len(calls) == 3                                       # after steps 10, 20 and 25
+
+
+def test_weights_that_become_non_finite_stop_training():
+    """A learning rate so large that the weights overflow although the loss of each batch was finite."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), input_shape=(1, 28, 28))
+    data = xpcnn.data.Dataset(xpcnn.data.normalize(IMAGES[:64]) * 1000, LABELS[:64].astype(np.int64))
+    opt = xpcnn.optim.SGD(model.parameters(), lr=1e38)
+    with pytest.raises(xpcnn.TrainingDivergedError, match=r"the weights hold NaN or Inf values after epoch 1 "
+                                                          r"\(the loss was [\d.e+]+\)"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, data, epochs=1, batch_size=64, progress=False)
+
+
+def test_one_hot_targets_train_and_evaluate():
+    """One-hot targets train exactly as the class indices they encode."""
+    histories = []
+    for labels in (LABELS[:256], np.eye(10, dtype=np.float32)[LABELS[:256]]):
+        data = xpcnn.data.Dataset.from_numpy(IMAGES[:256], labels)
+        model = xpcnn.models.lenet5()
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        histories.append(xpcnn.fit(model, nn.CrossEntropyLoss(), opt, data, epochs=2, batch_size=32, progress=False))
+    assert data.labels.dtype == np.float32 and data.labels.shape == (256, 10)
+    assert histories[0].accuracy == histories[1].accuracy and histories[0].accuracy[-1] > 0.1
+    np.testing.assert_allclose(histories[0].loss, histories[1].loss, rtol=1e-6)
+    result = xpcnn.evaluate(model, data)
+    assert set(result) == {"accuracy", "n"}                      # no loss without a loss_fn
+    assert np.isfinite(xpcnn.evaluate(model, data, nn.CrossEntropyLoss())["loss"])
+
+
+def test_inputs_are_checked_in_the_users_terms():
+    model = xpcnn.models.lenet5()
+    with pytest.raises(ValueError, match=r"lenet5 expects inputs of shape \(N, 1, 28, 28\); got \(4, 784\)"):
+        model(np.zeros((4, 784), np.float32))
+    with pytest.raises(TypeError, match="lenet5: inputs must be floating-point; got uint8 of shape \\(4, 28, 28\\)"):
+        model(np.zeros((4, 28, 28), np.uint8))
+    with pytest.raises(TypeError, match=r"lenet5 has float32 parameters; got float64 inputs"):
+        model(np.zeros((4, 1, 28, 28)))
 
 
 def test_input_that_does_not_fit_is_rejected_before_training():

@@ -55,9 +55,33 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _correct(logits: Any, labels: Any) -> Any:
-    """Number of correct predictions, left on the device (0-d integer array)."""
+    """Number of correct predictions, left on the device (0-d integer array). ``labels`` are class indices
+    (N,) or one-hot / probability targets (N, K), whose largest entry is the class."""
     xp = array_namespace(logits)
+    if labels.ndim == 2:
+        labels = xp.argmax(labels, axis=1)
     return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+
+
+READ_BACK_EVERY = 10     # steps between reading the running loss back to the host (a GPU stall each time)
+
+
+def _read_back(total: Any, correct: Any) -> tuple[float, int]:
+    """The running loss sum and correct count in ONE device-to-host transfer."""
+    if isinstance(total, float):
+        return total, int(correct)
+    xp = array_namespace(total)
+    both = _backend.to_numpy(xp.stack([total, xp.astype(correct, total.dtype)]))
+    return float(both[0]), int(round(float(both[1])))
+
+
+def parameters_finite(model: Any) -> bool:
+    """Whether every parameter and buffer is finite, with one read-back."""
+    slots = [*model.parameters(), *(model.buffers() if hasattr(model, "buffers") else [])]
+    if not slots:
+        return True
+    xp = array_namespace(slots[0].data)
+    return bool(xp.all(xp.stack([xp.all(xp.isfinite(s.data)) for s in slots])))
 
 
 def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, batch_size: int = 64,
@@ -69,8 +93,10 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     Each step: forward, loss, backward, ``optimizer.step()``, zero gradients. ``scheduler`` (if any) sets
     the learning rate from the fractional epoch. After each epoch every callback is called as
     ``callback(epoch, logs)`` (epoch 1-based; logs holds this epoch's metrics). Data order depends on
-    ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. A NaN or infinite loss raises
-    :class:`TrainingDivergedError` naming the epoch and step. ``tune_allocator`` keeps freed memory in
+    ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. The loss stays on the device
+    and is read back once every ``READ_BACK_EVERY`` (10) steps and at the end of the epoch (each read-back
+    stalls a GPU's queue); a NaN or infinite loss then, or non-finite weights at the end of an epoch, raise
+    :class:`TrainingDivergedError` naming the epoch and steps. ``tune_allocator`` keeps freed memory in
     the process between steps (see :func:`xpcnn.backend.tune_allocator`), which makes NumPy training
     markedly faster on Linux. ``augment(x, rng)`` (e.g. :func:`xpcnn.data.random_crop_flip`) transforms each
     training batch; its generator depends on ``(seed, epoch)`` only, so resumed runs repeat it too.
@@ -96,10 +122,10 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     for epoch in range(start_epoch, epochs):
         model.train()
         start = time.perf_counter()
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, seen, checked = 0.0, 0, 0, 0
         augment_rng = np.random.default_rng([seed, epoch, 1])
-        with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", unit_scale=True, disable=not progress,
-                  leave=False, dynamic_ncols=True) as bar:
+        with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", unit_scale=True,
+                  disable=None if progress else True, leave=False, dynamic_ncols=True) as bar:   # None: off in logs
             for step, (x, y) in enumerate(train_data.batches(batch_size, epoch_order(seed, epoch, n))):
                 if scheduler is not None:
                     scheduler.set_epoch(epoch + step / steps_per_epoch)
@@ -107,23 +133,29 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
                     x = augment(x, augment_rng)
                 logits = model(x)
                 loss = loss_fn(logits, y)
-                value = float(loss)
-                if not math.isfinite(value):
-                    raise TrainingDivergedError(
-                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1} (of {steps_per_epoch}); "
-                        f"training stopped. Try a lower learning rate (it was {optimizer.lr:g}).", epoch + 1, step + 1)
                 model.backward(loss_fn.backward())
                 optimizer.step()
                 model.zero_grad()
                 count = int(x.shape[0])
-                total_loss += value * count
-                seen += count
+                total_loss = total_loss + loss * count             # on the device
                 correct = correct + _correct(logits, y)
+                seen += count
                 bar.update(count)
-                if step % 20 == 0 or seen == n:
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * int(correct) / seen:.2f}%")
+                if (step + 1) % READ_BACK_EVERY == 0 or seen == n:
+                    loss_sum, right = _read_back(total_loss, correct)
+                    if not math.isfinite(loss_sum):
+                        raise TrainingDivergedError(
+                            f"the loss became {loss_sum} at epoch {epoch + 1}, between steps {checked + 1} and "
+                            f"{step + 1} (of {steps_per_epoch}); training stopped. Try a lower learning rate "
+                            f"(it was {optimizer.lr:g}).", epoch + 1, step + 1)
+                    checked = step + 1
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * right / seen:.2f}%")
+        if not parameters_finite(model):
+            raise TrainingDivergedError(
+                f"the weights hold NaN or Inf values after epoch {epoch + 1} (the loss was {loss_sum / seen:g}); "
+                f"training stopped. Try a lower learning rate (it was {optimizer.lr:g}).", epoch + 1, checked)
         seconds = time.perf_counter() - start
-        logs = {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": int(correct) / seen,
+        logs = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": right / seen,
                 "lr": optimizer.lr, "seconds": seconds, "images_per_s": seen / seconds}
         if validation_data is not None:
             val = evaluate(model, validation_data, loss_fn=loss_fn)
@@ -141,7 +173,8 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
 
 
 def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000) -> dict[str, float]:
-    """Accuracy (and mean loss, if ``loss_fn`` is given) of ``model`` on ``data``, in eval mode."""
+    """``{"accuracy", "n"}`` of ``model`` on ``data`` in eval mode, and ``"loss"`` (the mean) when ``loss_fn``
+    is given. Sums stay on the device; one read-back at the end."""
     data = _as_dataset(data, "data")
     was_training = getattr(model, "training", False)
     model.eval()
@@ -151,9 +184,12 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000)
             logits = model(x)
             correct = correct + _correct(logits, y)
             if loss_fn is not None:
-                total_loss += float(loss_fn(logits, y)) * int(x.shape[0])
+                total_loss = total_loss + loss_fn(logits, y) * int(x.shape[0])
     finally:
         model.train(was_training)
     n = max(len(data), 1)
-    return {"loss": total_loss / n if loss_fn is not None else float("nan"), "accuracy": int(correct) / n,
-            "n": len(data)}
+    loss_sum, right = _read_back(total_loss, correct)
+    result = {"accuracy": right / n, "n": len(data)}
+    if loss_fn is not None:
+        result["loss"] = loss_sum / n
+    return result

@@ -63,9 +63,11 @@ class Dataset:
     @classmethod
     def from_numpy(cls, images: np.ndarray, labels: np.ndarray, dtype: str = "float32", source: str = "arrays",
                    mean: Any = MEAN, std: Any = STD):
-        """uint8 arrays, normalized on the host, then put on the current backend in one transfer."""
-        return cls(_backend.asarray(normalize(images, dtype, mean, std)),
-                   _backend.asarray(np.asarray(labels, np.int64)), source)
+        """uint8 arrays, normalized on the host, then put on the current backend in one transfer. ``labels``
+        are class indices (N,) or one-hot / probability targets (N, K) (kept as floats)."""
+        labels = np.asarray(labels)
+        labels = labels.astype(np.int64) if labels.ndim == 1 else labels.astype(dtype)
+        return cls(_backend.asarray(normalize(images, dtype, mean, std)), _backend.asarray(labels), source)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

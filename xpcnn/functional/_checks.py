@@ -18,8 +18,12 @@ def _require_array(op: str, name: str, a: Any) -> None:
                         f"got {type(a).__name__}")
 
 
+OPTIONAL = frozenset({"b", "bias", "weight", "running_mean", "running_var"})   # may be None
+
+
 def namespace(op: str, **arrays: Any) -> Any:
-    """The array namespace shared by ``arrays`` (``None`` values are skipped).
+    """The array namespace shared by ``arrays`` (``None`` is allowed only for the optional arguments
+    b, bias, weight, running_mean, running_var, and skipped).
 
     Raises TypeError when an argument is not an array or two come from different
     libraries, ValueError when they live on different devices.
@@ -27,6 +31,9 @@ def namespace(op: str, **arrays: Any) -> Any:
     first = None
     for name, a in arrays.items():
         if a is None:
+            if name not in OPTIONAL:
+                raise TypeError(f"{op}: {name} must be an array (numpy, cupy, torch, array_api_strict, ...); "
+                                f"got None")
             continue
         if first is None:
             _require_array(op, name, a)

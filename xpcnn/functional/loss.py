@@ -120,6 +120,11 @@ def binary_cross_entropy_forward(probs: Any, targets: Any) -> tuple[Any, tuple]:
     op = "binary_cross_entropy"
     xp = _pair_inputs(op, "probs", probs, targets)
     targets = _targets_like(xp, targets, probs)
+    for name, values in (("probs", probs), ("targets", targets)):   # PyTorch refuses these too
+        if math.prod(values.shape) and bool(xp.any((values < 0) | (values > 1))):
+            raise ValueError(f"{op}: {name} must lie in [0, 1]; got values from {float(xp.min(values)):g} to "
+                             f"{float(xp.max(values)):g}" + (" (pass logits to binary_cross_entropy_with_logits "
+                                                            "instead)" if name == "probs" else ""))
     eps = float(xp.finfo(probs.dtype).eps)
     p = xp.clip(probs, eps, 1 - eps)
     total = -xp.sum(targets * xp.log(p) + (1 - targets) * xp.log(1 - p))

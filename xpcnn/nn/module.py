@@ -267,13 +267,29 @@ class Module:
     def forward(self, x: Any) -> Any:
         """The output for ``x`` ((N, C, H, W) or (N, features)); in training mode the cache is kept for
         :meth:`backward`."""
-        if not hasattr(x, "ndim"):
-            raise TypeError(f"{type(self).__name__}: input must be an array; got {type(x).__name__}")
+        xp = self._check_input(x)
         layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
-        xp = array_namespace(x)
         y, cache = self._forward(_layout.from_nchw(x, xp, layout), layout)
         self._last = (cache, layout, y.dtype) if self.training else None
         return _layout.to_nchw(y, xp, layout)
+
+    def _check_input(self, x: Any) -> Any:
+        """Refuse, in the user's own terms (NCHW), inputs that could only fail deep inside or be misread."""
+        if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+            raise TypeError(f"{self.name}: input must be an array; got {type(x).__name__}")
+        xp = array_namespace(x)
+        if not xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"{self.name}: inputs must be floating-point; got {x.dtype} of shape {tuple(x.shape)} "
+                            f"(for uint8 images use xpcnn.data.normalize, or xp.astype(x, xp.float32) / 255)")
+        first = next(self.named_parameters(), None)
+        if first is not None and first[1].data.dtype != x.dtype:
+            wanted = dtype_name(first[1].data)
+            raise TypeError(f"{self.name} has {wanted} parameters; got {x.dtype} inputs (convert them with "
+                            f"xp.astype(x, xp.{wanted}), or the model with .to(dtype={str(x.dtype)!r}))")
+        if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"{self.name} expects inputs of shape (N, {', '.join(map(str, self.input_shape))}); "
+                             f"got {tuple(x.shape)}")
+        return xp
 
     def backward(self, dy: Any, input_grad: bool | None = None) -> Any:
         """Fill the parameters' ``.grad`` from ``dy``, the gradient for the output of the last training-mode
