@@ -105,11 +105,67 @@ def test_resume_continues_exactly(tmp_path):
     (("train", "--backend", "tpu"), "invalid choice: 'tpu'"),
     (("evaluate",), "the following arguments are required: --checkpoint"),
     (("predict", "--checkpoint", "missing.npz", "x.png"), "checkpoint missing.npz does not exist"),
+    (("train", "--lr", "abc"), "argument --lr: must be a positive number; got 'abc'"),
+    (("train", "--momentum", "1.5"), "argument --momentum: must be a number in [0, 1); got '1.5'"),
+    (("train", "--momentum", "-5"), "must be a number in [0, 1); got '-5'"),
+    (("train", "--weight-decay", "-1"), "argument --weight-decay: must be a number >= 0; got '-1'"),
+    (("train", "--checkpoint", "out.pt"), "--checkpoint: checkpoint path must end in .npz or .safetensors"),
+    (("train", "--checkpoint", "/proc/no/such/out.npz"), "--checkpoint /proc/no/such/out.npz: cannot write there"),
+    (("train", "--plot", "/proc/no/such/plot"), "--plot /proc/no/such/plot.png: cannot write there"),
+    (("train", "--data-dir", "somewhere"), "--data-dir is for --dataset mnist, fashion-mnist or cifar10"),
+    (("train", "--optimizer", "adam", "--momentum", "0.5"), "--momentum is for --optimizer sgd"),
+    (("evaluate", "--checkpoint", "."), "is a directory; give the checkpoint file"),
 ])
 def test_bad_arguments_exit_2_with_a_message(tmp_path, args, words):
+    """Found before any training, in one line, without a traceback."""
     done = xpcnn_cmd(*args, tmp_path=tmp_path)
     assert done.returncode == 2
-    assert words in done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr
+    assert "epoch" not in done.stdout
+
+
+def test_version(tmp_path):
+    done = xpcnn_cmd("--version", tmp_path=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == f"xpcnn {xpcnn.__version__}"
+
+
+def test_resume_refuses_options_that_would_break_it(trained, tmp_path):
+    folder, _ = trained
+    model = str(folder / "model.npz")
+    for args, words in ((("--model", "resnet8"), "holds a lenet5; drop --model resnet8"),
+                        (("--seed", "1"), "was trained with --seed 0; got 1. An exact resume needs the same --seed"),
+                        (("--batch-size", "64"), "was trained with --batch-size 32; got 64")):
+        done = xpcnn_cmd("train", "--epochs", "9", "--resume", model, *args, tmp_path=tmp_path)
+        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_diverging_run_fails_clearly_and_writes_no_garbage(tmp_path):
+    done = xpcnn_cmd("train", "--quiet", "--epochs", "1", "--lr", "1e30", "--batch-size", "10000",
+                     "--checkpoint", str(tmp_path / "d.npz"), tmp_path=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "lower learning rate" in done.stderr
+    assert not (tmp_path / "d.npz").exists() or np.isfinite(xpcnn.load(tmp_path / "d.npz").model.parameters()[0].data).all()
+
+
+def test_predict_reads_what_pillow_reads_and_refuses_the_rest(trained, tmp_path):
+    from PIL import Image
+
+    folder, _ = trained
+    images, labels = xpcnn.data.load_bundled("test")
+    Image.fromarray(images[2]).convert("RGB").save(tmp_path / "digit.jpg", quality=95)
+    Image.fromarray(255 - images[2]).save(tmp_path / "light.png")
+    (tmp_path / "text.png").write_text("not an image")
+    np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan, np.float32))
+    done = xpcnn_cmd("predict", "--checkpoint", str(folder / "model.npz"), str(tmp_path / "digit.jpg"),
+                     tmp_path=folder)
+    assert done.returncode == 0 and f"digit.jpg: {labels[2]} (probability" in done.stdout, done.stderr
+    light = xpcnn_cmd("predict", "--checkpoint", str(folder / "model.npz"), str(tmp_path / "light.png"),
+                      tmp_path=folder)
+    assert light.returncode == 0 and "background looks light" in light.stderr and "--invert" in light.stderr
+    for name, words in (("text.png", "not an image Pillow can read"), ("nan.npy", "holds NaN or infinite pixel")):
+        done = xpcnn_cmd("predict", "--checkpoint", str(folder / "model.npz"), str(tmp_path / name),
+                         tmp_path=folder)
+        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_unavailable_backend_is_reported_before_training(tmp_path):
@@ -119,7 +175,7 @@ def test_unavailable_backend_is_reported_before_training(tmp_path):
     except ImportError:
         pass
     done = xpcnn_cmd("train", "--backend", "cupy", tmp_path=tmp_path)
-    assert done.returncode == 2 and "pip install xpcnn[cuda12]" in done.stderr
+    assert done.returncode == 2 and "pip install cupy-cuda12x" in done.stderr
     assert "epoch" not in done.stdout
 
 

@@ -85,7 +85,8 @@ def _load_cupy(device: str | None) -> Backend:
     except ImportError as exc:
         raise BackendUnavailableError(
             "backend 'cupy' was requested but CuPy is not installed; install it with "
-            "`pip install xpcnn[cuda12]` (CUDA 12) or `pip install xpcnn[cuda13]` (CUDA 13)"
+            "`pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda13x` (CUDA 13); from a checkout of "
+            "xpcnn: `pip install -e '.[cuda12]'`"
             f" [{type(exc).__name__}: {exc}]"
         ) from exc
     try:
@@ -142,7 +143,7 @@ def _load_array_api_strict(device: str | None) -> Backend:
         xp = importlib.import_module("array_api_strict")
     except ImportError as exc:
         raise BackendUnavailableError(
-            "backend 'array_api_strict' was requested but it is not installed (`pip install xpcnn[test]`)"
+            "backend 'array_api_strict' was requested but it is not installed (`pip install array-api-strict`)"
         ) from exc
     xp.set_array_api_strict_flags(api_version=ARRAY_API_VERSION)
     if device in (None, ""):

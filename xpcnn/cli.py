@@ -92,7 +92,8 @@ def _make_optimizer(args, params):
     from . import optim
 
     if args.optimizer == "sgd":
-        return optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        momentum = 0.9 if args.momentum is None else args.momentum
+        return optim.SGD(params, lr=args.lr, momentum=momentum, weight_decay=args.weight_decay)
     return optim.OPTIMIZERS[args.optimizer](params, lr=args.lr, weight_decay=args.weight_decay)
 
 
@@ -106,13 +107,62 @@ def _make_schedule(args, optimizer):
     return None
 
 
-def _check_plot_support(path: str | None) -> None:
+def _check_writable(option: str, path: pathlib.Path) -> None:
+    """Find out before training that ``path`` can be written (its folder made, a file created there)."""
+    import tempfile
+
+    if path.is_dir():
+        raise CommandError(f"{option} {path}: is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _plot_path(path: str | None) -> pathlib.Path | None:
+    """The file ``--plot`` will write: PATH as given, with .png added when it has no suffix."""
     if path is None:
-        return
+        return None
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CommandError("--plot needs matplotlib: pip install 'xpcnn[plot]'") from None
+        raise CommandError("--plot needs matplotlib: pip install matplotlib (from a checkout of xpcnn: "
+                           "pip install -e '.[plot]')") from None
+    plot = pathlib.Path(path)
+    if not plot.suffix:
+        plot = plot.with_name(plot.name + ".png")
+    _check_writable("--plot", plot)
+    return plot
+
+
+def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
+    """Refuse options that would be ignored or would break the promise of an exact resume."""
+    from .checkpoint import check_path
+
+    if args.data_dir and args.dataset == "bundled":
+        raise CommandError("--data-dir is for --dataset mnist, fashion-mnist or cifar10; the bundled subset ships "
+                           "with xpcnn")
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise CommandError(f"--momentum is for --optimizer sgd; {args.optimizer} has none (its betas are fixed)")
+    if args.checkpoint:
+        try:
+            check_path(args.checkpoint)
+        except (ValueError, ImportError) as exc:
+            raise CommandError(f"--checkpoint: {exc}") from None
+        _check_writable("--checkpoint", pathlib.Path(args.checkpoint))
+    if checkpoint is None:
+        return
+    saved = checkpoint.extra
+    if args.model is not None and args.model != checkpoint.model.name:
+        raise CommandError(f"--resume {args.resume} holds a {checkpoint.model.name}; drop --model {args.model} "
+                           "(the checkpoint decides the model)")
+    for option, key, given in (("--seed", "seed", args.seed), ("--batch-size", "batch_size", args.batch_size),
+                               ("--dataset", "dataset", args.dataset)):
+        if key in saved and saved[key] != given:
+            raise CommandError(f"--resume {args.resume} was trained with {option} {saved[key]}; got {given}. An "
+                               f"exact resume needs the same {option}")
 
 
 def write_plot(history: dict, path: str) -> None:
@@ -148,18 +198,21 @@ def _train(args: argparse.Namespace) -> int:
     from .data import random_crop_flip
     from .train import History, TrainingDivergedError, evaluate, fit
 
-    _check_plot_support(args.plot)
+    plot = _plot_path(args.plot)
     backend = _select_backend(args)
-    train_data, test_data = _load_data(args, "train"), _load_data(args, "test")
     history, start_epoch, checkpoint = History(), 0, None
     if args.resume:
         checkpoint = _load_checkpoint(args.resume)
+    _check_train_options(args, checkpoint)
+    train_data, test_data = _load_data(args, "train"), _load_data(args, "test")
+    if checkpoint:
         start_epoch = checkpoint.epoch
         history = History(**checkpoint.extra.get("history", {}))
         if start_epoch >= args.epochs:
             raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {start_epoch} epochs; "
                                f"ask for more with --epochs (got {args.epochs})")
-    model = checkpoint.model if checkpoint else _build_model(args.model, args.seed, train_data.sample_shape)
+    model = checkpoint.model if checkpoint else _build_model(args.model or "lenet5", args.seed,
+                                                              train_data.sample_shape)
     optimizer = _make_optimizer(args, model.parameters())
     if checkpoint and checkpoint.optimizer_state is not None:
         try:
@@ -183,7 +236,8 @@ def _train(args: argparse.Namespace) -> int:
     def save_checkpoint(epoch: int, logs: dict) -> None:
         if args.checkpoint:
             save(args.checkpoint, model, optimizer, epoch=epoch, step=optimizer.steps,
-                 extra={"history": history.as_dict(), "seed": args.seed, "dataset": args.dataset})
+                 extra={"history": history.as_dict(), "seed": args.seed, "dataset": args.dataset,
+                        "batch_size": args.batch_size})
             saved["epoch"] = epoch
 
     start = time.perf_counter()
@@ -203,9 +257,14 @@ def _train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     result = evaluate(model, test_data, loss_fn=loss_fn)
     correct = round(result["accuracy"] * result["n"])
-    if args.plot:
-        write_plot(history.as_dict(), args.plot)
-        print(f"plot written to {args.plot}")
+    if not math.isfinite(result["loss"]):
+        print(f"error: training diverged: the test loss is {result['loss']}; try a lower learning rate "
+              f"(--lr {args.lr:g})", file=sys.stderr)
+        _report_checkpoint(args, saved["epoch"])
+        return EXIT_FAILED
+    if plot:
+        write_plot(history.as_dict(), plot)
+        print(f"plot written to {plot}")
     if args.checkpoint:
         print(f"checkpoint: {args.checkpoint} (epoch {saved['epoch']})")
     print(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}; "
@@ -236,56 +295,73 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_images(path: str, size: tuple[int, int], invert: bool = False) -> np.ndarray:
-    """Images from a .png (grayscale, resized to ``size``) or a .npy ((H, W), (N, H, W) or (N, 1, H, W);
-    uint8 0..255 or floats 0..1) as floats (N, 1, H, W) normalized like MNIST."""
-    from .data import MEAN, STD
+def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, mean=None, std=None) -> np.ndarray:
+    """Images from a .npy ((H, W), (N, H, W) or (N, C, H, W); uint8 0..255 or floats 0..1) or any image file
+    Pillow reads (.png, .jpg, ...: converted to grayscale or RGB for ``shape`` (C, H, W) and resized) as
+    floats (N, C, H, W), normalized with ``mean`` and ``std`` (MNIST's by default)."""
+    from .data import MEAN, STD, normalize
 
+    channels, height, width = shape
     file = pathlib.Path(path)
     if not file.is_file():
-        raise CommandError(f"image {path} does not exist")
+        raise CommandError(f"image {path} does not exist" + (" (it is a directory)" if file.is_dir() else ""))
     if file.suffix.lower() == ".npy":
         try:
             pixels = np.load(file, allow_pickle=False)
         except ValueError as exc:
             raise CommandError(f"{path}: not a readable .npy array ({exc})") from None
-    elif file.suffix.lower() == ".png":
-        try:
-            from PIL import Image
-        except ImportError:
-            raise CommandError("reading PNG images needs Pillow: pip install 'xpcnn[plot]' (or pillow)") from None
-        with Image.open(file) as image:
-            pixels = np.asarray(image.convert("L").resize(size[::-1]))
     else:
-        raise CommandError(f"{path}: expected a .png or .npy image; got {file.suffix or 'no extension'}")
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError:
+            raise CommandError("reading image files needs Pillow: pip install pillow (or .npy arrays)") from None
+        try:
+            with Image.open(file) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
+                pixels = np.asarray(image)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise CommandError(f"{path}: not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+        pixels = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)[None]
     if pixels.ndim == 2:
         pixels = pixels[None]
-    if pixels.ndim == 4 and pixels.shape[1] == 1:
-        pixels = pixels[:, 0]
-    if pixels.ndim != 3 or tuple(pixels.shape[1:]) != size:
-        raise CommandError(f"{path}: expected images of {size[0]}x{size[1]} pixels ((H, W), (N, H, W) or "
-                           f"(N, 1, H, W)); got shape {pixels.shape}")
-    if pixels.dtype == np.uint8:
-        values = pixels.astype(np.float32) / 255
-    elif np.issubdtype(pixels.dtype, np.floating):
-        values = pixels.astype(np.float32)
-    else:
+    if pixels.ndim == 3 and channels == 1:
+        pixels = pixels[:, None]
+    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != tuple(shape):
+        raise CommandError(f"{path}: expected images of {channels}x{height}x{width} ((H, W), (N, H, W) or "
+                           f"(N, C, H, W)); got shape {pixels.shape}")
+    if np.issubdtype(pixels.dtype, np.floating):
+        if not np.all(np.isfinite(pixels)):
+            raise CommandError(f"{path}: holds NaN or infinite pixel values")
+        if pixels.min() < 0 or pixels.max() > 1:
+            raise CommandError(f"{path}: float pixels must lie in 0..1; got {pixels.min():g}..{pixels.max():g}")
+        pixels = np.round(pixels * 255).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
         raise CommandError(f"{path}: expected uint8 (0..255) or float (0..1) pixels; got {pixels.dtype}")
     if invert:
-        values = 1 - values
-    return ((values - MEAN) / STD)[:, None].astype(np.float32)
+        pixels = 255 - pixels
+    elif channels == 1:
+        border = np.concatenate([pixels[:, :, 0, :], pixels[:, :, -1, :], pixels[:, :, :, 0], pixels[:, :, :, -1]],
+                                axis=-1)
+        if border.mean() > 127:
+            print(f"warning: {path}: the background looks light; the model was trained on light digits on a "
+                  "dark background (MNIST): pass --invert if this is a dark drawing on white", file=sys.stderr)
+    return normalize(pixels, "float32", MEAN if mean is None else mean, STD if std is None else std)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .data import DATASETS
     from .functional import softmax
 
     _select_backend(args)
     checkpoint = _load_checkpoint(args.checkpoint)
     model = checkpoint.model.eval()
-    shape = model.input_shape or (1, 28, 28)
+    shape = tuple(model.input_shape or (1, 28, 28))
+    stats = DATASETS.get(checkpoint.extra.get("dataset", "bundled"), DATASETS["bundled"])
     for path in args.images:
-        x = _backend.asarray(read_images(path, tuple(shape[1:]), args.invert))
+        x = _backend.asarray(read_images(path, shape, args.invert, stats.mean, stats.std))
         probs = _backend.to_numpy(softmax(model(x)))
+        if not np.all(np.isfinite(probs)):
+            raise CommandError(f"{path}: the model's output is not finite for this input", EXIT_FAILED)
         for i, row in enumerate(probs):
             top = np.argsort(row)[::-1][:3]
             label = path if len(probs) == 1 else f"{path}[{i}]"
@@ -295,18 +371,31 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
+def _version() -> str:
+    import xpcnn
+
+    return xpcnn.__version__
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
-    return value
+def _number(kind: type, rule: str, ok) -> callable:
+    """An argparse type: ``kind(text)`` that satisfies ``ok``, else one line saying what is expected."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}; got {text!r}")
+        return value
+
+    parse.__name__ = rule           # argparse names the type in some messages
+    return parse
+
+
+_positive_int = _number(int, "a positive integer", lambda v: v >= 1)
+_positive_float = _number(float, "a positive number", lambda v: v > 0)
+_non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)
+_momentum = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -333,20 +422,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and inspect convolutional networks on any array API backend "
                     "(select it with XPCNN_BACKEND=numpy|cupy|torch|array_api_strict or --backend).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = commands.add_parser("info", help="show the selected backend, library versions and available backends")
     info.set_defaults(run=_info)
 
     train = commands.add_parser("train", help="train a network and report its test accuracy")
-    train.add_argument("--model", choices=[m for m in MODELS if m != "seed_binary"], default="lenet5")
+    train.add_argument("--model", choices=[m for m in MODELS if m != "seed_binary"],
+                       help="the network (default lenet5; with --resume the checkpoint's)")
     _add_data_options(train)
     train.add_argument("--epochs", type=_positive_int, default=5)
     train.add_argument("--batch-size", type=_positive_int, default=32)
     train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default 0.01)")
     train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--momentum", type=_momentum, help="SGD momentum in [0, 1) (default 0.9; SGD only)")
+    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0)
     train.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
                        help="learning-rate schedule over the epochs (default cosine)")
     train.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
@@ -369,9 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
-    predict = commands.add_parser("predict", help="classify images (.png, or .npy arrays) with a checkpoint")
+    predict = commands.add_parser("predict", help="classify images (.png, .jpg, ... or .npy arrays) with a checkpoint")
     predict.add_argument("--checkpoint", metavar="PATH", required=True)
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help=".png (grayscale, resized) or .npy")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="an image file Pillow reads (converted to the model's channels, resized) or .npy")
     predict.add_argument("--invert", action="store_true",
                          help="for dark digits on a light background (MNIST digits are light on dark)")
     _add_backend_options(predict)
