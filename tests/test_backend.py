@@ -56,7 +56,7 @@ def test_cupy_unavailable_names_the_extra_or_the_missing_device():
     try:
         import cupy  # noqa: F401
     except ImportError:
-        with pytest.raises(xpcnn.BackendUnavailableError, match=r"pip install xpcnn\[cuda12\]"):
+        with pytest.raises(xpcnn.BackendUnavailableError, match=r"pip install cupy-cuda12x"):
             xpcnn.set_backend("cupy")
         return
     try:
