@@ -222,3 +222,11 @@ def test_train_a_resnet8_and_predict_with_it(tmp_path):
     evaluated = xpcnn_cmd("evaluate", "--checkpoint", str(tmp_path / "r8.npz"), tmp_path=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"accuracy: {accuracy:.2f}%" in evaluated.stdout
+
+
+def test_progress_bars_stay_out_of_logs(tmp_path):
+    """Output that is not a terminal gets the per-epoch lines, not carriage-return progress bars."""
+    done = xpcnn_cmd("train", "--epochs", "1", "--batch-size", "500", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/1: loss" in done.stdout
+    assert "\r" not in done.stdout + done.stderr

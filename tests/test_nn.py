@@ -160,3 +160,18 @@ def test_resnets_follow_he_et_al():
         xpcnn.models.resnet(10)
     with pytest.raises(ValueError, match="resnet8: num_classes must be >= 1; got -1"):
         xpcnn.models.resnet8(num_classes=-1)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: nn.Linear(-1, 3), "Linear: in_features must be >= 1; got -1"),
+    (lambda: nn.Linear(3, 2.5), "Linear: out_features must be an integer"),
+    (lambda: nn.Conv2D(0, 3, 3), "Conv2D: in_channels must be >= 1; got 0"),
+    (lambda: nn.Conv2D(1, 3, 3, dtype="int32"), "Conv2D: dtype must be one of float32, float64; got 'int32'"),
+    (lambda: nn.Dropout(float("nan")), "Dropout: p must be in [0, 1)"),
+    (lambda: xpcnn.models.lenet5(num_classes=-1), "lenet5: num_classes must be >= 1; got -1"),
+    (lambda: xpcnn.models.seed_cnn(dtype="complex64"), "dtype must be one of float32, float64; got 'complex64'"),
+])
+def test_layer_and_model_arguments_are_validated(make, words):
+    with pytest.raises((ValueError, TypeError)) as info:
+        make()
+    assert words in str(info.value)

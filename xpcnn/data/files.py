@@ -89,8 +89,8 @@ def download(source: Source, destination: str | os.PathLike, mirrors: tuple[str,
             try:
                 with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
                     total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress,
-                              leave=False) as bar:
+                    with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False,
+                              disable=None if progress else True) as bar:     # None: off when not a terminal
                         while chunk := response.read(1 << 16):
                             out.write(chunk)
                             bar.update(len(chunk))
