@@ -106,7 +106,7 @@ def _inputs(network: str, batch: int):
 def run(networks=("lenet5",), batches=(64, 256), blocks=7, seconds_per_block=0.6):
     import torch
 
-    xpcnn.backend.tune_allocator()    # what `xpcnn.fit` and `xpcnn train` do; affects both contenders alike
+    # no tune_allocator() here: selecting the numpy backend applies it, as in any user's own loop
     backend = xpcnn.get_backend()
     device, sync, torch_sync = synchronizers(backend, torch)
     rows = []

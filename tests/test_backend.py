@@ -148,3 +148,20 @@ def test_tune_allocator_is_idempotent_and_reports_what_it_did():
     first = xpcnn.backend.tune_allocator()
     assert isinstance(first, bool)
     assert xpcnn.backend.tune_allocator() is first
+
+
+@pytest.mark.parametrize("setting, tuned", [(None, True), ("0", False)])
+def test_selecting_numpy_tunes_malloc_unless_opted_out(setting, tuned):
+    """A hand-written loop gets the same allocator as fit: applied when the numpy backend is selected."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XPCNN_")}
+    if setting is not None:
+        env["XPCNN_TUNE_MALLOC"] = setting
+    code = "import xpcnn; xpcnn.models.lenet5(); print(xpcnn.backend._ALLOCATOR_TUNED)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    if tuned and out.stdout.strip() == "False":
+        pytest.skip("malloc here is not glibc's: nothing to tune")
+    assert out.stdout.strip() == str(tuned)

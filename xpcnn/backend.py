@@ -1,7 +1,7 @@
 """Where new arrays live: the backend switch, and the settings read from the environment.
 
 This is the only module that reads the environment (``XPCNN_BACKEND``, ``XPCNN_DEVICE``,
-``XPCNN_DATA_DIR``). ``XPCNN_BACKEND`` names the array library that new arrays (parameters, data batches) are created with, and
+``XPCNN_DATA_DIR``, ``XPCNN_TUNE_MALLOC``). ``XPCNN_BACKEND`` names the array library that new arrays (parameters, data batches) are created with, and
 ``XPCNN_DEVICE`` the device where that library has several. Operations in
 :mod:`xpcnn.functional` never look here: they take their namespace from their
 inputs, so arrays of any backend work with them without configuration.
@@ -23,6 +23,7 @@ BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
 ENV_BACKEND = "XPCNN_BACKEND"
 ENV_DEVICE = "XPCNN_DEVICE"
 ENV_DATA_DIR = "XPCNN_DATA_DIR"
+ENV_TUNE_MALLOC = "XPCNN_TUNE_MALLOC"     # "0": leave glibc's malloc as it is (see tune_allocator)
 # The array API version our code is written against and array_api_strict is pinned to.
 ARRAY_API_VERSION = "2024.12"
 
@@ -76,6 +77,8 @@ def _load_numpy(device: str | None) -> Backend:
         raise ValueError(f"device for the numpy backend must be 'cpu' or unset; got {device!r}")
     import array_api_compat.numpy as xp
 
+    if os.environ.get(ENV_TUNE_MALLOC, "1").strip() != "0":
+        tune_allocator()
     return Backend("numpy", xp, "cpu", np.__version__)
 
 
@@ -266,7 +269,10 @@ def tune_allocator() -> bool:
     batch 256 on a 2-core machine. This raises the mmap and trim thresholds (as PyTorch's tuning guide
     does by recommending jemalloc or tcmalloc). The process keeps its peak working set (tens of MB)
     resident between steps. Returns True if applied; does nothing (False) where malloc is not glibc's.
-    ``xpcnn.fit`` and ``xpcnn train`` call it; it affects the whole process and is applied once.
+
+    Applied once, process-wide, when the numpy backend is selected (the default), so a hand-written
+    training loop is as fast as ``xpcnn.fit``; set ``XPCNN_TUNE_MALLOC=0`` to leave malloc alone (e.g. in
+    a long-lived process that must hand memory back to the system).
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:

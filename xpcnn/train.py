@@ -87,7 +87,7 @@ def parameters_finite(model: Any) -> bool:
 def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, batch_size: int = 64,
         validation_data: Any = None, callbacks: Iterable[Callable[[int, dict], None]] = (), scheduler: Any = None,
         seed: int = 0, start_epoch: int = 0, history: History | None = None, progress: bool = True,
-        tune_allocator: bool = True, augment: Callable[[Any, np.random.Generator], Any] | None = None) -> History:
+        augment: Callable[[Any, np.random.Generator], Any] | None = None) -> History:
     """Train ``model`` for epochs ``start_epoch + 1 .. epochs`` and return the :class:`History`.
 
     Each step: forward, loss, backward, ``optimizer.step()``, zero gradients. ``scheduler`` (if any) sets
@@ -96,9 +96,7 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. The loss stays on the device
     and is read back once every ``READ_BACK_EVERY`` (10) steps and at the end of the epoch (each read-back
     stalls a GPU's queue); a NaN or infinite loss then, or non-finite weights at the end of an epoch, raise
-    :class:`TrainingDivergedError` naming the epoch and steps. ``tune_allocator`` keeps freed memory in
-    the process between steps (see :func:`xpcnn.backend.tune_allocator`), which makes NumPy training
-    markedly faster on Linux. ``augment(x, rng)`` (e.g. :func:`xpcnn.data.random_crop_flip`) transforms each
+    :class:`TrainingDivergedError` naming the epoch and steps. ``augment(x, rng)`` (e.g. :func:`xpcnn.data.random_crop_flip`) transforms each
     training batch; its generator depends on ``(seed, epoch)`` only, so resumed runs repeat it too.
     """
     from tqdm.auto import tqdm
@@ -114,8 +112,6 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         raise ValueError("train_data is empty")
     if hasattr(model, "check_input"):
         model.check_input((batch_size, *train_data.sample_shape))
-    if tune_allocator:
-        _backend.tune_allocator()
     history = history or History()
     n = len(train_data)
     steps_per_epoch = math.ceil(n / batch_size)
