@@ -43,7 +43,7 @@ def test_round_trip_to_every_backend(B, tmp_path, suffix):
         assert name_a == name_b and b.data.device == B.device
         np.testing.assert_array_equal(B.numpy(b.data), a.data)
     assert fresh_opt.lr == opt.lr and fresh_opt.steps == opt.steps
-    for ours, theirs in zip(fresh_opt.state, opt.state):
+    for ours, theirs in zip(fresh_opt.state_dict()["state"], opt.state_dict()["state"]):
         np.testing.assert_array_equal(B.numpy(ours["momentum"]), theirs["momentum"])
 
 

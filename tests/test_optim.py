@@ -70,8 +70,8 @@ def test_state_dict_round_trip_and_move_between_backends(B):
     fresh = optim.Adam([Parameter(np.ones(3))])
     fresh.load_state_dict(state)
     assert fresh.steps == 1
-    assert isinstance(fresh.state[0]["m"], np.ndarray)
-    np.testing.assert_allclose(fresh.state[0]["m"], [0.1, -0.1, 0.05])
+    assert isinstance(fresh.state_dict()["state"][0]["m"], np.ndarray)
+    np.testing.assert_allclose(fresh.state_dict()["state"][0]["m"], [0.1, -0.1, 0.05])
     with pytest.raises(ValueError, match="optimizer state is for Adam, not SGD"):
         optim.SGD([Parameter(np.ones(3))]).load_state_dict(state)
 
@@ -127,7 +127,7 @@ def test_sgd_momentum_is_not_the_gradient_array():
     p.grad = grad
     opt.step()
     grad[:] = 100.0                       # the buffer is refilled for the next step
-    np.testing.assert_array_equal(opt.state[0]["momentum"], np.ones(3))
+    np.testing.assert_array_equal(opt.state_dict()["state"][0]["momentum"], np.ones(3))
 
 
 def test_loading_optimizer_state_of_the_wrong_shape_is_refused():
@@ -136,3 +136,29 @@ def test_loading_optimizer_state_of_the_wrong_shape_is_refused():
     state["state"] = [{"momentum": np.ones(3)}]
     with pytest.raises(ValueError, match=r"optimizer state 0/momentum has shape \(3,\); its parameter has \(2,\)"):
         opt.load_state_dict(state)
+
+
+def test_parameters_without_a_gradient_and_their_state_are_left_alone():
+    a, b = Parameter(np.ones(2)), Parameter(np.ones(3))
+    opt = optim.SGD([a, b], lr=0.1, momentum=0.9)
+    a.grad, b.grad = np.ones(2), np.ones(3)
+    opt.step()
+    a.grad, b.grad = np.ones(2), None
+    opt.step()
+    np.testing.assert_allclose(b.data, 0.9)                       # only the first step moved b
+    np.testing.assert_allclose(opt.state_dict()["state"][1]["momentum"], 1.0)   # and its momentum was kept
+    np.testing.assert_allclose(a.data, 1 - 0.1 - 0.1 * 1.9)
+
+
+def test_one_flat_update_for_all_parameters_and_rebinding_is_noticed():
+    """Parameters become views of one flat array; one rebound from outside is gathered again."""
+    model = xpcnn.models.lenet5()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = np.ones(p.shape, np.float32)
+    opt.step()
+    flat = opt.flat_parameters()
+    assert flat.shape == (61_706,) and all(np.shares_memory(p.data, flat) for p in model.parameters())
+    model.parameters()[0].data = np.zeros((6, 1, 5, 5), np.float32)       # e.g. load_state_dict
+    opt.step(flat_grad=np.zeros(61_706, np.float32))
+    np.testing.assert_allclose(model.parameters()[0].data, -0.1 * 0.9)   # momentum 1 kept going from the zeros

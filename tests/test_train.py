@@ -98,7 +98,7 @@ def test_fit_reads_the_loss_back_once_every_10_steps(monkeypatch):
     model = xpcnn.models.lenet5()
     xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.01), _subset(32 * 25),
               epochs=1, batch_size=32, progress=False)
-    assert len(calls) == 3                                       # after steps 10, 20 and 25
+    assert len(calls) == 1 + 3           # the labels once before training; the sums after steps 10, 20 and 25
 
 
 def test_weights_that_become_non_finite_stop_training():

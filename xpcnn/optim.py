@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from array_api_compat import array_namespace
+import numpy as np
+from array_api_compat import array_namespace, device
 
 from . import backend as _backend
 from .nn import Parameter
@@ -34,55 +35,124 @@ def _check_number(owner: str, name: str, value: Any, low: float | None = None, h
 
 
 class Optimizer:
-    """Base: a list of parameters, a learning rate, per-parameter state and a step counter."""
+    """Base: parameters, a learning rate, optimizer state and a step counter.
+
+    All parameters live in ONE flat array and the gradients are gathered into one flat array, so an update is
+    a handful of array operations whatever the number of parameters (a GPU launches a handful of kernels, and
+    data-parallel training all-reduces that one gradient array). After a step each ``Parameter.data`` is
+    rebound to a view of the new flat array: nothing is mutated in place, so immutable arrays work too. A
+    parameter rebound from outside (``load_state_dict``, ``.to``) is noticed and gathered again. State
+    (momentum, Adam's moments) is flat as well: ``state[name]`` is one array; :meth:`state_dict` splits it per
+    parameter. The momentum buffer is always an array of its own, never a gradient array.
+    """
 
     def __init__(self, params: Iterable[Parameter], lr: float, **hyper: Any):
         self.params = list(params)
+        owner = type(self).__name__
         if not self.params:
-            raise ValueError(f"{type(self).__name__}: params is empty; pass model.parameters()")
+            raise ValueError(f"{owner}: params is empty; pass model.parameters()")
         for i, p in enumerate(self.params):
             if not isinstance(p, Parameter):
-                raise TypeError(f"{type(self).__name__}: params[{i}] must be an xpcnn.nn.Parameter; got {type(p).__name__}")
-        _check_number(type(self).__name__, "lr", lr, low=0, low_open=True)
+                raise TypeError(f"{owner}: params[{i}] must be an xpcnn.nn.Parameter; got {type(p).__name__}")
+            if p.data.dtype != self.params[0].data.dtype:
+                raise ValueError(f"{owner}: every parameter must have one dtype; params[0] is "
+                                 f"{self.params[0].data.dtype}, params[{i}] is {p.data.dtype}")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError(f"{owner}: a parameter is listed twice")
+        _check_number(owner, "lr", lr, low=0, low_open=True)
         self.lr = self.initial_lr = float(lr)
         self.hyper = hyper
-        self.state: list[dict[str, Any]] = [{} for _ in self.params]
+        self.sizes = [math.prod(p.shape) for p in self.params]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.state: dict[str, Any] = {}
         self.steps = 0
+        self._flat = self._views = None
 
-    def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
+    # -- the flat arrays
+    def flat_parameters(self) -> Any:
+        """All parameters as one 1-D array (gathered again only if a parameter was rebound from outside)."""
+        if self._views is None or any(p.data is not v for p, v in zip(self.params, self._views)):
+            xp = array_namespace(self.params[0].data)
+            self._flat = xp.concat([xp.reshape(p.data, (-1,)) for p in self.params])
+            self._views = [p.data for p in self.params]
+        return self._flat
+
+    def flat_gradients(self) -> Any:
+        """All gradients as one fresh 1-D array (zeros for parameters without one)."""
+        xp = array_namespace(self.params[0].data)
+        return xp.concat([xp.reshape(p.grad, (-1,)) if p.grad is not None else
+                          xp.zeros(n, dtype=p.data.dtype, device=device(p.data)) for p, n in zip(self.params, self.sizes)])
+
+    def _scatter(self, flat: Any) -> None:
+        xp = array_namespace(flat)
+        for p, offset, size in zip(self.params, self.offsets, self.sizes):
+            p.data = xp.reshape(flat[offset:offset + size], p.shape)
+        self._flat, self._views = flat, [p.data for p in self.params]
+
+    def step(self, flat_grad: Any = None) -> None:
+        """Apply one update from the parameters' gradients (or from ``flat_grad``, a 1-D array in parameter
+        order, e.g. all-reduced across processes). Parameters without a gradient, and their state, are left
+        as they are."""
+        missing = [i for i, p in enumerate(self.params) if p.grad is None] if flat_grad is None else []
+        if len(missing) == len(self.params):
+            return
         self.steps += 1
-        for p, state in zip(self.params, self.state):
-            if p.grad is not None:
-                p.data = self._update(p.data, p.grad, state)
+        flat = self.flat_parameters()
+        grad = self.flat_gradients() if flat_grad is None else flat_grad
+        before = dict(self.state)
+        new = self._update(flat, grad, self.state)
+        if missing:
+            xp = array_namespace(flat)
+            keep = np.zeros(flat.shape[0], dtype=bool)
+            for i in missing:
+                keep[self.offsets[i]:self.offsets[i] + self.sizes[i]] = True
+            keep = _backend.asarray_like(keep, flat)
+            new = xp.where(keep, flat, new)
+            for name, value in self.state.items():
+                if name in before:
+                    self.state[name] = xp.where(keep, before[name], value)
+        self._scatter(new)
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
     def _update(self, data, grad, state):
+        """The new flat parameters from the flat ``data`` and ``grad``; rebinds ``state`` entries."""
         raise NotImplementedError
 
     # -- checkpoints
     def state_dict(self) -> dict:
-        """``{"type", "lr", "steps", "hyper", "state": [{name: array}]}`` (arrays on the parameters' backend)."""
+        """``{"type", "lr", "initial_lr", "steps", "hyper", "state": [{name: array}, ...]}``: the state split
+        per parameter (views of the flat arrays, on the parameters' backend)."""
+        per_parameter = []
+        for p, offset, size in zip(self.params, self.offsets, self.sizes):
+            per_parameter.append({name: array_namespace(v).reshape(v[offset:offset + size], p.shape)
+                                  for name, v in self.state.items()})
         return {"type": type(self).__name__, "lr": self.lr, "initial_lr": self.initial_lr, "steps": self.steps,
-                "hyper": dict(self.hyper), "state": [dict(s) for s in self.state]}
+                "hyper": dict(self.hyper), "state": per_parameter}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("type") != type(self).__name__:
             raise ValueError(f"optimizer state is for {state.get('type')}, not {type(self).__name__}")
         if len(state["state"]) != len(self.params):
             raise ValueError(f"optimizer state has {len(state['state'])} parameters; this optimizer has {len(self.params)}")
+        names = set()
         for i, (p, s) in enumerate(zip(self.params, state["state"])):
+            names |= set(s)
             for key, value in s.items():
                 if tuple(value.shape) != p.shape:
                     raise ValueError(f"optimizer state {i}/{key} has shape {tuple(value.shape)}; its parameter "
                                      f"has {p.shape}")
+        like = self.params[0].data
+        flat = {}
+        for name in sorted(names):
+            pieces = [np.reshape(_backend.to_numpy(s[name]), -1) if name in s else np.zeros(n)
+                      for s, n in zip(state["state"], self.sizes)]
+            flat[name] = _backend.asarray_like(np.concatenate(pieces), like, dtype=like.dtype)
         self.lr, self.steps, self.hyper = float(state["lr"]), int(state["steps"]), dict(state["hyper"])
         self.initial_lr = float(state.get("initial_lr", self.lr))
-        self.state = [{k: _backend.asarray_like(v, p.data, dtype=p.data.dtype) for k, v in s.items()}
-                      for p, s in zip(self.params, state["state"])]
+        self.state = flat
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())

@@ -84,6 +84,19 @@ def parameters_finite(model: Any) -> bool:
     return bool(xp.all(xp.stack([xp.all(xp.isfinite(s.data)) for s in slots])))
 
 
+def _check_labels(data: Dataset, output_shape: tuple) -> None:
+    """Class indices must lie in [0, K) for K outputs: checked once here, with one read-back, since the loss
+    only turns a bad label into an infinite loss (a per-step check would stall a GPU)."""
+    labels = data.labels
+    if labels.ndim != 1 or len(output_shape) != 1 or labels.shape[0] == 0:
+        return
+    xp = array_namespace(labels)
+    low, high = (int(v) for v in _backend.to_numpy(xp.stack([xp.min(labels), xp.max(labels)])))
+    if low < 0 or high >= output_shape[0]:
+        raise ValueError(f"train_data: labels must lie in [0, {output_shape[0]}) for a model with {output_shape[0]} "
+                         f"outputs; got values from {low} to {high}")
+
+
 def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, batch_size: int = 64,
         validation_data: Any = None, callbacks: Iterable[Callable[[int, dict], None]] = (), scheduler: Any = None,
         seed: int = 0, start_epoch: int = 0, history: History | None = None, progress: bool = True,
@@ -111,7 +124,8 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     if len(train_data) == 0:
         raise ValueError("train_data is empty")
     if hasattr(model, "check_input"):
-        model.check_input((batch_size, *train_data.sample_shape))
+        output = model.check_input((batch_size, *train_data.sample_shape))
+        _check_labels(train_data, output)
     history = history or History()
     n = len(train_data)
     steps_per_epoch = math.ceil(n / batch_size)

@@ -336,13 +336,14 @@ class Module:
             for module, training in mode:
                 module.training = training
 
-    def check_input(self, shape: tuple) -> None:
-        """Raise ValueError, with the expected shape, if inputs of ``shape`` (N, ...) cannot pass through."""
+    def check_input(self, shape: tuple) -> tuple:
+        """Raise ValueError, with the expected shape, if inputs of ``shape`` (N, ...) cannot pass through;
+        return the shape of one sample's output."""
         shape = tuple(shape)
         if self.input_shape is not None and shape[1:] != tuple(self.input_shape):
             raise ValueError(f"{self.name} expects inputs of shape (N, {', '.join(map(str, self.input_shape))}); "
                              f"got {shape}")
-        self._trace_shapes(shape[1:])
+        return self._trace_shapes(shape[1:])[id(self)]
 
     def summary(self, input_shape: tuple | None = None) -> str:
         """A table of every module (indented by depth), its output shape and parameter count (needs
