@@ -65,7 +65,7 @@ def relu_forward(x: Any) -> tuple[Any, Any]:
     """max(x, 0) (NaN stays NaN); the cache is the output, positive exactly where x is
     (so the gradient at 0 is 0, as in PyTorch)."""
     xp = _input("relu", x)
-    y = xp.maximum(x, xp.zeros_like(x))
+    y = xp.maximum(x, xp.zeros_like(x))     # an array, not 0.0: a Python scalar costs conversions on torch
     return y, ReLUCache(y)
 
 

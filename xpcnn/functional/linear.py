@@ -43,9 +43,11 @@ def linear_backward(dy: Any, cache: LinearCache, input_grad: bool = True) -> tup
     xp = namespace("linear_backward", dy=dy, w=w)
     check_shape("linear_backward", "dy", dy, (*x.shape[:-1], w.shape[0]))
     rows = math.prod(x.shape[:-1])
-    dy2 = xp.reshape(dy, (rows, w.shape[0]))
+    # 2-D inputs as they are: reshaping a transposed view (the batch-innermost layout's) would copy it
+    dy2 = dy if dy.ndim == 2 else xp.reshape(dy, (rows, w.shape[0]))
+    x2 = x if x.ndim == 2 else xp.reshape(x, (rows, w.shape[1]))
     dx = dy @ w if input_grad else None
-    dw = dy2.T @ xp.reshape(x, (rows, w.shape[1]))
+    dw = dy2.T @ x2
     db = xp.sum(dy2, axis=0) if has_bias else None
     return dx, dw, db
 
