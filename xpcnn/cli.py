@@ -200,6 +200,9 @@ def _train(args: argparse.Namespace) -> int:
 
     plot = _plot_path(args.plot)
     backend = _select_backend(args)
+    ctx = _distributed_context(args)
+    root = ctx is None or ctx.is_root
+    say = print if root else (lambda *_, **__: None)          # rank 0 alone prints
     history, start_epoch, checkpoint = History(), 0, None
     if args.resume:
         checkpoint = _load_checkpoint(args.resume)
@@ -226,10 +229,11 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     n_params = sum(math.prod(p.shape) for p in model.parameters())
-    print(f"xpcnn train: {model.name} ({n_params:,} parameters) on {train_data.source} "
-          f"({len(train_data):,} train / {len(test_data):,} test images)")
-    print(f"backend {backend}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
-          f"epochs {start_epoch + 1}..{args.epochs}, seed {args.seed}", flush=True)
+    ranks = "" if ctx is None else f", {ctx.size} ranks (data-parallel, global batch {args.batch_size})"
+    say(f"xpcnn train: {model.name} ({n_params:,} parameters) on {train_data.source} "
+        f"({len(train_data):,} train / {len(test_data):,} test images)")
+    say(f"backend {backend}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
+        f"epochs {start_epoch + 1}..{args.epochs}, seed {args.seed}{ranks}", flush=True)
 
     saved = {"epoch": start_epoch if args.resume else None}
 
@@ -245,31 +249,48 @@ def _train(args: argparse.Namespace) -> int:
         fit(model, loss_fn, optimizer, train_data, epochs=args.epochs, batch_size=args.batch_size,
             validation_data=test_data if args.validate else None, callbacks=[save_checkpoint], scheduler=schedule,
             seed=args.seed, start_epoch=start_epoch, history=history, progress=not args.quiet,
-            augment=random_crop_flip if args.augment else None)
+            augment=random_crop_flip if args.augment else None, distributed=ctx)
     except TrainingDivergedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        _report_checkpoint(args, saved["epoch"])
+        if root:
+            print(f"error: {exc}", file=sys.stderr)
+            _report_checkpoint(args, saved["epoch"])
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was left half-written.", file=sys.stderr)
         _report_checkpoint(args, saved["epoch"])
         return EXIT_INTERRUPTED
     seconds = time.perf_counter() - start
-    result = evaluate(model, test_data, loss_fn=loss_fn)
+    result = evaluate(model, test_data, loss_fn=loss_fn, distributed=ctx)
     correct = round(result["accuracy"] * result["n"])
     if not math.isfinite(result["loss"]):
-        print(f"error: training diverged: the test loss is {result['loss']}; try a lower learning rate "
-              f"(--lr {args.lr:g})", file=sys.stderr)
-        _report_checkpoint(args, saved["epoch"])
+        if root:
+            print(f"error: training diverged: the test loss is {result['loss']}; try a lower learning rate "
+                  f"(--lr {args.lr:g})", file=sys.stderr)
+            _report_checkpoint(args, saved["epoch"])
         return EXIT_FAILED
-    if plot:
+    if plot and root:
         write_plot(history.as_dict(), plot)
-        print(f"plot written to {plot}")
+        say(f"plot written to {plot}")
     if args.checkpoint:
-        print(f"checkpoint: {args.checkpoint} (epoch {saved['epoch']})")
-    print(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}; "
+        say(f"checkpoint: {args.checkpoint} (epoch {saved['epoch']})")
+    say(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}; "
           f"trained in {seconds:.1f}s on {backend}")
     return 0
+
+
+def _distributed_context(args: argparse.Namespace):
+    """The MPI job's context with --distributed; without it, a warning if an MPI launcher started us."""
+    from . import distributed
+
+    if not args.distributed:
+        if distributed.launched_by_mpi():
+            print("warning: started by an MPI launcher without --distributed: every rank would train alone on "
+                  "all the data; add --distributed to train data-parallel", file=sys.stderr)
+        return None
+    try:
+        return distributed.init()
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _report_checkpoint(args, epoch) -> None:
@@ -449,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random crops (4-pixel padding) and horizontal flips of each training batch, "
                             "CIFAR's standard augmentation")
     train.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training on the ranks of an MPI job: mpiexec -n N xpcnn train "
+                            "--distributed ... (needs pip install -e '.[mpi]'); --batch-size is the global batch")
     _add_backend_options(train)
     train.set_defaults(run=_train)
 

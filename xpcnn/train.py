@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 from . import backend as _backend
 from .data import Dataset
+from .distributed import shard as _shard
 
 __all__ = ["History", "TrainingDivergedError", "epoch_order", "evaluate", "fit"]
 
@@ -68,8 +69,8 @@ READ_BACK_EVERY = 10     # steps between reading the running loss back to the ho
 
 def _read_back(total: Any, correct: Any) -> tuple[float, int]:
     """The running loss sum and correct count in ONE device-to-host transfer."""
-    if isinstance(total, float):
-        return total, int(correct)
+    if isinstance(total, float):                         # nothing was summed (no batch)
+        return float(total), int(round(float(correct)))
     xp = array_namespace(total)
     both = _backend.to_numpy(xp.stack([total, xp.astype(correct, total.dtype)]))
     return float(both[0]), int(round(float(both[1])))
@@ -100,7 +101,7 @@ def _check_labels(data: Dataset, output_shape: tuple) -> None:
 def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, batch_size: int = 64,
         validation_data: Any = None, callbacks: Iterable[Callable[[int, dict], None]] = (), scheduler: Any = None,
         seed: int = 0, start_epoch: int = 0, history: History | None = None, progress: bool = True,
-        augment: Callable[[Any, np.random.Generator], Any] | None = None) -> History:
+        augment: Callable[[Any, np.random.Generator], Any] | None = None, distributed: Any = None) -> History:
     """Train ``model`` for epochs ``start_epoch + 1 .. epochs`` and return the :class:`History`.
 
     Each step: forward, loss, backward, ``optimizer.step()``, zero gradients. ``scheduler`` (if any) sets
@@ -109,8 +110,15 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. The loss stays on the device
     and is read back once every ``READ_BACK_EVERY`` (10) steps and at the end of the epoch (each read-back
     stalls a GPU's queue); a NaN or infinite loss then, or non-finite weights at the end of an epoch, raise
-    :class:`TrainingDivergedError` naming the epoch and steps. ``augment(x, rng)`` (e.g. :func:`xpcnn.data.random_crop_flip`) transforms each
-    training batch; its generator depends on ``(seed, epoch)`` only, so resumed runs repeat it too.
+    :class:`TrainingDivergedError` naming the epoch and steps. ``augment(x, rng)`` (e.g.
+    :func:`xpcnn.data.random_crop_flip`) transforms each training batch; its generator depends on
+    ``(seed, epoch)`` only, so resumed runs repeat it too.
+
+    ``distributed`` (from :func:`xpcnn.distributed.init`): data-parallel training. ``batch_size`` is the
+    global batch; every rank takes its slice of each batch, and one all-reduce per step sums the flat
+    gradient with the loss and correct counts, so every rank takes the same step and sees the same metrics
+    (a NaN stops them all together). Rank 0 alone prints and runs the callbacks (checkpoints); the others
+    wait at a barrier. Evaluation is sharded across ranks.
     """
     from tqdm.auto import tqdm
 
@@ -129,6 +137,11 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     history = history or History()
     n = len(train_data)
     steps_per_epoch = math.ceil(n / batch_size)
+    ctx = distributed
+    if ctx is not None:
+        ctx.sync_model(model)                  # same shapes (or a clear error) and rank 0's values everywhere
+        progress = progress and ctx.is_root
+    part = (0, 1) if ctx is None else (ctx.rank, ctx.size)
     for epoch in range(start_epoch, epochs):
         model.train()
         start = time.perf_counter()
@@ -136,19 +149,23 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         augment_rng = np.random.default_rng([seed, epoch, 1])
         with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", unit_scale=True,
                   disable=None if progress else True, leave=False, dynamic_ncols=True) as bar:   # None: off in logs
-            for step, (x, y) in enumerate(train_data.batches(batch_size, epoch_order(seed, epoch, n))):
+            for step, (x, y) in enumerate(train_data.batches(batch_size, epoch_order(seed, epoch, n), part)):
                 if scheduler is not None:
                     scheduler.set_epoch(epoch + step / steps_per_epoch)
                 if augment is not None:
                     x = augment(x, augment_rng)
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                model.backward(loss_fn.backward())
-                optimizer.step()
+                count = min(batch_size, n - step * batch_size)       # the global batch
+                if ctx is None:
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                    model.backward(loss_fn.backward())
+                    optimizer.step()
+                    total_loss = total_loss + loss * count             # on the device
+                    correct = correct + _correct(logits, y)
+                else:
+                    batch_loss, batch_correct = _data_parallel_step(ctx, model, loss_fn, optimizer, x, y, count)
+                    total_loss, correct = total_loss + batch_loss, correct + batch_correct
                 model.zero_grad()
-                count = int(x.shape[0])
-                total_loss = total_loss + loss * count             # on the device
-                correct = correct + _correct(logits, y)
                 seen += count
                 bar.update(count)
                 if (step + 1) % READ_BACK_EVERY == 0 or seen == n:
@@ -167,8 +184,10 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         seconds = time.perf_counter() - start
         logs = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": right / seen,
                 "lr": optimizer.lr, "seconds": seconds, "images_per_s": seen / seconds}
+        if ctx is not None:
+            ctx.sync_buffers(model)                # rank 0's running statistics, as DDP's broadcast_buffers
         if validation_data is not None:
-            val = evaluate(model, validation_data, loss_fn=loss_fn)
+            val = evaluate(model, validation_data, loss_fn=loss_fn, distributed=ctx)
             logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         for key, value in logs.items():
             getattr(history, key).append(value)
@@ -177,28 +196,58 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
             if validation_data is not None:
                 line += f", val loss {logs['val_loss']:.4f}, val accuracy {100 * logs['val_accuracy']:.2f}%"
             tqdm.write(line + f", lr {logs['lr']:.4g}, {seconds:.1f}s, {logs['images_per_s']:,.0f} img/s")
-        for callback in callbacks:
-            callback(epoch + 1, logs)
+        if ctx is None or ctx.is_root:
+            for callback in callbacks:
+                callback(epoch + 1, logs)
+        if ctx is not None:
+            ctx.barrier()
     return history
 
 
-def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000) -> dict[str, float]:
+def _data_parallel_step(ctx, model, loss_fn, optimizer, x, y, count) -> tuple[Any, Any]:
+    """This rank's share of one global batch of ``count`` samples, then ONE all-reduce of the flat gradient
+    with the loss and correct sums appended, then the optimizer step every rank takes alike."""
+    local = int(x.shape[0])
+    flat_params = optimizer.flat_parameters()
+    xp = array_namespace(flat_params)
+    if local:
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        model.backward(loss_fn.backward(local / count))      # this rank's part of the global mean's gradient
+        sums = xp.stack([loss * local, xp.astype(_correct(logits, y), loss.dtype)])
+        grad = optimizer.flat_gradients()
+    else:                                                     # an uneven split left this rank no sample
+        sums = xp.zeros(2, dtype=flat_params.dtype, device=device(flat_params))
+        grad = xp.zeros(flat_params.shape, dtype=flat_params.dtype, device=device(flat_params))
+    reduced = ctx.allreduce(xp.concat([grad, sums]))
+    optimizer.step(flat_grad=reduced[:-2])
+    return reduced[-2], reduced[-1]
+
+
+def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
+             distributed: Any = None) -> dict[str, float]:
     """``{"accuracy", "n"}`` of ``model`` on ``data`` in eval mode, and ``"loss"`` (the mean) when ``loss_fn``
-    is given. Sums stay on the device; one read-back at the end."""
+    is given. Sums stay on the device; one read-back at the end. ``distributed``: each rank evaluates its
+    shard of ``data`` and the sums are all-reduced."""
     data = _as_dataset(data, "data")
     was_training = getattr(model, "training", False)
     model.eval()
     total_loss, correct = 0.0, 0
+    shard = (0, len(data)) if distributed is None else _shard(0, len(data), distributed.rank, distributed.size)
     try:
-        for x, y in data.batches(batch_size):
+        for start in range(shard[0], shard[1], batch_size):
+            stop = min(start + batch_size, shard[1])
+            x, y = data.images[start:stop, ...], data.labels[start:stop, ...]
             logits = model(x)
             correct = correct + _correct(logits, y)
             if loss_fn is not None:
                 total_loss = total_loss + loss_fn(logits, y) * int(x.shape[0])
     finally:
         model.train(was_training)
-    n = max(len(data), 1)
     loss_sum, right = _read_back(total_loss, correct)
+    if distributed is not None:
+        loss_sum, right = (float(v) for v in distributed.allreduce(np.asarray([loss_sum, right], np.float64)))
+    n = max(len(data), 1)
     result = {"accuracy": right / n, "n": len(data)}
     if loss_fn is not None:
         result["loss"] = loss_sum / n

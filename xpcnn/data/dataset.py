@@ -76,12 +76,16 @@ class Dataset:
     def sample_shape(self) -> tuple:
         return tuple(self.images.shape[1:])
 
-    def batches(self, batch_size: int, order: np.ndarray | None = None) -> Iterator[tuple[Any, Any]]:
-        """``(x, y)`` batches in ``order`` (a permutation of range(N); None keeps the stored order)."""
+    def batches(self, batch_size: int, order: np.ndarray | None = None,
+                part: tuple[int, int] = (0, 1)) -> Iterator[tuple[Any, Any]]:
+        """``(x, y)`` batches in ``order`` (a permutation of range(N); None keeps the stored order).
+        ``part=(rank, size)``: this rank's slice of each batch (data-parallel training; may be empty)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
+        from ..distributed import shard
+
         n = len(self)
-        spans = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]  # in-bounds stops
+        spans = [shard(start, min(start + batch_size, n), *part) for start in range(0, n, batch_size)]
         if order is None:
             for start, stop in spans:
                 yield self.images[start:stop, ...], self.labels[start:stop]

@@ -1,0 +1,97 @@
+"""A job the distributed tests launch with mpiexec (and once as a single process, for comparison).
+
+    python mpi_job.py MODE OUT          MODE: sgd32 | adam64 | fail | mismatch | single-sgd32 | single-adam64
+    python mpi_job.py accumulate OUT RANKS LR [N]
+
+``accumulate`` is data-parallel arithmetic in one process: each global batch is cut into the ranks' shards
+and their gradients are summed in rank order, which is what the all-reduce does.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import xpcnn
+from xpcnn import distributed, nn
+
+
+def train(optimizer: str, dtype: str, ctx):
+    images, labels = xpcnn.data.load_bundled("train")
+    data = xpcnn.data.Dataset.from_numpy(images[:600], labels[:600], dtype=dtype)
+    test = xpcnn.data.Dataset.from_numpy(images[600:850], labels[600:850], dtype=dtype)
+    model = xpcnn.models.lenet5(seed=0, dtype=dtype)
+    if optimizer == "sgd":
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    else:
+        opt = xpcnn.optim.Adam(model.parameters(), lr=1e-3)
+    # 600 images in global batches of 64: 9 full batches and one of 24 (uneven on 3 ranks: 22/21/21 and 8/8/8).
+    # float32 runs one epoch: after it, rounding differences of 1e-7 start flipping near-ties of max pooling,
+    # which moves gradients by 1e-3 (any two summation orders do this, one process with two batch sizes too)
+    epochs = 1 if dtype == "float32" else 2
+    history = xpcnn.fit(model, nn.CrossEntropyLoss(), opt, data, epochs=epochs, batch_size=64, progress=False,
+                        validation_data=test, distributed=ctx)
+    return opt.flat_parameters(), history
+
+
+def accumulate(out: str, ranks: int, lr: float, n: int | None = None):
+    """LeNet-5, SGD (momentum 0.9), global batch 64, one epoch of the bundled training data, as the command
+    line trains it, with every batch's gradient summed over ``ranks`` shards."""
+    from xpcnn import train as training
+    from xpcnn.distributed import shard
+
+    images, labels = xpcnn.data.load_bundled("train")
+    data = xpcnn.data.Dataset.from_numpy(images[:n], labels[:n])
+    model = xpcnn.models.lenet5(seed=0)
+    opt = xpcnn.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    order = training.epoch_order(0, 0, len(data))
+    for start in range(0, len(data), 64):
+        stop = min(start + 64, len(data))
+        total = None
+        for rank in range(ranks):
+            first, last = shard(start, stop, rank, ranks)
+            rows = order[first:last]
+            loss_fn(model(data.images[rows]), data.labels[rows])
+            model.backward(loss_fn.backward(len(rows) / (stop - start)))
+            grad = opt.flat_gradients()
+            model.zero_grad()
+            total = grad if total is None else total + grad
+        opt.step(flat_grad=total)
+    np.savez(out, flat=opt.flat_parameters())
+
+
+def main():
+    mode, out = sys.argv[1], sys.argv[2]
+    if mode == "accumulate":
+        accumulate(out, int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else None)
+        return
+    if mode.startswith("single-"):
+        optimizer, dtype = ("sgd", "float32") if mode == "single-sgd32" else ("adam", "float64")
+        flat, history = train(optimizer, dtype, None)
+        np.savez(out, flat=xpcnn.to_numpy(flat), loss=history.loss, val=history.val_accuracy, size=1)
+        return
+    ctx = distributed.init()
+    if mode == "fail":
+        if ctx.rank == ctx.size - 1:
+            raise RuntimeError("this rank fails on purpose")
+        ctx.barrier()                     # the others would wait here forever without the abort hook
+        return
+    if mode == "mismatch":
+        model = xpcnn.models.lenet5(num_classes=10 if ctx.rank == 0 else 11)
+        try:
+            ctx.sync_model(model)
+        except ValueError as exc:
+            print(f"rank {ctx.rank}: {exc}", flush=True)
+        return
+    optimizer, dtype = ("sgd", "float32") if mode == "sgd32" else ("adam", "float64")
+    flat, history = train(optimizer, dtype, ctx)
+    every = ctx.comm.gather(xpcnn.to_numpy(flat), root=0)
+    if ctx.is_root:
+        assert all(np.array_equal(every[0], other) for other in every), "the ranks' weights differ"
+        np.savez(out, flat=every[0], loss=history.loss, val=history.val_accuracy, size=ctx.size)
+
+
+if __name__ == "__main__":
+    main()

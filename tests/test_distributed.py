@@ -1,0 +1,136 @@
+"""Data-parallel training on MPI (xpcnn.distributed): real processes under the venv's mpiexec.
+
+Skipped, with the reason, where MPI is not installed (``pip install -e ".[mpi]"``); CI installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import distributed
+
+HERE = pathlib.Path(__file__).resolve().parent
+JOB = HERE / "mpi_job.py"
+
+
+def _mpiexec() -> str | None:
+    local = pathlib.Path(sys.executable).parent / "mpiexec"
+    if local.is_file():
+        return str(local)
+    return shutil.which("mpiexec")
+
+
+try:
+    import mpi4py  # noqa: F401
+    MPI_MISSING = None if _mpiexec() else "no mpiexec found"
+except ImportError as exc:
+    MPI_MISSING = f"mpi4py not installed ({exc}): pip install -e '.[mpi]'"
+needs_mpi = pytest.mark.skipif(MPI_MISSING is not None, reason=f"MPI unavailable: {MPI_MISSING}")
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XPCNN_")}
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+    return env
+
+
+def _run(args, ranks=None, timeout=300):
+    command = [sys.executable, *args] if ranks is None else [_mpiexec(), "-n", str(ranks), sys.executable, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("single")
+    results = {}
+    for mode in ("sgd32", "adam64"):
+        done = _run([str(JOB), f"single-{mode}", str(folder / f"{mode}.npz")])
+        assert done.returncode == 0, done.stderr
+        results[mode] = np.load(folder / f"{mode}.npz")
+    return results
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode, ranks, rtol", [("sgd32", 2, 1e-5), ("adam64", 2, 1e-10), ("sgd32", 3, 1e-5)])
+def test_ranks_train_like_one_process_at_the_same_global_batch(single, tmp_path, mode, ranks, rtol):
+    """2 ranks (and 3, with uneven splits of every batch) end with the weights of one process, up to
+    rounding: SGD in float32 within 1e-5, Adam in float64 within 1e-10; metrics and evaluation agree too."""
+    done = _run([str(JOB), mode, str(tmp_path / "dp.npz")], ranks=ranks)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ours, one = np.load(tmp_path / "dp.npz"), single[mode]
+    assert int(ours["size"]) == ranks
+    scale = np.abs(one["flat"]).max()
+    np.testing.assert_allclose(ours["flat"], one["flat"], rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(ours["loss"], one["loss"], rtol=1e-4)
+    np.testing.assert_allclose(ours["val"], one["val"], atol=1 / 250)       # one test image at most
+
+
+@needs_mpi
+def test_a_failing_rank_ends_the_whole_job_quickly(tmp_path):
+    start = time.monotonic()
+    done = _run([str(JOB), "fail", str(tmp_path / "x.npz")], ranks=2, timeout=120)
+    assert done.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "this rank fails on purpose" in done.stderr
+
+
+@needs_mpi
+def test_different_models_on_the_ranks_are_a_clear_error(tmp_path):
+    done = _run([str(JOB), "mismatch", str(tmp_path / "x.npz")], ranks=2)
+    assert done.returncode == 0, done.stderr
+    assert "the ranks hold different models: rank 1 differs from rank 0 in" in done.stdout
+    assert "11.weight" in done.stdout
+
+
+@needs_mpi
+def test_the_command_line_on_two_ranks_is_exactly_data_parallel_arithmetic(tmp_path):
+    """`mpiexec -n 2 xpcnn train --distributed` (the issue's command, 157 steps) ends with exactly the weights
+    of one process that sums the same two shards' gradients per batch: bit for bit. (Against one process
+    taking each batch whole the float32 rounding differs, ~1e-7 at first, and max-pooling near-ties flipped
+    by it grow that to 1e-3..0.4 within the epoch at lr 0.01..0.05: see the note in the README.)"""
+    two = _run(["-m", "xpcnn", "train", "--epochs", "1", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05",
+                "--schedule", "none", "--quiet", "--distributed", "--checkpoint", str(tmp_path / "d2.npz")],
+               ranks=2, timeout=600)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("test accuracy") == 1 and "2 ranks (data-parallel, global batch 64)" in two.stdout
+    done = _run([str(JOB), "accumulate", str(tmp_path / "reference.npz"), "2", "0.05"])
+    assert done.returncode == 0, done.stderr
+    flat = np.concatenate([p.data.reshape(-1) for p in xpcnn.load(tmp_path / "d2.npz").model.parameters()])
+    np.testing.assert_array_equal(flat, np.load(tmp_path / "reference.npz")["flat"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d2.npz", "reference.npz"]
+
+
+@needs_mpi
+def test_three_ranks_with_uneven_shards_are_exact_too(tmp_path):
+    done = _run([str(JOB), "accumulate", str(tmp_path / "reference.npz"), "3", "0.02", "600"])
+    assert done.returncode == 0, done.stderr
+    three = _run([str(JOB), "sgd32", str(tmp_path / "dp.npz")], ranks=3)
+    assert three.returncode == 0, three.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "dp.npz")["flat"], np.load(tmp_path / "reference.npz")["flat"])
+
+
+def test_shard_splits_evenly_and_covers_every_row():
+    for count in (0, 1, 2, 5, 64, 65):
+        for size in (1, 2, 3, 4):
+            parts = [distributed.shard(10, 10 + count, rank, size) for rank in range(size)]
+            assert parts[0][0] == 10 and parts[-1][1] == 10 + count
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            lengths = [stop - start for start, stop in parts]
+            assert max(lengths) - min(lengths) <= 1
+
+
+def test_a_launch_under_mpi_is_recognised(monkeypatch):
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert not distributed.launched_by_mpi()
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert distributed.launched_by_mpi()

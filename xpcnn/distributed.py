@@ -1,0 +1,170 @@
+"""Data-parallel training on MPI: ``mpiexec -n N xpcnn train --distributed`` or ``fit(..., distributed=init())``.
+
+Every rank holds the whole model and walks the same epoch order; each takes its slice of every global batch
+(uneven splits allowed), computes the gradient of its share of the global mean loss, and ONE all-reduce per
+step sums the flat gradient array (with the loss and correct-count sums appended) across ranks; then every
+rank applies the same optimizer step. MPI (mpi4py, imported only here and only when asked for) launches the
+processes and moves the bytes: between CUDA GPUs the sum goes through NCCL instead (``xpcnn/_nccl.py``,
+untested here: no GPU).
+
+BatchNorm computes batch statistics per rank, as PyTorch's DistributedDataParallel does by default; the
+running statistics are taken from rank 0 (broadcast) before every evaluation and checkpoint, as DDP's
+``broadcast_buffers`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from . import backend as _backend
+
+__all__ = ["Context", "init", "launched_by_mpi", "shard"]
+
+def launched_by_mpi() -> bool:
+    """Whether this process looks like one of several started by an MPI launcher (mpiexec, srun)."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
+        try:
+            if int(os.environ.get(name, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def shard(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
+    """Rank ``rank``'s part of rows ``start:stop``: as even as possible, the first ranks one row more."""
+    count = stop - start
+    base, extra = divmod(count, size)
+    first = start + rank * base + min(rank, extra)
+    return first, first + base + (1 if rank < extra else 0)
+
+
+@dataclass
+class Context:
+    """What :func:`init` returns: this process's place in the job and the collective operations."""
+
+    comm: Any
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    _nccl: Any = field(default=None, repr=False)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def allreduce(self, flat: Any) -> Any:
+        """The element-wise sum over all ranks of the 1-D array ``flat`` (a new array, same backend)."""
+        if self._nccl is not None:
+            return self._nccl.allreduce(flat)
+        host = np.ascontiguousarray(_backend.to_numpy(flat))
+        out = np.empty_like(host)
+        self.comm.Allreduce(host, out)
+        return out if isinstance(flat, np.ndarray) else _backend.asarray_like(out, flat)
+
+    def broadcast(self, flat: Any) -> Any:
+        """Rank 0's 1-D array ``flat`` on every rank."""
+        host = np.ascontiguousarray(_backend.to_numpy(flat))
+        self.comm.Bcast(host, root=0)
+        return host if isinstance(flat, np.ndarray) else _backend.asarray_like(host, flat)
+
+    def sync_model(self, model: Any) -> None:
+        """Check every rank has the same parameter and buffer shapes (a clear error naming the ranks and
+        arrays that differ), then give every rank rank 0's values."""
+        slots = [*model.named_parameters(), *model.named_buffers()]
+        shapes = [(name, tuple(slot.shape)) for name, slot in slots]
+        every = self.comm.allgather(shapes)
+        if any(other != every[0] for other in every):
+            lines = []
+            for rank, other in enumerate(every):
+                if other != every[0]:
+                    diff = sorted(set(other) ^ set(every[0]))[:6]
+                    lines.append(f"rank {rank} differs from rank 0 in {diff}")
+            raise ValueError("the ranks hold different models: " + "; ".join(lines))
+        if not slots:
+            return
+        xp = array_namespace(slots[0][1].data)
+        flat = self.broadcast(xp.concat([xp.reshape(s.data, (-1,)) for _, s in slots]))
+        offset = 0
+        for _, slot in slots:
+            size = int(np.prod(slot.shape))
+            slot.data = xp.reshape(flat[offset:offset + size], slot.shape)
+            offset += size
+
+    def sync_buffers(self, model: Any) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every rank."""
+        buffers = model.buffers()
+        if not buffers:
+            return
+        xp = array_namespace(buffers[0].data)
+        flat = self.broadcast(xp.concat([xp.reshape(b.data, (-1,)) for b in buffers]))
+        offset = 0
+        for b in buffers:
+            size = int(np.prod(b.shape))
+            b.data = xp.reshape(flat[offset:offset + size], b.shape)
+            offset += size
+
+
+def _abort_on_exception(comm) -> None:
+    """An uncaught exception on any rank ends the whole job at once instead of leaving the others waiting
+    forever in their next collective."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            previous(kind, value, tb)
+        else:
+            sys.stderr.write(f"[rank {comm.Get_rank()}] " + "".join(traceback.format_exception(kind, value, tb)))
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+def _blas_threads() -> int:
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        text = os.environ.get(name, "")
+        if text.strip().isdigit():
+            return int(text)
+    return os.cpu_count() or 1
+
+
+def init(comm: Any = None) -> Context:
+    """Join the MPI job this process was launched in (``mpiexec -n N ...``); a single process is a job of 1.
+
+    Installs a hook so that an uncaught exception on any rank aborts the whole job; warns when the ranks on
+    this node times their BLAS threads exceed its cores (set ``OPENBLAS_NUM_THREADS``); on the cupy backend
+    gives each rank the GPU of its ``local_rank`` and sums gradients with NCCL.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError("distributed training needs mpi4py and an MPI: pip install -e '.[mpi]' from a checkout "
+                          "of xpcnn (mpi4py plus the self-contained mpich wheel), or pip install mpi4py against "
+                          f"your cluster's MPI ({exc})") from exc
+    comm = comm or MPI.COMM_WORLD
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    context = Context(comm, comm.Get_rank(), comm.Get_size(), local.Get_rank(), local.Get_size())
+    _abort_on_exception(comm)
+    threads, cores = _blas_threads(), os.cpu_count() or 1
+    if context.local_rank == 0 and context.local_size * threads > cores:
+        warnings.warn(f"{context.local_size} ranks on this node x {threads} BLAS threads each = "
+                      f"{context.local_size * threads} > {cores} cores: they will compete; set "
+                      f"OPENBLAS_NUM_THREADS={max(1, cores // context.local_size)}", RuntimeWarning, stacklevel=2)
+    if _backend.get_backend().name == "cupy":
+        from . import _nccl
+
+        context._nccl = _nccl.Allreducer(context)
+    return context
