@@ -20,10 +20,12 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_distributed  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_networks  # noqa: E402
 import bench_ops  # noqa: E402
 import bench_tutorial  # noqa: E402
+import count_ops  # noqa: E402
 import mnist_lenet5  # noqa: E402
 import xpcnn  # noqa: E402
 from harness import gemm_gflops, machine, write_section  # noqa: E402
@@ -70,9 +72,15 @@ def section(args) -> str:
     print(f"LeNet-5 step and inference, batches {batches} ...", flush=True)
     rows = bench_networks.run(["lenet5"], batches, args.blocks)[2]
     cifar_batches = batches if gpu else (64,)      # on a CPU, a batch-256 step of it takes ~0.5 s
-    print(f"CIFAR-like network step and inference, batches {cifar_batches} ...", flush=True)
-    backend_, device, cifar_rows = bench_networks.run(["cifar"], cifar_batches, args.blocks)
+    print(f"CIFAR-like network and ResNet-8 step and inference, batches {cifar_batches} ...", flush=True)
+    backend_, device, cifar_rows = bench_networks.run(["cifar", "resnet8"], cifar_batches, args.blocks)
     parts += [bench_networks.report(backend_, device, rows + cifar_rows, gemm), ""]
+    if not gpu:
+        print("array operations per step (torch backend) ...", flush=True)
+        parts += [count_ops.report([count_ops.count(network) for network in ("lenet5", "resnet8")]), ""]
+        if bench_distributed.available():
+            print("data-parallel throughput (MPI) ...", flush=True)
+            parts += [bench_distributed.report(["lenet5", "resnet8"]), ""]
     print("per-op timings ...", flush=True)
     parts += [bench_ops.report(*bench_ops.run(256 if gpu else 64, args.blocks)), ""]
     if not gpu:
