@@ -49,3 +49,15 @@ except ImportError:
 PY
 
 XPCNN_TEST_REQUIRE=cupy $python -m pytest -q -p no:cacheprovider "$@"
+
+# Data-parallel training with NCCL (xpcnn/_nccl.py), on machines with 2+ GPUs and mpi4py + an mpiexec:
+# 2 ranks, one GPU each, one epoch of the bundled data; it must finish with status 0 and one result line.
+gpus=$($python -c "import cupy; print(cupy.cuda.runtime.getDeviceCount())")
+mpiexec=$(dirname "$(command -v $python)")/mpiexec
+[ -x "$mpiexec" ] || mpiexec=$(command -v mpiexec || true)
+if [ "$gpus" -ge 2 ] && [ -n "$mpiexec" ] && $python -c "import mpi4py" 2>/dev/null; then
+    echo "ci/gpu.sh: data-parallel run on 2 GPUs (NCCL)"
+    XPCNN_BACKEND=cupy "$mpiexec" -n 2 $python -m xpcnn train --distributed --epochs 1 --batch-size 256 --quiet
+else
+    echo "ci/gpu.sh: NCCL data-parallel run skipped (needs 2+ GPUs, mpi4py and mpiexec; found $gpus GPU(s))"
+fi

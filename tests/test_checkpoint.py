@@ -13,12 +13,12 @@ import xpcnn
 from xpcnn import checkpoint
 
 
-def _trained(steps=3):
-    model = xpcnn.models.lenet5(seed=0)
+def _trained(steps=3, build=xpcnn.models.lenet5, batch=64):
+    model = build(seed=0)
     opt = xpcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = xpcnn.nn.CrossEntropyLoss()
-    ds = xpcnn.data.Dataset.from_numpy(*[a[:64 * steps] for a in xpcnn.data.load_bundled("test")])
-    for x, y in ds.batches(64):
+    ds = xpcnn.data.Dataset.from_numpy(*[a[:batch * steps] for a in xpcnn.data.load_bundled("test")])
+    for x, y in ds.batches(batch):
         loss_fn(model(x), y)
         model.backward(loss_fn.backward())
         opt.step()
@@ -122,24 +122,12 @@ def test_checkpoint_for_another_architecture_is_refused(tmp_path):
         xpcnn.save(tmp_path / "model.pkl", xpcnn.models.lenet5())
 
 
-def _trained_resnet(steps=2):
-    model = xpcnn.models.resnet8(seed=0)
-    opt = xpcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loss_fn = xpcnn.nn.CrossEntropyLoss()
-    ds = xpcnn.data.Dataset.from_numpy(*[a[:16 * steps] for a in xpcnn.data.load_bundled("test")])
-    for x, y in ds.batches(16):
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-        model.zero_grad()
-    return model, opt, ds
-
-
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_a_resnet_saved_in_training_reloads_with_the_same_eval_outputs_bit_for_bit(tmp_path, suffix):
     if suffix == ".safetensors":
         pytest.importorskip("safetensors", reason="safetensors not installed")
-    model, opt, ds = _trained_resnet()
+    model, opt = _trained(2, xpcnn.models.resnet8, batch=16)
+    ds = xpcnn.data.Dataset.from_numpy(*[a[:16] for a in xpcnn.data.load_bundled("test")])
     path = xpcnn.save(tmp_path / f"r8{suffix}", model, opt, epoch=1)
     loaded = xpcnn.load(path)
     assert isinstance(loaded.model.layers[3], xpcnn.nn.Residual)

@@ -7,7 +7,7 @@ work on arrays of any of them.
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import data, functional, init, models, nn, optim
+from . import data, distributed, functional, init, models, nn, optim
 from .backend import (
     BACKENDS,
     Backend,
@@ -30,7 +30,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "History",
-    "TrainingDivergedError", "__version__", "asarray", "available_backends", "data", "evaluate", "fit",
+    "TrainingDivergedError", "__version__", "asarray", "available_backends", "data", "distributed", "evaluate", "fit",
     "functional", "get_backend", "init", "load", "models", "nn", "optim", "save", "set_backend", "to_numpy",
     "use_backend",
 ]

@@ -93,27 +93,22 @@ class Context:
                     diff = sorted(set(other) ^ set(every[0]))[:6]
                     lines.append(f"rank {rank} differs from rank 0 in {diff}")
             raise ValueError("the ranks hold different models: " + "; ".join(lines))
-        if not slots:
-            return
-        xp = array_namespace(slots[0][1].data)
-        flat = self.broadcast(xp.concat([xp.reshape(s.data, (-1,)) for _, s in slots]))
-        offset = 0
-        for _, slot in slots:
-            size = int(np.prod(slot.shape))
-            slot.data = xp.reshape(flat[offset:offset + size], slot.shape)
-            offset += size
+        self._broadcast([slot for _, slot in slots])
 
     def sync_buffers(self, model: Any) -> None:
         """Rank 0's buffers (BatchNorm's running statistics) on every rank."""
-        buffers = model.buffers()
-        if not buffers:
+        self._broadcast(model.buffers())
+
+    def _broadcast(self, slots: list) -> None:
+        """Rank 0's ``.data`` of every slot (parameters, buffers) on every rank, in one broadcast."""
+        if not slots:
             return
-        xp = array_namespace(buffers[0].data)
-        flat = self.broadcast(xp.concat([xp.reshape(b.data, (-1,)) for b in buffers]))
+        xp = array_namespace(slots[0].data)
+        flat = self.broadcast(xp.concat([xp.reshape(s.data, (-1,)) for s in slots]))
         offset = 0
-        for b in buffers:
-            size = int(np.prod(b.shape))
-            b.data = xp.reshape(flat[offset:offset + size], b.shape)
+        for slot in slots:
+            size = int(np.prod(slot.shape))
+            slot.data = xp.reshape(flat[offset:offset + size], slot.shape)
             offset += size
 
 
