@@ -4,7 +4,7 @@
 
 Takes the first 10,000 training and the first 2,000 test records of the canonical files, keeps
 the IDX format (so the same reader and checks apply), gzips them reproducibly (mtime 0) and
-prints the SHA-256 of each decompressed file for xpcnn/data.py's BUNDLED_SHA256.
+prints the SHA-256 of each decompressed file for xpcnn/data/mnist.py's BUNDLED_SHA256.
 """
 
 from __future__ import annotations
