@@ -318,3 +318,24 @@ def test_conv2d_rejects_unknown_layout_and_names_chwn_channels(B):
         F.conv2d(x, w, layout="NHWC")
     with pytest.raises(ValueError, match=r"x has 1 channels but w expects 2 .*\(1, 2, 5, 5\) in CHWN"):
         F.conv2d(x, w, layout="CHWN")          # an NCHW array passed as CHWN: its first axis is read as C
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "CHWN"])
+def test_input_gradient_as_a_convolution_equals_col2im(B, layout):
+    """'same' 3x3 layers take dx as a convolution of the padded dy with the flipped kernels; it must equal
+    the col2im route (and the float64 loop reference through the other tests)."""
+    from xpcnn.functional import conv
+
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((3, 3, 3, 3))
+    if layout == "CHWN":
+        x = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+    y, cache = F.conv2d_forward(B.asarray(x), B.asarray(w), padding=1, layout=layout)
+    assert conv._transposed_pads(cache.geometry, 3, 3) == (1, 1)
+    dy = B.asarray(rng.standard_normal(tuple(y.shape)))
+    dx = F.conv2d_backward(dy, cache)[0]
+    dy_flat = B.xp.reshape(dy, (3, -1)) if layout == "CHWN" else B.xp.reshape(dy, (2, 3, -1))
+    reference = conv.col2im(conv._kernel_columns_first(B.asarray(w), B.xp) @ dy_flat, B.xp, cache.geometry)
+    np.testing.assert_allclose(B.numpy(dx), B.numpy(reference), rtol=1e-12, atol=1e-12)
+    y2, cache2 = F.conv2d_forward(B.asarray(x), B.asarray(w), padding=1, stride=2, layout=layout)
+    assert conv._transposed_pads(cache2.geometry, 3, 3) is None          # strided: col2im
