@@ -230,3 +230,14 @@ def test_progress_bars_stay_out_of_logs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "epoch 1/1: loss" in done.stdout
     assert "\r" not in done.stdout + done.stderr
+
+
+def test_a_safetensors_checkpoint_without_the_package_is_refused_before_training(tmp_path):
+    """A `safetensors` that cannot be imported (shadowed here by a package that raises ImportError)."""
+    fake = tmp_path / "fake" / "safetensors"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('simulated: not installed')\n")
+    done = xpcnn_cmd("train", "--checkpoint", str(tmp_path / "run.safetensors"), tmp_path=tmp_path,
+                     PYTHONPATH=str(tmp_path / "fake"))
+    assert done.returncode == 2 and "needs the safetensors package" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "epoch" not in done.stdout
