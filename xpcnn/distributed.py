@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
 from . import backend as _backend
+from .nn.module import flatten, unflatten
 
 __all__ = ["Context", "init", "launched_by_mpi", "shard"]
 
@@ -101,15 +101,8 @@ class Context:
 
     def _broadcast(self, slots: list) -> None:
         """Rank 0's ``.data`` of every slot (parameters, buffers) on every rank, in one broadcast."""
-        if not slots:
-            return
-        xp = array_namespace(slots[0].data)
-        flat = self.broadcast(xp.concat([xp.reshape(s.data, (-1,)) for s in slots]))
-        offset = 0
-        for slot in slots:
-            size = int(np.prod(slot.shape))
-            slot.data = xp.reshape(flat[offset:offset + size], slot.shape)
-            offset += size
+        if slots:
+            unflatten(self.broadcast(flatten([s.data for s in slots])), slots)
 
 
 def _abort_on_exception(comm) -> None:

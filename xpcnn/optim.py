@@ -14,7 +14,7 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from . import backend as _backend
-from .nn import Parameter
+from .nn.module import Parameter, flatten, unflatten
 
 __all__ = ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR", "OPTIMIZERS"]
 
@@ -72,21 +72,18 @@ class Optimizer:
     def flat_parameters(self) -> Any:
         """All parameters as one 1-D array (gathered again only if a parameter was rebound from outside)."""
         if self._views is None or any(p.data is not v for p, v in zip(self.params, self._views)):
-            xp = array_namespace(self.params[0].data)
-            self._flat = xp.concat([xp.reshape(p.data, (-1,)) for p in self.params])
+            self._flat = flatten([p.data for p in self.params])
             self._views = [p.data for p in self.params]
         return self._flat
 
     def flat_gradients(self) -> Any:
         """All gradients as one fresh 1-D array (zeros for parameters without one)."""
         xp = array_namespace(self.params[0].data)
-        return xp.concat([xp.reshape(p.grad, (-1,)) if p.grad is not None else
-                          xp.zeros(n, dtype=p.data.dtype, device=device(p.data)) for p, n in zip(self.params, self.sizes)])
+        return flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype=p.data.dtype, device=device(p.data))
+                        for p in self.params])
 
     def _scatter(self, flat: Any) -> None:
-        xp = array_namespace(flat)
-        for p, offset, size in zip(self.params, self.offsets, self.sizes):
-            p.data = xp.reshape(flat[offset:offset + size], p.shape)
+        unflatten(flat, self.params)
         self._flat, self._views = flat, [p.data for p in self.params]
 
     def step(self, flat_grad: Any = None) -> None:

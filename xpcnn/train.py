@@ -12,7 +12,6 @@ from array_api_compat import array_namespace, device
 
 from . import backend as _backend
 from .data import Dataset
-from .distributed import shard as _shard
 
 __all__ = ["History", "TrainingDivergedError", "epoch_order", "evaluate", "fit"]
 
@@ -233,11 +232,11 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
     was_training = getattr(model, "training", False)
     model.eval()
     total_loss, correct = 0.0, 0
-    shard = (0, len(data)) if distributed is None else _shard(0, len(data), distributed.rank, distributed.size)
+    part = (0, 1) if distributed is None else (distributed.rank, distributed.size)
     try:
-        for start in range(shard[0], shard[1], batch_size):
-            stop = min(start + batch_size, shard[1])
-            x, y = data.images[start:stop, ...], data.labels[start:stop, ...]
+        for x, y in data.batches(batch_size, part=part):
+            if not x.shape[0]:
+                continue                                     # this rank's share of a small last batch
             logits = model(x)
             correct = correct + _correct(logits, y)
             if loss_fn is not None:

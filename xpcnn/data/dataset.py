@@ -11,6 +11,7 @@ from array_api_compat import array_namespace
 
 from .. import backend as _backend
 from .. import functional as F
+from ..distributed import shard
 from . import files as _files
 from .cifar import CIFAR10, load_cifar10
 from .mnist import FASHION_MNIST, MNIST, load_bundled, load_fashion_mnist, load_mnist
@@ -82,8 +83,6 @@ class Dataset:
         ``part=(rank, size)``: this rank's slice of each batch (data-parallel training; may be empty)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
-        from ..distributed import shard
-
         n = len(self)
         spans = [shard(start, min(start + batch_size, n), *part) for start in range(0, n, batch_size)]
         if order is None:

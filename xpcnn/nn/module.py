@@ -25,31 +25,14 @@ from array_api_compat import array_namespace
 from .. import backend as _backend
 from ..functional import layout as _layout
 
-__all__ = ["Buffer", "LAYERS", "Module", "Parameter", "from_config"]
+__all__ = ["Buffer", "LAYERS", "Module", "Parameter", "flatten", "from_config", "unflatten"]
 
 DTYPES = ("float32", "float64")
 LAYERS: dict[str, type] = {}        # every public module class of xpcnn.nn by name, for from_config
 
 
-class Parameter:
-    """A trainable array (``.data``) and the gradient of the loss for it (``.grad``, None until backward)."""
-
-    __slots__ = ("data", "grad")
-
-    def __init__(self, data: Any):
-        self.data = data
-        self.grad = None
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.data.shape)
-
-    def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
-
-
-class Buffer:
-    """State that is saved and moved with the model but not trained (``.data``), e.g. running statistics."""
+class _Slot:
+    """An array a module holds (``.data``), rebound, never mutated, when it changes."""
 
     __slots__ = ("data",)
 
@@ -61,7 +44,40 @@ class Buffer:
         return tuple(self.data.shape)
 
     def __repr__(self) -> str:
-        return f"Buffer(shape={self.shape}, dtype={self.data.dtype})"
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.data.dtype})"
+
+
+class Parameter(_Slot):
+    """A trainable array (``.data``) and the gradient of the loss for it (``.grad``, None until backward)."""
+
+    __slots__ = ("grad",)
+
+    def __init__(self, data: Any):
+        super().__init__(data)
+        self.grad = None
+
+
+class Buffer(_Slot):
+    """State that is saved and moved with the model but not trained (``.data``), e.g. running statistics."""
+
+    __slots__ = ()
+
+
+def flatten(arrays: list) -> Any:
+    """The arrays (one backend, one dtype) as one 1-D array, in order: what optimizers update and
+    data-parallel training all-reduces or broadcasts."""
+    xp = array_namespace(arrays[0])
+    return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+
+
+def unflatten(flat: Any, slots: list) -> None:
+    """Rebind each slot's ``.data`` to its part of the 1-D ``flat`` (a view, in :func:`flatten`'s order)."""
+    xp = array_namespace(flat)
+    offset = 0
+    for slot in slots:
+        size = math.prod(slot.shape)
+        slot.data = xp.reshape(flat[offset:offset + size], slot.shape)
+        offset += size
 
 
 def check_dtype(owner: str, dtype: Any) -> str:
