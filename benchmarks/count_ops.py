@@ -22,33 +22,49 @@ from bench_networks import NETWORKS, torch_twin
 
 # ATen operators that only make a new view or read metadata: no kernel is launched for them
 VIEWS = {
-    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::_unsafe_view", "aten::as_strided",
+    "aten::view", "aten::_reshape_alias", "aten::_unsafe_view", "aten::as_strided",
     "aten::permute", "aten::transpose", "aten::t", "aten::numpy_T", "aten::expand", "aten::expand_as",
     "aten::slice", "aten::select", "aten::unsqueeze", "aten::squeeze", "aten::alias", "aten::detach",
     "aten::lift_fresh", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::resolve_conj",
-    "aten::resolve_neg", "aten::result_type", "aten::broadcast_to", "aten::unflatten", "aten::flatten",
-    "aten::split", "aten::unbind", "aten::chunk", "aten::diagonal", "aten::view_as", "aten::contiguous",
+    "aten::resolve_neg", "aten::result_type", "aten::broadcast_to", "aten::unflatten",
+    "aten::split", "aten::unbind", "aten::chunk", "aten::diagonal", "aten::view_as",
     "aten::is_nonzero", "aten::item", "aten::_local_scalar_dense", "aten::size", "aten::stride",
     "aten::dim", "aten::is_floating_point", "aten::_has_compatible_shallow_copy_type", "aten::set_",
     "aten::matrix_H", "aten::mT", "aten::_to_copy_noop", "aten::index_select_backward",
 }
 
 
+# operators that launch something only when they have to copy: counted by what they call underneath
+WRAPPERS = {"aten::to", "aten::contiguous", "aten::reshape", "aten::flatten", "aten::type_as"}
+
+
+def _launches(event) -> list[str]:
+    """The kernel-launching operators that one ATen call amounts to: itself, unless it is a view, or a
+    wrapper (``to``, ``contiguous``, ``reshape``) that copies only when it must, in which case the copies
+    below it."""
+    if event.name in VIEWS:
+        return []
+    if event.name in WRAPPERS:
+        return [name for child in event.cpu_children if child.name.startswith("aten::") for name in _launches(child)]
+    return [event.name]
+
+
 def top_level_ops(torch, fn) -> collections.Counter:
-    """ATen operators called directly by ``fn`` (not from inside another operator), views excluded."""
+    """ATen operators called directly by ``fn`` (not from inside another operator), views and no-op
+    conversions excluded."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
     counts = collections.Counter()
-    for event in events:
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
         parent = event.cpu_parent
         while parent is not None and not parent.name.startswith("aten::"):
             parent = parent.cpu_parent
-        if parent is None and event.name not in VIEWS:
-            # contiguous() that copies shows up as clone/copy_ below it: count what launches
-            counts[event.name] += 1
+        if parent is None:
+            counts.update(_launches(event))
     return counts
 
 

@@ -69,3 +69,19 @@ def test_op_counter_counts_both_steps():
     title, mine, theirs = count_ops.count("lenet5", batch=8)
     assert title == "LeNet-5" and 0 < sum(mine.values()) <= 139 and 40 < sum(theirs.values()) < 100
     assert "aten::view" not in mine and "aten::matmul" in mine
+
+
+def test_dp_rounding_compares_shards_with_whole_batches():
+    """benchmarks/dp_rounding.py: in float64 both libraries' shard-summing equals whole batches to rounding,
+    and the two libraries train the same network (a few steps on 256 images)."""
+    torch = pytest.importorskip("torch", reason="torch not installed: the script compares with PyTorch")
+    import dp_rounding
+
+    images, labels = xpcnn.data.load_bundled("train")
+    data = (xpcnn.data.normalize(images[:256, None], "float64"), labels[:256].astype(np.int64))
+    with xpcnn.use_backend("numpy"):
+        ours = [dp_rounding.ours(data, 0.05, "float64", ranks) for ranks in (1, 2, 3)]
+    theirs = dp_rounding.theirs(torch, data, 0.05, "float64", 1)
+    for other in ours[1:]:
+        assert np.linalg.norm(other - ours[0]) <= 1e-13 * np.linalg.norm(ours[0])
+    np.testing.assert_allclose(ours[0], theirs, rtol=0, atol=1e-10)

@@ -47,6 +47,24 @@ def test_round_trip_to_every_backend(B, tmp_path, suffix):
         np.testing.assert_array_equal(B.numpy(ours["momentum"]), theirs["momentum"])
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_a_float64_model_comes_back_in_float64(tmp_path, suffix):
+    """A rebuilt model takes the precision it was saved in (it used to come back float32, silently rounded);
+    a model the caller passes keeps its own."""
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors", reason="safetensors not installed")
+    model = xpcnn.models.lenet5(seed=3, dtype="float64")
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    path = xpcnn.save(tmp_path / f"ck{suffix}", model, opt)
+    loaded = xpcnn.load(path)
+    for a, b in zip(model.parameters(), loaded.model.parameters()):
+        assert b.data.dtype == np.float64
+        np.testing.assert_array_equal(b.data, a.data)
+    assert loaded.optimizer_state is not None
+    into = xpcnn.load(path, xpcnn.models.lenet5(seed=0)).model
+    assert all(p.data.dtype == np.float32 for p in into.parameters())
+
+
 def test_npz_has_no_pickles(tmp_path):
     model, opt = _trained(1)
     path = xpcnn.save(tmp_path / "ck.npz", model, opt)

@@ -139,6 +139,23 @@ def test_resume_refuses_options_that_would_break_it(trained, tmp_path):
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_float64_training_evaluates_and_resumes_in_float64(tmp_path):
+    path = str(tmp_path / "f64.npz")
+    done = xpcnn_cmd("train", "--epochs", "1", "--dtype", "float64", "--checkpoint", path, tmp_path=tmp_path)
+    assert done.returncode == 0 and "on cpu, float64;" in done.stdout, done.stderr
+    accuracy = re.search(r"test accuracy: (\d+\.\d+)%", done.stdout).group(1)
+    assert all(p.data.dtype == np.float64 for p in xpcnn.load(path).model.parameters())
+    evaluated = xpcnn_cmd("evaluate", "--checkpoint", path, tmp_path=tmp_path)
+    assert evaluated.returncode == 0 and f"accuracy: {accuracy}%" in evaluated.stdout, evaluated.stderr
+    np.save(tmp_path / "digit.npy", xpcnn.data.load_bundled("test")[0][0])
+    predicted = xpcnn_cmd("predict", "--checkpoint", path, str(tmp_path / "digit.npy"), tmp_path=tmp_path)
+    assert predicted.returncode == 0 and "digit.npy: " in predicted.stdout, predicted.stderr
+    refused = xpcnn_cmd("train", "--epochs", "2", "--resume", path, "--dtype", "float32", tmp_path=tmp_path)
+    assert refused.returncode == 2 and "holds float64 weights; got --dtype float32" in refused.stderr
+    resumed = xpcnn_cmd("train", "--epochs", "2", "--resume", path, "--quiet", tmp_path=tmp_path)
+    assert resumed.returncode == 0 and "on cpu, float64;" in resumed.stdout, resumed.stderr
+
+
 def test_a_diverging_run_fails_clearly_and_writes_no_garbage(tmp_path):
     done = xpcnn_cmd("train", "--quiet", "--epochs", "1", "--lr", "1e30", "--batch-size", "10000",
                      "--checkpoint", str(tmp_path / "d.npz"), tmp_path=tmp_path)

@@ -301,6 +301,7 @@ def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = 
     try:
         reader = _open(path)
         meta = _check_meta(path, reader.meta_text())
+        rebuilt = model is None
         model = _model(path, meta, model)
         slots = {**{f"param/{n}": p for n, p in model.named_parameters()},
                  **{f"buffer/{n}": b for n, b in model.named_buffers()}}
@@ -323,6 +324,8 @@ def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = 
             raise CheckpointError(f"{path}: array {key} was altered (its SHA-256 does not match the one saved)")
         if key in slots and not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {key.replace('/', ' ', 1)} holds NaN or Inf values")
+    if rebuilt:          # a model rebuilt here takes the precision it was saved in (a given model keeps its own)
+        _match_precision(path, model, arrays)
     for key, slot in slots.items():
         slot.data = _backend.asarray_like(arrays[key], slot.data, dtype=slot.data.dtype)
         if hasattr(slot, "grad"):
@@ -350,6 +353,17 @@ def _model(path: pathlib.Path, meta: dict, model: Module | None) -> Module:
         return from_config(meta.get("model"))
     except ValueError as exc:
         raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}") from None
+
+
+def _match_precision(path: pathlib.Path, model: Module, arrays: dict) -> None:
+    saved = {str(value.dtype) for key, value in arrays.items() if key.startswith("param/")}
+    if len(saved) > 1:
+        raise CheckpointError(f"{path}: its parameters mix dtypes {sorted(saved)}; xpcnn saves one")
+    if saved:
+        try:
+            model.to(dtype=saved.pop())
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _check_shapes(path, meta, model, slots, shapes) -> None:

@@ -61,7 +61,8 @@ def _load_data(args: argparse.Namespace, split: str):
     from .data import DataError, DataNotFoundError, load_dataset
 
     try:
-        return load_dataset(args.dataset, split, data_dir=args.data_dir, download=not args.no_download)
+        return load_dataset(args.dataset, split, data_dir=args.data_dir, download=not args.no_download,
+                            dtype=getattr(args, "dtype", None) or "float32")
     except (DataNotFoundError, DataError) as exc:
         raise CommandError(str(exc)) from None
 
@@ -76,13 +77,13 @@ def _load_checkpoint(path: str, model=None, optimizer=None):
 
 
 # --------------------------------------------------------------------------- train
-def _build_model(name: str, seed: int, sample_shape: tuple):
+def _build_model(name: str, seed: int, sample_shape: tuple, dtype: str = "float32"):
     """A model for samples of ``sample_shape`` (C, H, W): ResNets take the channels and image size from the data."""
     import inspect
 
     from . import models
 
-    kwargs = {"seed": seed}
+    kwargs = {"seed": seed, "dtype": dtype}
     if "in_channels" in inspect.signature(models.MODELS[name]).parameters:
         kwargs.update(in_channels=sample_shape[0], image_size=sample_shape[1])
     return models.build(name, **kwargs)
@@ -140,6 +141,7 @@ def _plot_path(path: str | None) -> pathlib.Path | None:
 def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
     """Refuse options that would be ignored or would break the promise of an exact resume."""
     from .checkpoint import check_path
+    from .nn.module import dtype_name
 
     if args.data_dir and args.dataset == "bundled":
         raise CommandError("--data-dir is for --dataset mnist, fashion-mnist or cifar10; the bundled subset ships "
@@ -158,6 +160,11 @@ def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
     if args.model is not None and args.model != checkpoint.model.name:
         raise CommandError(f"--resume {args.resume} holds a {checkpoint.model.name}; drop --model {args.model} "
                            "(the checkpoint decides the model)")
+    held = dtype_name(next(iter(checkpoint.model.parameters())).data)
+    if args.dtype is not None and args.dtype != held:
+        raise CommandError(f"--resume {args.resume} holds {held} weights; got --dtype {args.dtype} (drop it: the "
+                           "checkpoint decides the precision)")
+    args.dtype = held
     for option, key, given in (("--seed", "seed", args.seed), ("--batch-size", "batch_size", args.batch_size),
                                ("--dataset", "dataset", args.dataset)):
         if key in saved and saved[key] != given:
@@ -215,7 +222,7 @@ def _train(args: argparse.Namespace) -> int:
             raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {start_epoch} epochs; "
                                f"ask for more with --epochs (got {args.epochs})")
     model = checkpoint.model if checkpoint else _build_model(args.model or "lenet5", args.seed,
-                                                              train_data.sample_shape)
+                                                              train_data.sample_shape, args.dtype or "float32")
     optimizer = _make_optimizer(args, model.parameters())
     if checkpoint and checkpoint.optimizer_state is not None:
         try:
@@ -232,7 +239,7 @@ def _train(args: argparse.Namespace) -> int:
     ranks = "" if ctx is None else f", {ctx.size} ranks (data-parallel, global batch {args.batch_size})"
     say(f"xpcnn train: {model.name} ({n_params:,} parameters) on {train_data.source} "
         f"({len(train_data):,} train / {len(test_data):,} test images)")
-    say(f"backend {backend}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
+    say(f"backend {backend}, {args.dtype or 'float32'}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
         f"epochs {start_epoch + 1}..{args.epochs}, seed {args.seed}{ranks}", flush=True)
 
     saved = {"epoch": start_epoch if args.resume else None}
@@ -306,7 +313,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate
 
     backend = _select_backend(args)
+    from .nn.module import dtype_name
+
     checkpoint = _load_checkpoint(args.checkpoint)
+    args.dtype = dtype_name(next(iter(checkpoint.model.parameters())).data)     # the data in the model's precision
     data = _load_data(args, args.split)
     result = evaluate(checkpoint.model, data, loss_fn=CrossEntropyLoss(), batch_size=args.batch_size)
     correct = round(result["accuracy"] * result["n"])
@@ -372,14 +382,16 @@ def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, me
 def _predict(args: argparse.Namespace) -> int:
     from .data import DATASETS
     from .functional import softmax
+    from .nn.module import dtype_name
 
     _select_backend(args)
     checkpoint = _load_checkpoint(args.checkpoint)
     model = checkpoint.model.eval()
+    dtype = dtype_name(next(iter(model.parameters())).data)          # images in the model's precision
     shape = tuple(model.input_shape or (1, 28, 28))
     stats = DATASETS.get(checkpoint.extra.get("dataset", "bundled"), DATASETS["bundled"])
     for path in args.images:
-        x = _backend.asarray(read_images(path, shape, args.invert, stats.mean, stats.std))
+        x = _backend.asarray(read_images(path, shape, args.invert, stats.mean, stats.std), dtype=dtype)
         probs = _backend.to_numpy(softmax(model(x)))
         if not np.all(np.isfinite(probs)):
             raise CommandError(f"{path}: the model's output is not finite for this input", EXIT_FAILED)
@@ -462,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
                        help="learning-rate schedule over the epochs (default cosine)")
     train.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
+    train.add_argument("--dtype", choices=("float32", "float64"),
+                       help="precision of weights and data (default float32; with --resume the checkpoint's)")
     train.add_argument("--checkpoint", metavar="PATH", help="save a checkpoint (.npz or .safetensors) after each epoch")
     train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint up to --epochs")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (needs matplotlib)")
