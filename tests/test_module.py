@@ -208,6 +208,17 @@ def test_nested_config_round_trip_and_summary():
         nn.from_config({"type": "Linear", "in_features": 3, "out_features": 2, "colour": "red"})
 
 
+def test_to_dtype_alone_keeps_backend_and_device():
+    """``model.to(dtype=...)`` changes the precision only (it used to move the model to the current
+    backend's default device as well)."""
+    pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    model = xpcnn.models.resnet8(in_channels=1, image_size=8).to("array_api_strict", "device1")
+    model.to(dtype="float64")
+    for slot in [*model.parameters(), *model.buffers()]:
+        assert "device1" in str(slot.data.device) and "float64" in str(slot.data.dtype)
+        assert type(slot.data).__module__.startswith("array_api_strict")
+
+
 def test_to_refuses_non_floating_dtypes():
     model = xpcnn.models.lenet5()
     before = model.parameters()[0].data.copy()

@@ -249,8 +249,12 @@ def asarray(obj: Any, dtype: Any = None) -> Any:
 
 
 def asarray_like(obj: Any, like: Any, dtype: Any = None) -> Any:
-    """``obj`` (any backend, or host data) in the namespace and on the device of the array ``like``."""
-    return _convert(obj, array_api_compat.array_namespace(like), array_api_compat.device(like), dtype)
+    """``obj`` (any backend, or host data) in the namespace and on the device of the array ``like``; ``dtype``
+    as in :func:`asarray`."""
+    xp = array_api_compat.array_namespace(like)
+    if isinstance(dtype, str):
+        dtype = getattr(xp, dtype)
+    return _convert(obj, xp, array_api_compat.device(like), dtype)
 
 
 def data_dir_from_env() -> str | None:

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import backend as _backend
 from .nn import Module, from_config
+from .nn.module import check_dtype
 
 __all__ = ["Checkpoint", "CheckpointError", "load", "save", "write_atomic"]
 
@@ -324,10 +325,10 @@ def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = 
             raise CheckpointError(f"{path}: array {key} was altered (its SHA-256 does not match the one saved)")
         if key in slots and not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {key.replace('/', ' ', 1)} holds NaN or Inf values")
-    if rebuilt:          # a model rebuilt here takes the precision it was saved in (a given model keeps its own)
-        _match_precision(path, model, arrays)
+    # a model rebuilt here takes the precision it was saved in; a model the caller gives keeps its own
+    dtype = _saved_precision(path, arrays) if rebuilt else None
     for key, slot in slots.items():
-        slot.data = _backend.asarray_like(arrays[key], slot.data, dtype=slot.data.dtype)
+        slot.data = _backend.asarray_like(arrays[key], slot.data, dtype=dtype or slot.data.dtype)
         if hasattr(slot, "grad"):
             slot.grad = None
     _set_module_state(path, meta, model)
@@ -355,15 +356,16 @@ def _model(path: pathlib.Path, meta: dict, model: Module | None) -> Module:
         raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}") from None
 
 
-def _match_precision(path: pathlib.Path, model: Module, arrays: dict) -> None:
-    saved = {str(value.dtype) for key, value in arrays.items() if key.startswith("param/")}
+def _saved_precision(path: pathlib.Path, arrays: dict) -> str | None:
+    saved = {str(value.dtype) for key, value in arrays.items() if key.startswith(("param/", "buffer/"))}
     if len(saved) > 1:
-        raise CheckpointError(f"{path}: its parameters mix dtypes {sorted(saved)}; xpcnn saves one")
-    if saved:
-        try:
-            model.to(dtype=saved.pop())
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
+        raise CheckpointError(f"{path}: its parameters and buffers mix dtypes {sorted(saved)}; xpcnn saves one")
+    if not saved:
+        return None
+    try:
+        return check_dtype("checkpoint", saved.pop())
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _check_shapes(path, meta, model, slots, shapes) -> None:

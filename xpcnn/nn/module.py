@@ -241,15 +241,22 @@ class Module:
         return self.train(False)
 
     def to(self, backend: str | None = None, device: Any = None, dtype: str | None = None) -> "Module":
-        """Move parameters and buffers to ``backend`` (default: the current one) and optionally change their
-        dtype (float32 or float64)."""
+        """Move parameters and buffers to ``backend`` and ``device`` (given either, the other defaults to the
+        current backend and its default device), and/or change their dtype (float32 or float64).
+        ``to(dtype=...)`` alone changes the dtype and leaves every array on its backend and device."""
         if dtype is not None:
             check_dtype(f"{type(self).__name__}.to", dtype)
-        with _backend.use_backend(backend or _backend.get_backend().name, device):
-            for slot in [*self.parameters(), *self.buffers()]:
-                slot.data = _backend.asarray(slot.data, dtype=dtype or dtype_name(slot.data))
-                if isinstance(slot, Parameter):
-                    slot.grad = None
+        slots = [*self.parameters(), *self.buffers()]
+        if backend is None and device is None:
+            for slot in slots:
+                slot.data = _backend.asarray_like(slot.data, slot.data, dtype=dtype or dtype_name(slot.data))
+        else:
+            with _backend.use_backend(backend or _backend.get_backend().name, device):
+                for slot in slots:
+                    slot.data = _backend.asarray(slot.data, dtype=dtype or dtype_name(slot.data))
+        for slot in slots:
+            if isinstance(slot, Parameter):
+                slot.grad = None
         self._forget()
         return self
 
