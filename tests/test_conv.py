@@ -339,3 +339,43 @@ def test_input_gradient_as_a_convolution_equals_col2im(B, layout):
     np.testing.assert_allclose(B.numpy(dx), B.numpy(reference), rtol=1e-12, atol=1e-12)
     y2, cache2 = F.conv2d_forward(B.asarray(x), B.asarray(w), padding=1, stride=2, layout=layout)
     assert conv._transposed_pads(cache2.geometry, 3, 3) is None          # strided: col2im
+
+
+@SETTINGS
+@given(case=conv_cases(), layout=st.sampled_from(["NCHW", "CHWN"]))
+def test_row_split_convolution_equals_one_product(B, case, layout, monkeypatch):
+    """Large layers with stride-1 rows gather only the kw column offsets and run one product per kernel row
+    (conv.row_columns); forced here on small cases, forward and both gradients equal the single-product route
+    (itself checked against the loops and finite differences above)."""
+    from xpcnn.functional import conv
+
+    x, w, b = _data(case)
+    bx = B.asarray(x) if layout == "NCHW" else _to_chwn(B, B.asarray(x))
+    bw, bb = B.asarray(w), None if b is None else B.asarray(b)
+    kwargs = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], layout=layout)
+    results = {}
+    for split in (True, False):
+        monkeypatch.setattr(conv, "ROW_SPLIT_MIN_ELEMENTS", 0 if split else 1 << 62)
+        monkeypatch.setattr(conv, "ROW_SPLIT_MIN_INNER", 0)
+        y, cache = F.conv2d_forward(bx, bw, bb, **kwargs)
+        assert conv._splits_rows(cache.geometry) == (split and case["stride"][0] == 1 and w.shape[2] > 1)
+        dy = B.asarray(np.random.default_rng(case["seed"]).standard_normal(tuple(y.shape)))
+        results[split] = (y, *F.conv2d_backward(dy, cache))
+    for ours, theirs in zip(results[True], results[False]):
+        if theirs is None:
+            assert ours is None
+        else:
+            assert_like(ours, theirs)
+            np.testing.assert_allclose(B.numpy(ours), B.numpy(theirs), rtol=1e-12, atol=1e-12)
+
+
+def test_resnet_layers_take_the_row_split_and_lenet_layers_do_not():
+    """The thresholds as measured: ResNet's 16@32x32 3x3 layer at batch 64 splits; LeNet-5's layers keep one
+    product (their inner dimensions, 5 and 30, are below 32)."""
+    from xpcnn.functional import conv
+
+    for x_shape, w_shape, padding, splits in (((16, 32, 32, 64), (16, 16, 3, 3), 1, True),
+                                              ((1, 28, 28, 256), (6, 1, 5, 5), 2, False),
+                                              ((6, 14, 14, 256), (16, 6, 5, 5), 0, False)):
+        geometry = conv.conv_geometry("conv2d", x_shape, w_shape, 1, padding, 1, "CHWN")
+        assert conv._splits_rows(geometry) == splits
