@@ -17,14 +17,15 @@ def _ce_reference(logits, targets):
     return -(targets * log_probs).sum() / logits.shape[0]
 
 
-@pytest.mark.parametrize("target_kind", ["labels", "one_hot", "probabilities"])
+@pytest.mark.parametrize("target_kind", ["labels", "one_hot", "probabilities", "unnormalized"])
 def test_softmax_cross_entropy_value_and_gradient(B, target_kind):
+    """Targets whose rows do not sum to 1 (as PyTorch allows) get the gradient softmax * row sum - targets."""
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((5, 4)) * 3
     labels = np.array([0, 3, 1, 1, 2])
     one_hot = np.eye(4)[labels]
-    targets = {"labels": labels, "one_hot": one_hot,
-               "probabilities": rng.dirichlet(np.ones(4), size=5)}[target_kind]
+    targets = {"labels": labels, "one_hot": one_hot, "probabilities": rng.dirichlet(np.ones(4), size=5),
+               "unnormalized": rng.uniform(0, 1, (5, 4))}[target_kind]
     dense = one_hot if target_kind == "labels" else targets
     blogits = B.asarray(logits)
     loss, cache = F.softmax_cross_entropy_forward(blogits, B.asarray(targets))

@@ -76,7 +76,7 @@ def softmax_cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple]
 
     ``logits`` (N, K) floating; ``labels`` integer class indices (N,) or one-hot /
     probability targets (N, K). Equals PyTorch's ``F.cross_entropy``. A label outside [0, K) makes the
-    loss infinite: checked on the device, so that no step waits for a read-back (``xpcnn.fit`` checks its
+    loss infinite: decided on the device, so that no step waits for a read-back (``xpcnn.fit`` checks its
     labels once, before training, with a clear error).
     """
     op = "softmax_cross_entropy"
@@ -84,29 +84,36 @@ def softmax_cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple]
     check_ndim(op, "logits", logits, 2, "N, K")
     check_floating(op, "logits", logits, xp)
     targets = _class_targets(op, xp, logits, labels)
-    z = logits - xp.max(logits, axis=-1, keepdims=True) if logits.shape[0] else logits
+    n = logits.shape[0]
+    z = logits - xp.max(logits, axis=-1, keepdims=True) if n else logits
     exp_z = xp.exp(z)
     sum_exp = xp.sum(exp_z, axis=-1, keepdims=True)
-    log_probs = z - xp.log(sum_exp)
-    n = logits.shape[0]
-    loss = _mean(xp, -xp.sum(targets * log_probs), n)
-    if labels.ndim == 1 and n:
-        # a label outside [0, K) leaves its one-hot row empty: the loss becomes infinite, decided on the device
-        # (a check on the host would stall a GPU's queue every step; fit checks its labels once, clearly)
-        inf = xp.asarray(xp.inf, dtype=loss.dtype, device=device(loss))
-        loss = xp.where(xp.min(xp.sum(targets, axis=1)) > 0, loss, inf)
-    return loss, SoftmaxCrossEntropyCache(exp_z / sum_exp, targets)
+    # per row: -sum_k t_k (z_k - lse) = lse * mass - sum_k t_k z_k, with mass = sum_k t_k
+    lse = xp.reshape(xp.log(sum_exp), (n,))
+    picked = xp.sum(targets * z, axis=-1)
+    mass = xp.sum(targets, axis=-1)
+    if labels.ndim == 1:
+        # mass is 1, or 0 for a label outside [0, K): log(mass) is 0 or -inf, and the loss exact or +inf
+        per_row, mass = lse - picked - xp.log(mass), None
+    else:
+        per_row = lse * mass - picked
+    loss = _mean(xp, xp.sum(per_row), n)
+    return loss, SoftmaxCrossEntropyCache(exp_z / sum_exp, targets, mass)
 
 
 class SoftmaxCrossEntropyCache(NamedTuple):
     probs: Any
     targets: Any
+    mass: Any = None          # per-row sum of (N, K) targets; None for class labels (1 per row)
 
 
 def softmax_cross_entropy_backward(dloss: Any, cache: SoftmaxCrossEntropyCache) -> Any:
-    """Gradient for the logits: (softmax(logits) - targets) * dloss / N."""
+    """Gradient for the logits: (softmax(logits) * mass - targets) * dloss / N, mass = 1 for class labels."""
     check_cache("softmax_cross_entropy_backward", cache, SoftmaxCrossEntropyCache)
-    probs, targets = cache
+    probs, targets, mass = cache
+    xp = namespace("softmax_cross_entropy_backward", cache=probs)
+    if mass is not None:
+        probs = probs * xp.reshape(mass, (-1, 1))
     return (probs - targets) * _scale(dloss, probs.shape[0])
 
 
