@@ -77,7 +77,7 @@ def section(args) -> str:
     parts += [bench_networks.report(backend_, device, rows + cifar_rows, gemm), ""]
     if not gpu:
         print("array operations per step (torch backend) ...", flush=True)
-        parts += [count_ops.report([count_ops.count(network) for network in ("lenet5", "resnet8")]), ""]
+        parts += [count_ops.report(count_ops.rows(["lenet5", "resnet8"]), detail=True), ""]
         if bench_distributed.available():
             print("data-parallel throughput (MPI) ...", flush=True)
             parts += [bench_distributed.report(["lenet5", "resnet8"]), ""]
