@@ -356,7 +356,6 @@ def test_row_split_convolution_equals_one_product(B, case, layout, monkeypatch):
     results = {}
     for split in (True, False):
         monkeypatch.setattr(conv, "ROW_SPLIT_MIN_ELEMENTS", 0 if split else 1 << 62)
-        monkeypatch.setattr(conv, "ROW_SPLIT_MIN_INNER", 0)
         y, cache = F.conv2d_forward(bx, bw, bb, **kwargs)
         assert conv._splits_rows(cache.geometry) == (split and case["stride"][0] == 1 and w.shape[2] > 1)
         dy = B.asarray(np.random.default_rng(case["seed"]).standard_normal(tuple(y.shape)))
@@ -369,13 +368,16 @@ def test_row_split_convolution_equals_one_product(B, case, layout, monkeypatch):
             np.testing.assert_allclose(B.numpy(ours), B.numpy(theirs), rtol=1e-12, atol=1e-12)
 
 
-def test_resnet_layers_take_the_row_split_and_lenet_layers_do_not():
-    """The thresholds as measured: ResNet's 16@32x32 3x3 layer at batch 64 splits; LeNet-5's layers keep one
-    product (their inner dimensions, 5 and 30, are below 32)."""
+def test_large_layers_take_the_row_split_and_small_ones_do_not():
+    """The threshold as measured: ResNet's 16@32x32 3x3 layer at batch 64 and LeNet-5's layers at batch 256
+    split; LeNet-5's layers at batch 64 and strided layers keep one product."""
     from xpcnn.functional import conv
 
-    for x_shape, w_shape, padding, splits in (((16, 32, 32, 64), (16, 16, 3, 3), 1, True),
-                                              ((1, 28, 28, 256), (6, 1, 5, 5), 2, False),
-                                              ((6, 14, 14, 256), (16, 6, 5, 5), 0, False)):
-        geometry = conv.conv_geometry("conv2d", x_shape, w_shape, 1, padding, 1, "CHWN")
+    for x_shape, w_shape, padding, stride, splits in (((16, 32, 32, 64), (16, 16, 3, 3), 1, 1, True),
+                                                      ((1, 28, 28, 256), (6, 1, 5, 5), 2, 1, True),
+                                                      ((6, 14, 14, 256), (16, 6, 5, 5), 0, 1, True),
+                                                      ((1, 28, 28, 64), (6, 1, 5, 5), 2, 1, False),
+                                                      ((6, 14, 14, 64), (16, 6, 5, 5), 0, 1, False),
+                                                      ((16, 64, 64, 64), (32, 16, 3, 3), 1, 2, False)):
+        geometry = conv.conv_geometry("conv2d", x_shape, w_shape, stride, padding, 1, "CHWN")
         assert conv._splits_rows(geometry) == splits

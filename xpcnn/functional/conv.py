@@ -223,23 +223,20 @@ def im2col(xpad: Any, xp: Any, geometry: ConvGeometry) -> Any:
     return xp.reshape(xp.stack(views, axis=2), (n, c * kh * kw, ho * wo))
 
 
-# When the kernel rows get one matrix product each (see row_columns): im2col columns of at least this many
-# elements, and products with an inner dimension (channels x kernel width) of at least ROW_SPLIT_MIN_INNER.
-# Measured (numpy, 2 cores, interleaved A/B): a ResNet-8 step (3x3 layers, inner 48-192) takes 0.90-0.94 of the
-# time at batch 64 and 0.73-0.98 at 256; LeNet-5 (inner 5 and 30) 0.97-1.03 at batch 256, so it keeps one
-# product and one gather: fewer array operations.
+# The kernel rows get one matrix product each (see row_columns) when im2col's columns would hold at least this
+# many elements. Measured (numpy, 2 cores, interleaved A/B of whole training steps): ResNet-8 0.90-0.94 of the
+# time at batch 64 and 0.73-0.98 at 256; LeNet-5 0.88-0.91 at 256 and 0.92-0.98 at 128. Below it (LeNet-5 at
+# batch 64: 1.25M and 0.96M elements) one product and one gather are as fast and fewer array operations.
 ROW_SPLIT_MIN_ELEMENTS = 1 << 21
-ROW_SPLIT_MIN_INNER = 32
 
 
 def _splits_rows(geometry: ConvGeometry) -> bool:
     """Whether to gather only the kw column offsets and run one matrix product per kernel row (see
     :func:`row_columns`): stride-1 rows (a row offset is then a contiguous slab), kernels of more than one
-    row, and large enough columns and products (the two thresholds above)."""
+    row, and im2col columns of at least ``ROW_SPLIT_MIN_ELEMENTS`` elements."""
     (kh, kw), (ho, wo) = geometry.kernel, geometry.out_hw
     size = geometry.channels * kh * kw * ho * wo * geometry.batch
-    return (geometry.stride[0] == 1 and kh > 1 and geometry.channels * kw >= ROW_SPLIT_MIN_INNER
-            and size >= ROW_SPLIT_MIN_ELEMENTS)
+    return geometry.stride[0] == 1 and kh > 1 and size >= ROW_SPLIT_MIN_ELEMENTS
 
 
 def row_columns(xpad: Any, xp: Any, geometry: ConvGeometry) -> Any:
@@ -359,13 +356,15 @@ def _weight_gradient(dy_flat: Any, cols: Any, xp: Any, layout: str = "CHWN") -> 
     With fewer than 8 output channels and small patches (LeNet's first layer: O=6, P=25, K=50k at
     batch 64), one matrix-vector product per channel, as a batched matmul, streams the columns at
     memory speed, while OpenBLAS's GEMM kernels run such thin matrices 2.4x slower (0.70 -> 0.29 ms
-    measured here). With larger patches reading the columns O times costs more than it saves.
+    measured here). With larger patches reading the columns O times costs more than it saves. Otherwise
+    the product is taken as ``(cols @ dy_flat.T).T``, which OpenBLAS runs as fast or faster (LeNet's second
+    layer on row-split columns at batch 256: 1.79 vs 2.34 ms; ResNet's 16@32x32 layer 2.75 vs 3.19 ms).
     """
     if layout == "NCHW":
         return xp.tensordot(dy_flat, cols, axes=([0, 2], [0, 2]))
     if dy_flat.shape[0] < 8 and cols.shape[0] <= 256:
         return xp.matmul(dy_flat[:, None, :], cols.T)[:, 0, :]
-    return dy_flat @ cols.T
+    return (cols @ dy_flat.T).T
 
 
 def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tuple[Any, Any, Any]:
