@@ -349,22 +349,25 @@ class Conv2DCache(NamedTuple):
     has_bias: bool
 
 
-def _weight_gradient(dy_flat: Any, cols: Any, xp: Any, layout: str = "CHWN") -> Any:
+def _weight_gradient(dy_flat: Any, cols: Any, xp: Any, layout: str = "CHWN", transposed: bool = False) -> Any:
     """``dy_flat @ cols.T``: (O, K) times (K, P) with a huge shared dimension K (positions x batch); in
     NCHW, where both carry a leading batch axis, the same contracted over batch and positions.
 
     With fewer than 8 output channels and small patches (LeNet's first layer: O=6, P=25, K=50k at
     batch 64), one matrix-vector product per channel, as a batched matmul, streams the columns at
     memory speed, while OpenBLAS's GEMM kernels run such thin matrices 2.4x slower (0.70 -> 0.29 ms
-    measured here). With larger patches reading the columns O times costs more than it saves. Otherwise
-    the product is taken as ``(cols @ dy_flat.T).T``, which OpenBLAS runs as fast or faster (LeNet's second
-    layer on row-split columns at batch 256: 1.79 vs 2.34 ms; ResNet's 16@32x32 layer 2.75 vs 3.19 ms).
+    measured here). With larger patches reading the columns O times costs more than it saves.
+
+    ``transposed=True`` (row-split columns, whose rows are strided views) takes the product as
+    ``(cols @ dy_flat.T).T``, which OpenBLAS runs faster there (LeNet's second layer at batch 256: 1.79 vs
+    2.34 ms; ResNet's 16@32x32 layer 2.75 vs 3.19 ms); its result is a transposed view, copied once when the
+    rows are stacked. On whole im2col columns the two orders run alike and this one would cost that copy.
     """
     if layout == "NCHW":
         return xp.tensordot(dy_flat, cols, axes=([0, 2], [0, 2]))
     if dy_flat.shape[0] < 8 and cols.shape[0] <= 256:
         return xp.matmul(dy_flat[:, None, :], cols.T)[:, 0, :]
-    return (cols @ dy_flat.T).T
+    return (cols @ dy_flat.T).T if transposed else dy_flat @ cols.T
 
 
 def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tuple[Any, Any, Any]:
@@ -384,8 +387,8 @@ def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tup
         db = xp.sum(dy, axis=(0, 2, 3)) if has_bias else None
     if _splits_rows(geometry):
         kh, kw = geometry.kernel
-        per_row = xp.stack([_weight_gradient(dy_flat, _row_part(cols, xp, geometry, i), xp, geometry.layout)
-                            for i in range(kh)])                        # (kh, O, C * kw)
+        per_row = xp.stack([_weight_gradient(dy_flat, _row_part(cols, xp, geometry, i), xp, geometry.layout,
+                                             transposed=True) for i in range(kh)])          # (kh, O, C * kw)
         dw = xp.permute_dims(xp.reshape(per_row, (kh, out_channels, w.shape[1], kw)), (1, 2, 0, 3))
     else:
         dw = _weight_gradient(dy_flat, cols, xp, geometry.layout)
