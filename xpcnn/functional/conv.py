@@ -62,6 +62,15 @@ def _pad(x: Any, xp: Any, pads: tuple[int, int, int, int], value: float = 0, lay
     return out
 
 
+def _add_at(target: Any, index: tuple, value: Any) -> None:
+    """``target[index] += value`` as ONE array operation: the in-place add of the view writes through, since
+    basic slicing gives views in every library xpcnn runs on (numpy, cupy, torch, array_api_strict; the tests
+    check the results on each). Python's ``target[index] += value`` would then also assign the view back onto
+    itself: a second operation that copies nothing new (a kernel launch on torch and CuPy)."""
+    view = target[index]
+    view += value
+
+
 def _crop(x: Any, pads: tuple[int, int, int, int], layout: str = "NCHW") -> Any:
     if not any(pads):
         return x
@@ -299,14 +308,14 @@ def col2im(dcols: Any, xp: Any, geometry: ConvGeometry) -> Any:
     rows = xp.zeros((*lead, hp, wo, *tail), dtype=dcols.dtype, device=device(dcols))
     before = (slice(None),) * len(lead)
     for i in range(kh):
-        rows[(*before, slice(i * dh, i * dh + sh * (ho - 1) + 1, sh), ...)] += cols[(*before, i, ...)]
+        _add_at(rows, (*before, slice(i * dh, i * dh + sh * (ho - 1) + 1, sh), ...), cols[(*before, i, ...)])
     dxpad = xp.zeros(geometry.shape(c, (hp, wp)), dtype=dcols.dtype, device=device(dcols))
     for j in range(kw):
         columns = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
         if chwn:
-            dxpad[:, :, columns, :] += rows[:, j, ...]
+            _add_at(dxpad, (slice(None), slice(None), columns, slice(None)), rows[:, j, ...])
         else:
-            dxpad[..., columns] += rows[:, :, j, ...]
+            _add_at(dxpad, (Ellipsis, columns), rows[:, :, j, ...])
     return _crop(dxpad, geometry.pads, geometry.layout)
 
 

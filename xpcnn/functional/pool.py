@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from ._checks import check_cache, check_floating, check_ndim, check_shape, namespace, pair
-from .conv import ConvGeometry, _crop, _pad
+from .conv import ConvGeometry, _add_at, _crop, _pad
 from .layout import check_layout, spatial_axes
 
 __all__ = [
@@ -108,7 +108,7 @@ def max_pool2d_backward(dy: Any, cache: MaxPool2DCache) -> Any:
         else:
             share = remaining
         if overlapping:
-            dxpad[index] += share
+            _add_at(dxpad, index, share)
         else:                                       # disjoint windows: each element written once
             dxpad[index] = share
     return _crop(dxpad, geometry.pads, geometry.layout)
@@ -143,7 +143,7 @@ def avg_pool2d_backward(dy: Any, cache: AvgPool2DCache) -> Any:
     share = dy / float(geometry.kernel[0] * geometry.kernel[1])
     dxpad = xp.zeros(geometry.shape(geometry.channels, geometry.padded_hw), dtype=dy.dtype, device=device(dy))
     for index in geometry.windows():
-        dxpad[index] += share
+        _add_at(dxpad, index, share)
     return _crop(dxpad, geometry.pads, geometry.layout)
 
 
