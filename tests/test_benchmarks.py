@@ -62,13 +62,13 @@ def test_bench_networks_runs_and_reports():
 
 def test_op_counter_counts_both_steps():
     """benchmarks/count_ops.py: a LeNet-5 step's kernel-launching operations on the torch backend (a guard:
-    the count may only go down from the 134 measured when the cross-entropy lost its host constant), and the
-    same count in the array_api_strict namespace: one source, one count."""
+    the count may only go down from the 124 measured when col2im stopped assigning views back onto
+    themselves), and the same count in the array_api_strict namespace: one source, one count."""
     pytest.importorskip("torch", reason="torch not installed: the counter profiles the torch backend")
     import count_ops
 
     title, mine, theirs = count_ops.count("lenet5", batch=8)
-    assert title == "LeNet-5" and 0 < sum(mine.values()) <= 134 and 40 < sum(theirs.values()) < 100
+    assert title == "LeNet-5" and 0 < sum(mine.values()) <= 124 and 40 < sum(theirs.values()) < 100
     assert "aten::view" not in mine and "aten::matmul" in mine
     strict = count_ops.count_strict("lenet5", batch=8)
     assert sum(strict.values()) == sum(mine.values()), (strict, mine)
