@@ -234,8 +234,9 @@ def im2col(xpad: Any, xp: Any, geometry: ConvGeometry) -> Any:
 
 # The kernel rows get one matrix product each (see row_columns) when im2col's columns would hold at least this
 # many elements. Measured (numpy, 2 cores, interleaved A/B of whole training steps): ResNet-8 0.90-0.94 of the
-# time at batch 64 and 0.73-0.98 at 256; LeNet-5 0.88-0.91 at 256 and 0.92-0.98 at 128. Below it (LeNet-5 at
-# batch 64: 1.25M and 0.96M elements) one product and one gather are as fast and fewer array operations.
+# time at batch 64 (0.68 in a first, warm-up block) and 0.73-0.98 at 256; LeNet-5 0.86-0.99 at 256 and 0.92-0.98
+# at 128. Below it (LeNet-5 at batch 64: 1.25M and 0.96M elements) one product and one gather are as fast
+# and fewer array operations.
 ROW_SPLIT_MIN_ELEMENTS = 1 << 21
 
 
