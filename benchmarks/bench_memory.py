@@ -10,13 +10,16 @@ step (tracemalloc, which NumPy reports to), and the growth of the process's peak
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
 CHILD = r"""
-import json, tracemalloc
+import json, sys, tracemalloc
 import numpy as np
 import xpcnn
+sys.path.insert(0, HERE)
+from harness import training_step
 
 def hwm_mb():
     with open("/proc/self/status") as f:
@@ -30,14 +33,7 @@ images, labels = xpcnn.data.load_bundled("train")
 x = xpcnn.asarray(xpcnn.data.normalize(images[:batch]))
 y = xpcnn.asarray(labels[:batch].astype(np.int64))
 model = xpcnn.models.lenet5(seed=0)
-opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-loss_fn = xpcnn.nn.CrossEntropyLoss()
-
-def step():
-    loss_fn(model(x), y)
-    model.backward(loss_fn.backward())
-    opt.step()
-    model.zero_grad()
+step = training_step(model, x, y, xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
 
 before = hwm_mb()
 tracemalloc.start()
@@ -54,8 +50,8 @@ print(json.dumps({"batch": batch, "tracemalloc_peak_mb": peak / 2**20, "rss_grow
 
 
 def measure(batch: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD.replace("BATCH", str(batch))], capture_output=True,
-                          text=True, check=True)
+    child = CHILD.replace("BATCH", str(batch)).replace("HERE", repr(str(pathlib.Path(__file__).resolve().parent)))
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

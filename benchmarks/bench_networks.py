@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import xpcnn
-from harness import compare, gemm_gflops, synchronizers
+from harness import compare, gemm_gflops, synchronizers, training_step
 from xpcnn import nn
 
 
@@ -116,18 +116,14 @@ def run(networks=("lenet5",), batches=(64, 256), blocks=7, seconds_per_block=0.6
             x_host, y_host = _inputs(network, batch)
             model = build()
             flops = 3 * forward_flops(model)
-            opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            loss_fn = xpcnn.nn.CrossEntropyLoss()
             x, y = xpcnn.asarray(x_host), xpcnn.asarray(y_host)
+            step = training_step(model, x, y, xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
             net = torch_twin(torch, model, device)
             topt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
             tx, ty = torch.as_tensor(x_host, device=device), torch.as_tensor(y_host, device=device)
 
             def ours_step():
-                loss_fn(model(x), y)
-                model.backward(loss_fn.backward())
-                opt.step()
-                model.zero_grad()
+                step()
                 sync()
 
             def torch_step():

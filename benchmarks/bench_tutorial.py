@@ -16,7 +16,7 @@ import numpy as np
 from scipy import signal
 
 import xpcnn
-from harness import compare
+from harness import compare, training_step
 
 
 class TutorialCNNLayer:
@@ -96,17 +96,9 @@ def run(batch=64, blocks=7):
 
     def ours(dtype):
         model = xpcnn.models.seed_cnn(seed=0, dtype=dtype)
-        opt = xpcnn.optim.SGD(model.parameters(), lr=0.01)
-        loss_fn = xpcnn.nn.CrossEntropyLoss()
         x = xpcnn.asarray(xpcnn.data.normalize(images[:batch], dtype))
         y = xpcnn.asarray(labels[:batch].astype(np.int64))
-
-        def step():
-            loss_fn(model(x), y)
-            model.backward(loss_fn.backward())
-            opt.step()
-            model.zero_grad()
-        return step
+        return training_step(model, x, y, xpcnn.optim.SGD(model.parameters(), lr=0.01))
 
     t = compare({"float32": ours("float32"), "float64": ours("float64"), "tutorial": tutorial},
                 calls_per_block=1, blocks=blocks, warmup=1)

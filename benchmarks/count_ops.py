@@ -26,6 +26,7 @@ import numpy as np
 
 import xpcnn
 from bench_networks import NETWORKS, torch_twin
+from harness import training_step
 
 # ATen operators that only make a new view or read metadata: no kernel is launched for them
 VIEWS = {
@@ -86,16 +87,7 @@ def _xpcnn_step(build, batch: int):
     """One training step of the README's loop on the current backend: forward, loss, backward, SGD, zero_grad."""
     model = build()
     x, y = (xpcnn.asarray(a) for a in _inputs(model, batch))
-    opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = xpcnn.nn.CrossEntropyLoss()
-
-    def step():
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-        model.zero_grad()
-
-    return step
+    return training_step(model, x, y, xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
 
 
 def count(network: str, batch: int = 64):
@@ -152,6 +144,8 @@ def strict_ops(fn) -> collections.Counter:
     depth = [0]
 
     def counted(name, original):
+        label = name.strip("_")
+
         def call(*args, **kwargs):
             depth[0] += 1
             try:
@@ -159,13 +153,13 @@ def strict_ops(fn) -> collections.Counter:
             finally:
                 depth[0] -= 1
             if depth[0] == 0:
-                if f"__{name}__" in STRICT_INPLACE:
-                    counts[name] += 1
+                if name in STRICT_INPLACE:
+                    counts[label] += 1
                 else:
                     made = _np_arrays([result])
                     inputs = _np_arrays([*args, *kwargs.values()])
                     if made and not any(np.shares_memory(m, i) for m in made for i in inputs):
-                        counts[name] += 1
+                        counts[label] += 1
             return result
         return call
 
@@ -183,7 +177,7 @@ def strict_ops(fn) -> collections.Counter:
             patched.append((Array, name, value))
     try:
         for owner, name, value in patched:
-            setattr(owner, name, counted(name.strip("_"), value))
+            setattr(owner, name, counted(name, value))
         fn()
     finally:
         for owner, name, value in patched:

@@ -38,6 +38,22 @@ class Timing:
         return statistics.median(self.per_call)
 
 
+def training_step(model, x, y, optimizer) -> Callable[[], None]:
+    """One step of the README's hand-written loop, the step every benchmark times or counts: forward,
+    cross-entropy, backward, optimizer step, zero_grad."""
+    import xpcnn
+
+    loss_fn = xpcnn.nn.CrossEntropyLoss()
+
+    def step():
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        optimizer.step()
+        model.zero_grad()
+
+    return step
+
+
 def compare(contenders: dict[str, Callable[[], object]], calls_per_block: int, blocks: int = 7,
             warmup: int = 2) -> dict[str, Timing]:
     """Time each contender in alternating blocks; returns seconds per call for every block."""
