@@ -9,6 +9,7 @@ and their gradients are summed in rank order, which is what the all-reduce does.
 
 from __future__ import annotations
 
+import pathlib
 import sys
 
 import numpy as np
@@ -36,30 +37,15 @@ def train(optimizer: str, dtype: str, ctx):
 
 
 def accumulate(out: str, ranks: int, lr: float, n: int | None = None):
-    """LeNet-5, SGD (momentum 0.9), global batch 64, one epoch of the bundled training data, as the command
-    line trains it, with every batch's gradient summed over ``ranks`` shards."""
-    from xpcnn import train as training
-    from xpcnn.distributed import shard
+    """LeNet-5, SGD (momentum 0.9), global batch 64, one epoch of the bundled training data (its first ``n``
+    images), as the command line trains it, with every batch's gradient summed over ``ranks`` shards: the
+    one-process arithmetic of benchmarks/dp_rounding.py."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    from dp_rounding import ours
 
-    images, labels = xpcnn.data.load_bundled("train")
-    data = xpcnn.data.Dataset.from_numpy(images[:n], labels[:n])
-    model = xpcnn.models.lenet5(seed=0)
-    opt = xpcnn.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    order = training.epoch_order(0, 0, len(data))
-    for start in range(0, len(data), 64):
-        stop = min(start + 64, len(data))
-        total = None
-        for rank in range(ranks):
-            first, last = shard(start, stop, rank, ranks)
-            rows = order[first:last]
-            loss_fn(model(data.images[rows]), data.labels[rows])
-            model.backward(loss_fn.backward(len(rows) / (stop - start)))
-            grad = opt.flat_gradients()
-            model.zero_grad()
-            total = grad if total is None else total + grad
-        opt.step(flat_grad=total)
-    np.savez(out, flat=opt.flat_parameters())
+    bundled = xpcnn.data.load_dataset("bundled", "train")
+    data = (xpcnn.to_numpy(bundled.images)[:n], xpcnn.to_numpy(bundled.labels)[:n])
+    np.savez(out, flat=ours(data, lr, "float32", ranks).astype(np.float32))
 
 
 def main():
