@@ -62,9 +62,16 @@ def _load_data(args: argparse.Namespace, split: str):
 
     try:
         return load_dataset(args.dataset, split, data_dir=args.data_dir, download=not args.no_download,
-                            dtype=getattr(args, "dtype", None) or "float32")
+                            dtype=args.dtype)
     except (DataNotFoundError, DataError) as exc:
         raise CommandError(str(exc)) from None
+
+
+def _precision(model) -> str:
+    """The dtype name of a model's weights: what its data must be converted to."""
+    from .nn.module import dtype_name
+
+    return dtype_name(next(iter(model.parameters())).data)
 
 
 def _load_checkpoint(path: str, model=None, optimizer=None):
@@ -141,7 +148,6 @@ def _plot_path(path: str | None) -> pathlib.Path | None:
 def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
     """Refuse options that would be ignored or would break the promise of an exact resume."""
     from .checkpoint import check_path
-    from .nn.module import dtype_name
 
     if args.data_dir and args.dataset == "bundled":
         raise CommandError("--data-dir is for --dataset mnist, fashion-mnist or cifar10; the bundled subset ships "
@@ -160,7 +166,7 @@ def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
     if args.model is not None and args.model != checkpoint.model.name:
         raise CommandError(f"--resume {args.resume} holds a {checkpoint.model.name}; drop --model {args.model} "
                            "(the checkpoint decides the model)")
-    held = dtype_name(next(iter(checkpoint.model.parameters())).data)
+    held = _precision(checkpoint.model)
     if args.dtype is not None and args.dtype != held:
         raise CommandError(f"--resume {args.resume} holds {held} weights; got --dtype {args.dtype} (drop it: the "
                            "checkpoint decides the precision)")
@@ -214,6 +220,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         checkpoint = _load_checkpoint(args.resume)
     _check_train_options(args, checkpoint)
+    args.dtype = args.dtype or "float32"          # a resumed run has the checkpoint's by now
     train_data, test_data = _load_data(args, "train"), _load_data(args, "test")
     if checkpoint:
         start_epoch = checkpoint.epoch
@@ -222,7 +229,7 @@ def _train(args: argparse.Namespace) -> int:
             raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {start_epoch} epochs; "
                                f"ask for more with --epochs (got {args.epochs})")
     model = checkpoint.model if checkpoint else _build_model(args.model or "lenet5", args.seed,
-                                                              train_data.sample_shape, args.dtype or "float32")
+                                                              train_data.sample_shape, args.dtype)
     optimizer = _make_optimizer(args, model.parameters())
     if checkpoint and checkpoint.optimizer_state is not None:
         try:
@@ -239,7 +246,7 @@ def _train(args: argparse.Namespace) -> int:
     ranks = "" if ctx is None else f", {ctx.size} ranks (data-parallel, global batch {args.batch_size})"
     say(f"xpcnn train: {model.name} ({n_params:,} parameters) on {train_data.source} "
         f"({len(train_data):,} train / {len(test_data):,} test images)")
-    say(f"backend {backend}, {args.dtype or 'float32'}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
+    say(f"backend {backend}, {args.dtype}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
         f"epochs {start_epoch + 1}..{args.epochs}, seed {args.seed}{ranks}", flush=True)
 
     saved = {"epoch": start_epoch if args.resume else None}
@@ -313,10 +320,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate
 
     backend = _select_backend(args)
-    from .nn.module import dtype_name
-
     checkpoint = _load_checkpoint(args.checkpoint)
-    args.dtype = dtype_name(next(iter(checkpoint.model.parameters())).data)     # the data in the model's precision
+    args.dtype = _precision(checkpoint.model)
     data = _load_data(args, args.split)
     result = evaluate(checkpoint.model, data, loss_fn=CrossEntropyLoss(), batch_size=args.batch_size)
     correct = round(result["accuracy"] * result["n"])
@@ -382,12 +387,11 @@ def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, me
 def _predict(args: argparse.Namespace) -> int:
     from .data import DATASETS
     from .functional import softmax
-    from .nn.module import dtype_name
 
     _select_backend(args)
     checkpoint = _load_checkpoint(args.checkpoint)
     model = checkpoint.model.eval()
-    dtype = dtype_name(next(iter(model.parameters())).data)          # images in the model's precision
+    dtype = _precision(model)
     shape = tuple(model.input_shape or (1, 28, 28))
     stats = DATASETS.get(checkpoint.extra.get("dataset", "bundled"), DATASETS["bundled"])
     for path in args.images:
