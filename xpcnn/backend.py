@@ -1,7 +1,7 @@
 """Where new arrays live: the backend switch, and the settings read from the environment.
 
 This is the only module that reads the environment (``XPCNN_BACKEND``, ``XPCNN_DEVICE``,
-``XPCNN_DATA_DIR``, ``XPCNN_TUNE_MALLOC``). ``XPCNN_BACKEND`` names the array library that new arrays (parameters, data batches) are created with, and
+``XPCNN_DATA_DIR``, ``XPCNN_TUNE_MALLOC``, ``XPCNN_THREADS``). ``XPCNN_BACKEND`` names the array library that new arrays (parameters, data batches) are created with, and
 ``XPCNN_DEVICE`` the device where that library has several. Operations in
 :mod:`xpcnn.functional` never look here: they take their namespace from their
 inputs, so arrays of any backend work with them without configuration.
@@ -24,6 +24,7 @@ ENV_BACKEND = "XPCNN_BACKEND"
 ENV_DEVICE = "XPCNN_DEVICE"
 ENV_DATA_DIR = "XPCNN_DATA_DIR"
 ENV_TUNE_MALLOC = "XPCNN_TUNE_MALLOC"     # "0": leave glibc's malloc as it is (see tune_allocator)
+ENV_THREADS = "XPCNN_THREADS"             # batch shards on the numpy backend (see xpcnn.nn.shards); "1": none
 # The array API version our code is written against and array_api_strict is pinned to.
 ARRAY_API_VERSION = "2024.12"
 
@@ -263,6 +264,24 @@ def data_dir_from_env() -> str | None:
 
 
 _ALLOCATOR_TUNED = False
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_from_env() -> int | None:
+    """``XPCNN_THREADS`` as a positive int, None when unset; anything else is an error that says so."""
+    text = os.environ.get(ENV_THREADS, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{ENV_THREADS} must be a whole number >= 1 (1: no batch shards); got {text!r}")
+    return int(text)
 
 
 def tune_allocator() -> bool:

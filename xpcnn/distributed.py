@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import backend as _backend
+from .nn import shards as _shards
 from .nn.module import flatten, unflatten
 
 __all__ = ["Context", "init", "launched_by_mpi", "shard"]
@@ -133,7 +134,8 @@ def init(comm: Any = None) -> Context:
     """Join the MPI job this process was launched in (``mpiexec -n N ...``); a single process is a job of 1.
 
     Installs a hook so that an uncaught exception on any rank aborts the whole job; warns when the ranks on
-    this node times their BLAS threads exceed its cores (set ``OPENBLAS_NUM_THREADS``); on the cupy backend
+    this node times their BLAS threads exceed its cores (set ``OPENBLAS_NUM_THREADS``); shares the node's
+    cores among its ranks for batch shards (:mod:`xpcnn.nn.shards`); on the cupy backend
     gives each rank the GPU of its ``local_rank`` and sums gradients with NCCL.
     """
     try:
@@ -147,6 +149,7 @@ def init(comm: Any = None) -> Context:
     context = Context(comm, comm.Get_rank(), comm.Get_size(), local.Get_rank(), local.Get_size())
     _abort_on_exception(comm)
     threads, cores = _blas_threads(), os.cpu_count() or 1
+    _shards.limit_threads(max(1, cores // context.local_size))     # batch shards: the node's cores, shared
     if context.local_rank == 0 and context.local_size * threads > cores:
         warnings.warn(f"{context.local_size} ranks on this node x {threads} BLAS threads each = "
                       f"{context.local_size * threads} > {cores} cores: they will compete; set "

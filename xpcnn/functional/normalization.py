@@ -10,7 +10,7 @@ with the unbiased one; eval mode normalizes with the running statistics.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ._checks import check_cache, check_floating, check_ndim, check_same_dtype, check_shape, namespace
 from .layout import channel_axis, channel_shape, check_layout, reduce_axes
@@ -54,7 +54,8 @@ def _check_vector(op: str, name: str, v: Any, x: Any, channels: int) -> None:
 
 def batch_norm_forward(x: Any, weight: Any = None, bias: Any = None, running_mean: Any = None,
                        running_var: Any = None, training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
-                       layout: str = "NCHW") -> tuple[Any, BatchNormCache, RunningStats | None]:
+                       layout: str = "NCHW", reduce: Callable[[Any], Any] | None = None
+                       ) -> tuple[Any, BatchNormCache, RunningStats | None]:
     """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel of ``x`` (N, C, H, W).
 
     ``weight`` and ``bias`` (C,) are optional (no affine transform without them). In training (or when
@@ -62,6 +63,10 @@ def batch_norm_forward(x: Any, weight: Any = None, bias: Any = None, running_mea
     ``(y, cache, running)``: ``running`` holds the NEW running statistics, ``(1 - momentum) * old +
     momentum * batch`` (the variance unbiased), in training; the given ones in eval mode; None when
     none were given. ``layout="CHWN"`` takes (C, H, W, N).
+
+    ``reduce``, when ``x`` is one shard of a batch split over threads or processes, sums a per-channel array
+    (or an element count) over all the shards: the statistics are then the whole batch's (synchronized
+    batch normalization; see :mod:`xpcnn.nn.shards`). Pass the same to :func:`batch_norm_backward`.
     """
     op = "batch_norm"
     xp = namespace(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
@@ -81,12 +86,15 @@ def batch_norm_forward(x: Any, weight: Any = None, bias: Any = None, running_mea
     batch_stats = training or running_mean is None
     if batch_stats:
         count = math.prod(x.shape) // channels
+        if reduce is not None:
+            count = reduce(count)
         if count < 2 and training:
             raise ValueError(f"{op}: training needs more than one value per channel to estimate a variance; "
                              f"got x of shape {tuple(x.shape)} ({layout})")
-        mean = xp.mean(x, axis=axes)
+        mean = xp.mean(x, axis=axes) if reduce is None else reduce(xp.sum(x, axis=axes)) / count
         centered = x - xp.reshape(mean, shape)
-        var = _channel_sums(xp, centered, centered, layout) / count
+        squares = _channel_sums(xp, centered, centered, layout)
+        var = (squares if reduce is None else reduce(squares)) / count
     else:
         mean, var = running_mean, running_var
         centered = x - xp.reshape(mean, shape)
@@ -106,13 +114,18 @@ def batch_norm_forward(x: Any, weight: Any = None, bias: Any = None, running_mea
     return y, BatchNormCache(centered, invstd, weight, bias is not None, batch_stats, layout), running
 
 
-def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
+def batch_norm_backward(dy: Any, cache: BatchNormCache,
+                        reduce: Callable[[Any], Any] | None = None) -> tuple[Any, Any, Any]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward` (None for absent weight and bias).
 
     With xhat = centered * invstd and batch statistics (mean and variance depend on x too), the classic
     dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), computed from ``centered`` with the
     per-channel factors folded first: two reductions (one a dot product) and four passes over the activation.
     With running statistics dx = weight * invstd * dy.
+
+    With ``reduce`` (``dy`` one shard of a batch, see :func:`batch_norm_forward`), dx uses the sums over
+    the whole batch, while ``dweight`` and ``dbias`` are this shard's parts (summed over the shards by the
+    caller, as every other parameter's gradient is).
     """
     op = "batch_norm_backward"
     check_cache(op, cache, BatchNormCache)
@@ -125,8 +138,11 @@ def batch_norm_backward(dy: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
     dweight = _channel_sums(xp, dy, centered, layout) * invstd            # sum(dy * xhat)
     scale = invstd if weight is None else invstd * weight
     if batch_stats:
-        count = math.prod(centered.shape) // channels
-        dy = dy - centered * xp.reshape(invstd * dweight / count, shape) - xp.reshape(dbias / count, shape)
+        count, total_dweight, total_dbias = math.prod(centered.shape) // channels, dweight, dbias
+        if reduce is not None:
+            count, total_dweight, total_dbias = reduce(count), reduce(dweight), reduce(dbias)
+        dy = (dy - centered * xp.reshape(invstd * total_dweight / count, shape)
+              - xp.reshape(total_dbias / count, shape))
     return dy * xp.reshape(scale, shape), None if weight is None else dweight, dbias if has_bias else None
 
 

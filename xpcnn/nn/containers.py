@@ -31,6 +31,7 @@ class Sequential(Module):
 
     run_layout = "CHWN"
     input_grad_default = False
+    shardable = True
 
     def __init__(self, *layers: Module, input_shape: tuple | None = None, name: str = "sequential"):
         super().__init__()
@@ -125,6 +126,7 @@ class Residual(Module):
     """
 
     run_layout = "CHWN"
+    shardable = True
 
     def __init__(self, body: Module, shortcut: Module | None = None):
         super().__init__()

@@ -30,6 +30,8 @@ class Conv2D(Module):
     """2-D convolution. ``bias`` is True, False, or ``"untied"``: one bias per output channel AND position,
     as the classic notebook's CNNLayer (then ``input_size=(H, W)`` is needed to size it)."""
 
+    shardable = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, bias: bool | str = True, input_size: Any = None, init: str = "he_uniform",
                  dtype: str = "float32", rng: np.random.Generator | None = None):
@@ -82,6 +84,8 @@ class Conv2D(Module):
 class Linear(Module):
     """y = x @ W.T + b, W of shape (out_features, in_features)."""
 
+    shardable = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he_uniform",
                  dtype: str = "float32", rng: np.random.Generator | None = None):
         super().__init__(in_features=in_features, out_features=out_features, bias=bias)
@@ -117,6 +121,7 @@ class _Function(Module):
 
     forward_fn = None
     backward_fn = None
+    shardable = True
 
     def _forward(self, x, layout):
         return type(self).forward_fn(x, **self._config)

@@ -24,6 +24,7 @@ from array_api_compat import array_namespace
 
 from .. import backend as _backend
 from ..functional import layout as _layout
+from . import shards as _shards
 
 __all__ = ["Buffer", "LAYERS", "Module", "Parameter", "flatten", "from_config", "unflatten"]
 
@@ -100,6 +101,11 @@ def accumulate(p: Parameter, grad: Any) -> None:
     if grad.dtype != p.data.dtype:
         raise TypeError(f"a gradient of dtype {grad.dtype} reached a parameter of dtype {p.data.dtype}; "
                         f"pass the gradient in the model's dtype")
+    shard = _shards.current()
+    if shard is not None:               # one shard of a batch: summed over the shards when all are done
+        entry = shard.grads.get(id(p))
+        shard.grads[id(p)] = [p, grad] if entry is None else [p, entry[1] + grad]
+        return
     p.grad = grad if p.grad is None else p.grad + grad
 
 
@@ -126,6 +132,7 @@ class Module:
     run_layout = "NCHW"         # the layout a public call runs in: containers use the fast CHWN
     input_shape: tuple | None = None
     input_grad_default = True   # what backward(dy) returns without input_grad=
+    shardable = False           # may run on shards of a batch in threads (see xpcnn.nn.shards)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -292,6 +299,18 @@ class Module:
         :meth:`backward`."""
         xp = self._check_input(x)
         layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
+        shards = _shards.plan(self, x, xp)
+        if shards > 1:
+            sizes = _shards.sizes(x.shape[0], shards)
+
+            def run(i, part):
+                y, cache = self._forward(_layout.from_nchw(part, xp, layout), layout)
+                return _layout.to_nchw(y, xp, layout), cache
+
+            outs = _shards.run(shards, run, _shards.split(x, sizes))
+            y, cache = xp.concat([y for y, _ in outs], axis=0), _shards.ShardedCache(tuple(c for _, c in outs), sizes)
+            self._last = (cache, layout, y.dtype) if self.training else None
+            return y
         y, cache = self._forward(_layout.from_nchw(x, xp, layout), layout)
         self._last = (cache, layout, y.dtype) if self.training else None
         return _layout.to_nchw(y, xp, layout)
@@ -329,6 +348,18 @@ class Module:
                             f"got {dy.dtype}")
         wanted = self.input_grad_default if input_grad is None else bool(input_grad)
         xp = array_namespace(dy)
+        if isinstance(cache, _shards.ShardedCache):
+            if tuple(dy.shape[:1]) != (sum(cache.sizes),):
+                raise ValueError(f"{type(self).__name__}.backward: dy must have the output's batch size "
+                                 f"{sum(cache.sizes)}; got shape {tuple(dy.shape)}")
+
+            def run(i, part):
+                dx = self._backward(_layout.from_nchw(part, xp, layout), cache.caches[i], layout, wanted)
+                return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+
+            parts = _shards.run(len(cache.sizes), run, _shards.split(dy, cache.sizes))
+            self._last = None
+            return None if parts[0] is None else xp.concat(parts, axis=0)
         dx = self._backward(_layout.from_nchw(dy, xp, layout), cache, layout, wanted)
         self._last = None
         return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from . import shards as _shards
 from ..functional._checks import as_int
 from .module import Module, accumulate, check_dtype, make_buffer, make_parameter
 
@@ -16,8 +17,11 @@ class BatchNorm2D(Module):
 
     Training mode: batch statistics (biased variance) normalize, and the running statistics are updated
     with ``momentum`` (the variance unbiased). Eval mode: the running statistics normalize. ``affine``
-    adds a learned per-channel scale ``weight`` (ones) and shift ``bias`` (zeros).
+    adds a learned per-channel scale ``weight`` (ones) and shift ``bias`` (zeros). On shards of a batch
+    (:mod:`xpcnn.nn.shards`) the statistics are summed over all the shards: the batch's, as without shards.
     """
+
+    shardable = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  dtype: str = "float32"):
@@ -39,12 +43,14 @@ class BatchNorm2D(Module):
         bias = None if self.bias is None else self.bias.data
         y, cache, running = F.batch_norm_forward(x, weight, bias, self.running_mean.data, self.running_var.data,
                                                  training=self.training, momentum=self.momentum, eps=self.eps,
-                                                 layout=layout)
-        self.running_mean.data, self.running_var.data = running
+                                                 layout=layout, reduce=_shards.reducer())
+        shard = _shards.current()
+        if shard is None or shard.index == 0:      # every shard computed the same statistics: one writes them
+            self.running_mean.data, self.running_var.data = running
         return y, cache
 
     def _backward(self, dy, cache, layout, input_grad):
-        dx, dweight, dbias = F.batch_norm_backward(dy, cache)
+        dx, dweight, dbias = F.batch_norm_backward(dy, cache, reduce=_shards.reducer())
         if self.weight is not None:
             accumulate(self.weight, dweight)
             accumulate(self.bias, dbias)
