@@ -68,6 +68,46 @@ def test_batch_norm_layouts_agree(B):
         np.testing.assert_allclose(B.numpy(a), B.numpy(b), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "CHWN"])
+def test_batch_norm_on_shards_with_reduce_is_the_whole_batch(B, layout):
+    """Three unequal shards of one batch, each in its own thread with a ShardGroup's sum as ``reduce``: the
+    outputs, input gradients and running statistics are the whole batch's, and the shards' dweight and dbias
+    add up to the whole batch's (every backend)."""
+    import threading
+
+    from xpcnn.nn.shards import ShardGroup
+
+    x, weight, bias, mean, var, dy = _case(3, (7, 3, 4, 5))
+    to = (lambda a: a) if layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(1, 2, 3, 0)))
+    vectors = [B.asarray(a) for a in (weight, bias, mean, var)]
+    y, cache, running = F.batch_norm_forward(B.asarray(to(x)), *vectors, layout=layout)
+    whole = F.batch_norm_backward(B.asarray(to(dy)), cache)
+    bounds, group, results = [(0, 3), (3, 5), (5, 7)], ShardGroup(3), [None] * 3
+
+    def shard(i):
+        lo, hi = bounds[i]
+        reduce = lambda value: group.sum(i, value)   # noqa: E731
+        part_y, part_cache, part_running = F.batch_norm_forward(B.asarray(to(x[lo:hi])), *vectors, layout=layout,
+                                                                reduce=reduce)
+        results[i] = (part_y, part_running, F.batch_norm_backward(B.asarray(to(dy[lo:hi])), part_cache, reduce))
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(r is not None for r in results), "a shard failed or hung"
+    batch_axis = 0 if layout == "NCHW" else 3
+    for got, expected in ((np.concatenate([B.numpy(r[0]) for r in results], axis=batch_axis), B.numpy(y)),
+                          (np.concatenate([B.numpy(r[2][0]) for r in results], axis=batch_axis), B.numpy(whole[0])),
+                          (sum(B.numpy(r[2][1]) for r in results), B.numpy(whole[1])),
+                          (sum(B.numpy(r[2][2]) for r in results), B.numpy(whole[2]))):
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12)
+    for r in results:
+        for a, b in zip(r[1], running):
+            np.testing.assert_allclose(B.numpy(a), B.numpy(b), rtol=1e-12)
+
+
 def test_batch_norm_without_affine_or_running_statistics():
     x, *_ = _case(3)
     y, cache, running = F.batch_norm_forward(x, training=False)     # no running stats: batch statistics
