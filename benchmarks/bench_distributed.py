@@ -2,7 +2,7 @@
 
     python benchmarks/bench_distributed.py                 # LeNet-5 and ResNet-8; needs pip install -e ".[mpi]"
 
-Runs ``xpcnn.fit`` on random data (global batch 128) as 1 rank x 1 BLAS thread, 2 ranks x 1 thread and 1 rank
+Runs ``xpcnn.fit`` on random data (global batch 128) as 1 rank x 1 thread (BLAS and batch shards), 2 ranks x 1 thread and 1 rank
 x 2 threads, each launched with the venv's ``mpiexec``, and reports images/s of the second epoch. Then a cost
 model for N nodes: a ring all-reduce moves 2 (N-1)/N of the gradient bytes over each link and takes 2 (N-1)
 latency hops; with no overlap of communication and computation, scaling efficiency is
@@ -47,7 +47,8 @@ def worker(network: str, images: int) -> None:
 
 def measure(network: str, ranks: int, threads: int, images: int) -> dict:
     mpiexec = pathlib.Path(sys.executable).parent / "mpiexec"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+           "XPCNN_THREADS": str(threads)}     # batch shards (xpcnn.nn.shards) count as threads too
     done = subprocess.run([str(mpiexec), "-n", str(ranks), sys.executable, __file__, "--worker", network, str(images)],
                           capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
