@@ -88,7 +88,12 @@ def test_plan_shards_only_what_it_may(monkeypatch):
     big = np.zeros((256, 1, 28, 28), dtype=np.float32)
     lenet = xpcnn.models.lenet5()
     assert shards.plan(lenet, big, xp) == 2
-    assert shards.plan(lenet, big[:64], xp) == 1, "LeNet-5 at batch 64 is faster in one thread"
+    assert shards.plan(lenet, big[:128], xp) == 1, "LeNet-5 below batch 256 is as fast or faster in one thread"
+    resnet = xpcnn.models.resnet8()
+    assert shards.plan(resnet, big[:64], xp) == 2, "ResNet-8 does ~6x LeNet-5's work per sample and module"
+    assert shards.plan(resnet, big[:16], xp) == 1
+    wrong = np.zeros((4096, 1, 3, 3), dtype=np.float32)        # LeNet-5's second convolution cannot take it
+    assert shards.plan(lenet, wrong, xp) == 1, "an input the model refuses is not sharded (the call will say why)"
     with_dropout = xpcnn.nn.Sequential(xpcnn.nn.Flatten(), xpcnn.nn.Dropout(0.5), xpcnn.nn.Linear(784, 10))
     assert shards.plan(with_dropout, big, xp) == 1, "dropout masks come from one generator, in order"
 

@@ -14,8 +14,9 @@ Used when all of these hold: the numpy backend; more than one core (``XPCNN_THRE
 this process may run on; ``1`` turns sharding off); every module of the model is ``shardable`` (xpcnn's
 layers and containers, except Dropout, whose masks come from one generator in order; a module you write
 runs unsharded unless it sets ``shardable = True``, which promises that it keeps nothing on the object
-during a call and adds its gradients with ``accumulate``); and at least ``MIN_SHARD_ELEMENTS`` input
-elements per shard. Not on torch, CuPy or array_api_strict: they run the one array-API source unchanged.
+during a call and adds its gradients with ``accumulate``); and shards big enough (``MIN_SHARD_ELEMENTS``:
+LeNet-5 from batch 256, ResNet-8 from 64). Not on torch, CuPy or array_api_strict: they run the one
+array-API source unchanged.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ from .. import backend as _backend
 
 __all__ = ["MIN_SHARD_ELEMENTS", "ShardGroup", "ShardedCache", "current", "plan", "run", "threads"]
 
-# Input elements a shard must have. Measured on 2 cores (numpy, one shard per core vs one thread): ResNet-8 on
-# 3x32x32 at batch 64 (98k per shard) and LeNet-5 at batch 256 (100k) gain; LeNet-5 at batch 64 (25k per shard)
-# loses, as the Python work of the two threads takes turns under the GIL. See benchmarks/RESULTS.md.
-MIN_SHARD_ELEMENTS = 1 << 15
+# How big a shard must be: its batch times the elements an average module of the model outputs per sample.
+# Measured on 2 cores (numpy, two shards vs one thread, whole training steps): LeNet-5 (1,155 per module and
+# sample) gains 16% at batch 256 (148k per shard), breaks even at 128 (74k) and loses 60% at 64 (37k);
+# ResNet-8 on 1x28x28 (6,710) gains 13% at batch 64 (215k), breaks even at 32 (107k), loses 18% at 16 (54k).
+# Below this the Python work of the shards, which takes turns under the GIL, costs more than the second core
+# gives.
+MIN_SHARD_ELEMENTS = 1 << 17
 
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
@@ -109,12 +113,25 @@ class ShardedCache(NamedTuple):
 
 def plan(module: Any, x: Any, xp: Any) -> int:
     """How many shards to split the batch ``x`` (batch first) into for ``module``: 1 means no split."""
-    if current() is not None or not is_numpy_namespace(xp) or x.ndim < 2:
+    if current() is not None or not is_numpy_namespace(xp) or x.ndim < 2 or x.shape[0] < 2:
         return 1
-    n = min(threads(), math.prod(x.shape) // MIN_SHARD_ELEMENTS, x.shape[0])
+    n = min(threads(), x.shape[0])
     if n < 2 or not all(getattr(m, "shardable", False) for m in module.modules()):
         return 1
-    return n
+    return max(1, min(n, int(x.shape[0] * _elements_per_module(module, tuple(x.shape[1:]))) // MIN_SHARD_ELEMENTS))
+
+
+def _elements_per_module(module: Any, sample_shape: tuple) -> float:
+    """How many elements a module of ``module`` outputs per sample on average: traced once per input shape
+    (an empty batch through the model, as its summary does) and kept on the model."""
+    known = module.__dict__.setdefault("_shard_elements", {})
+    if sample_shape not in known:
+        try:
+            shapes = module._trace_shapes(sample_shape)
+        except (ValueError, TypeError):     # the input does not fit: no shards; the call itself will say why
+            return 0.0
+        known[sample_shape] = sum(math.prod(shape) for shape in shapes.values()) / max(1, len(shapes))
+    return known[sample_shape]
 
 
 def sizes(batch: int, n: int) -> tuple[int, ...]:
