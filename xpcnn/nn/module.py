@@ -10,7 +10,8 @@ statistics) and child modules, all found by one walk over its attributes. Comput
 - ``module(x)`` and ``module.backward(dy)``: the public pair. A public call takes and returns (N, C, H, W)
   / (N, features) arrays; a container converts once to the batch-innermost layout (see
   :mod:`xpcnn.functional.layout`) and runs its children in it. The cache of the last training-mode call is
-  kept for the public ``backward``. A layer gives the same answers alone and inside any container.
+  kept for the public ``backward``. A layer gives the same answers alone and inside any container. On the
+  numpy backend a public call may split a big batch over the CPU cores (:mod:`xpcnn.nn.shards`).
 """
 
 from __future__ import annotations
