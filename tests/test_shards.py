@@ -184,3 +184,31 @@ def test_backward_checks_the_batch_of_a_sharded_output(tiny_shards):
     model(np.zeros((4, 1, 28, 28), dtype=np.float32))
     with pytest.raises(ValueError, match="batch size 4; got shape \\(3, 10\\)"):
         model.backward(np.zeros((3, 10), dtype=np.float32))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork() on this platform")
+def test_a_forked_child_gets_its_own_shard_threads(tiny_shards):
+    """A child forked after shards ran (a data-loading worker, say) inherits the pool but not its threads."""
+    import os
+
+    tiny_shards(2)
+    model = xpcnn.models.lenet5()
+    x = np.zeros((4, 1, 28, 28), dtype=np.float32)
+    model(x)
+    pid = os.fork()
+    if pid == 0:                                   # the child: shard again, exit 0 if that worked
+        try:
+            model(x)
+            os._exit(0 if isinstance(model._last[0], shards.ShardedCache) else 1)
+        except BaseException:  # noqa: BLE001
+            os._exit(2)
+    for _ in range(300):                           # 30 s; a child stuck on the parent's pool would never exit
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on its parent's shard threads")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
@@ -43,6 +44,7 @@ MIN_SHARD_ELEMENTS = 1 << 17
 
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
 _blas = None
 _limit: int | None = None         # set by xpcnn.distributed.init: cores per rank
 
@@ -163,9 +165,10 @@ def run(n: int, work: Callable[[int, Any], Any], parts: list) -> list:
 
     An exception in any shard breaks the group's barrier (no shard waits forever for a BatchNorm sum) and is
     raised here, the first real one rather than the broken barriers it caused elsewhere."""
-    global _pool
-    if _pool is None or _pool._max_workers < n - 1:
-        _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="xpcnn-shard")
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < n - 1:
+        # a forked child inherits the pool object but not its threads: it gets a pool of its own
+        _pool, _pool_pid = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="xpcnn-shard"), os.getpid()
     group = ShardGroup(n)
     shards = [_Shard(i, group, {}) for i in range(n)]
 
