@@ -21,6 +21,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_distributed  # noqa: E402
+import bench_fit_vs_loop  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_networks  # noqa: E402
 import bench_ops  # noqa: E402
@@ -76,6 +77,8 @@ def section(args) -> str:
     backend_, device, cifar_rows = bench_networks.run(["cifar", "resnet8"], cifar_batches, args.blocks)
     parts += [bench_networks.report(backend_, device, rows + cifar_rows, gemm), ""]
     if not gpu:
+        print("xpcnn.fit vs the hand-written loop ...", flush=True)
+        parts += [bench_fit_vs_loop.report(bench_fit_vs_loop.run(batches, args.blocks)), ""]
         print("array operations per step (torch backend) ...", flush=True)
         parts += [count_ops.report(count_ops.rows(["lenet5", "resnet8"]), detail=True), ""]
         if bench_distributed.available():

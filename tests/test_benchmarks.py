@@ -91,3 +91,14 @@ def test_dp_rounding_compares_shards_with_whole_batches():
     for other in ours[1:]:
         assert np.linalg.norm(other - ours[0]) <= 1e-13 * np.linalg.norm(ours[0])
     np.testing.assert_allclose(ours[0], theirs, rtol=0, atol=1e-10)
+
+
+def test_fit_vs_loop_runs_both_and_reports():
+    import bench_fit_vs_loop
+
+    with xpcnn.use_backend("numpy"):
+        rows = bench_fit_vs_loop.run((4,), blocks=1, images=8)
+    (batch, fit, loop), = rows
+    assert batch == 4 and min(fit) > 0 and min(loop) > 0
+    table = bench_fit_vs_loop.report(rows, images=8).splitlines()
+    assert table[0].startswith("LeNet-5, one epoch of 8 images") and table[4].startswith("| 4 | ")
