@@ -226,6 +226,16 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path):
 def test_info_lists_backends(tmp_path):
     done = xpcnn_cmd("info", tmp_path=tmp_path)
     assert done.returncode == 0 and "selected backend: numpy" in done.stdout
+    assert re.search(r"batch shards: up to \d+ per model call", done.stdout)
+
+
+def test_info_reports_a_bad_thread_count_and_fails(tmp_path):
+    done = xpcnn_cmd("info", tmp_path=tmp_path, XPCNN_THREADS="0")
+    assert done.returncode != 0
+    assert "batch shards: ERROR: XPCNN_THREADS must be a whole number >= 1" in done.stdout
+    done = xpcnn_cmd("train", "--epochs", "1", "--quiet", tmp_path=tmp_path, XPCNN_THREADS="two")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "xpcnn train: error: XPCNN_THREADS must be a whole number >= 1 (1: no batch shards); got 'two'" in done.stderr
 
 
 def test_train_a_resnet8_and_predict_with_it(tmp_path):

@@ -32,7 +32,8 @@ from array_api_compat import is_numpy_namespace
 
 from .. import backend as _backend
 
-__all__ = ["MIN_SHARD_ELEMENTS", "ShardGroup", "ShardedCache", "current", "plan", "run", "threads"]
+__all__ = ["MIN_SHARD_ELEMENTS", "ShardGroup", "ShardedCache", "current", "limit_threads", "plan", "reducer", "run",
+           "sizes", "split", "threads"]
 
 # How big a shard must be: its batch times the elements an average module of the model outputs per sample.
 # Measured on 2 cores (numpy, two shards vs one thread, whole training steps): LeNet-5 (1,155 per module and
