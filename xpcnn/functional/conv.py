@@ -259,7 +259,7 @@ def row_columns(xpad: Any, xp: Any, geometry: ConvGeometry) -> Any:
     machine (numpy, CHWN): a 16@32x32 3x3 layer 9.7 -> 4.5 ms at batch 64 and 38 -> 28 ms at 256; LeNet's
     second layer 3.3 -> 2.1 ms at batch 256; equal for a 64@8x8 layer.
     """
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = geometry.kernel, geometry.stride, geometry.dilation, geometry.out_hw
+    (kh, kw), sw, (dh, dw), (ho, wo) = geometry.kernel, geometry.stride[1], geometry.dilation, geometry.out_hw
     rows = slice(0, (kh - 1) * dh + ho)
     axes = spatial_axes(4, geometry.layout)
     views = [xpad[_region(4, axes, rows, slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))] for j in range(kw)]
