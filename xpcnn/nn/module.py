@@ -300,21 +300,20 @@ class Module:
         :meth:`backward`."""
         xp = self._check_input(x)
         layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
+
+        def run(i, part):
+            y, cache = self._forward(_layout.from_nchw(part, xp, layout), layout)
+            return _layout.to_nchw(y, xp, layout), cache
+
         shards = _shards.plan(self, x, xp)
         if shards > 1:
             sizes = _shards.sizes(x.shape[0], shards)
-
-            def run(i, part):
-                y, cache = self._forward(_layout.from_nchw(part, xp, layout), layout)
-                return _layout.to_nchw(y, xp, layout), cache
-
             outs = _shards.run(shards, run, _shards.split(x, sizes))
             y, cache = xp.concat([y for y, _ in outs], axis=0), _shards.ShardedCache(tuple(c for _, c in outs), sizes)
-            self._last = (cache, layout, y.dtype) if self.training else None
-            return y
-        y, cache = self._forward(_layout.from_nchw(x, xp, layout), layout)
+        else:
+            y, cache = run(0, x)
         self._last = (cache, layout, y.dtype) if self.training else None
-        return _layout.to_nchw(y, xp, layout)
+        return y
 
     def _check_input(self, x: Any) -> Any:
         """Refuse, in the user's own terms (NCHW), inputs that could only fail deep inside or be misread."""
@@ -349,21 +348,22 @@ class Module:
                             f"got {dy.dtype}")
         wanted = self.input_grad_default if input_grad is None else bool(input_grad)
         xp = array_namespace(dy)
+
+        def run(part, part_cache):
+            dx = self._backward(_layout.from_nchw(part, xp, layout), part_cache, layout, wanted)
+            return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+
         if isinstance(cache, _shards.ShardedCache):
             if tuple(dy.shape[:1]) != (sum(cache.sizes),):
                 raise ValueError(f"{type(self).__name__}.backward: dy must have the output's batch size "
                                  f"{sum(cache.sizes)}; got shape {tuple(dy.shape)}")
-
-            def run(i, part):
-                dx = self._backward(_layout.from_nchw(part, xp, layout), cache.caches[i], layout, wanted)
-                return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
-
-            parts = _shards.run(len(cache.sizes), run, _shards.split(dy, cache.sizes))
-            self._last = None
-            return None if parts[0] is None else xp.concat(parts, axis=0)
-        dx = self._backward(_layout.from_nchw(dy, xp, layout), cache, layout, wanted)
+            parts = _shards.run(len(cache.sizes), lambda i, part: run(part, cache.caches[i]),
+                                _shards.split(dy, cache.sizes))
+            dx = None if parts[0] is None else xp.concat(parts, axis=0)
+        else:
+            dx = run(dy, cache)
         self._last = None
-        return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+        return dx
 
     # -- shapes and printing
     def _trace_shapes(self, sample_shape: tuple) -> dict[int, tuple]:

@@ -116,7 +116,7 @@ class ShardedCache(NamedTuple):
 
 def plan(module: Any, x: Any, xp: Any) -> int:
     """How many shards to split the batch ``x`` (batch first) into for ``module``: 1 means no split."""
-    if current() is not None or not is_numpy_namespace(xp) or x.ndim < 2 or x.shape[0] < 2:
+    if current() is not None or not is_numpy_namespace(xp) or x.ndim < 2:
         return 1
     n = min(threads(), x.shape[0])
     if n < 2 or not all(getattr(m, "shardable", False) for m in module.modules()):
@@ -203,6 +203,10 @@ def run(n: int, work: Callable[[int, Any], Any], parts: list) -> list:
 
 
 def _add_gradients(shards: list) -> None:
+    """Each parameter's gradients summed over the shards in shard order, then added to ``.grad`` by the one
+    rule every gradient takes (:func:`xpcnn.nn.module.accumulate`; no shard is running now)."""
+    from .module import accumulate       # module imports this file
+
     total: dict = {}
     for shard in shards:
         for key, (param, grad) in shard.grads.items():
@@ -211,4 +215,4 @@ def _add_gradients(shards: list) -> None:
             else:
                 total[key] = [param, grad]
     for param, grad in total.values():
-        param.grad = grad if param.grad is None else param.grad + grad
+        accumulate(param, grad)
