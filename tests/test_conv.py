@@ -320,64 +320,66 @@ def test_conv2d_rejects_unknown_layout_and_names_chwn_channels(B):
         F.conv2d(x, w, layout="CHWN")          # an NCHW array passed as CHWN: its first axis is read as C
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "CHWN"])
-def test_input_gradient_as_a_convolution_equals_col2im(B, layout):
-    """'same' 3x3 layers take dx as a convolution of the padded dy with the flipped kernels; it must equal
-    the col2im route (and the float64 loop reference through the other tests)."""
-    from xpcnn.functional import conv
-
-    rng = np.random.default_rng(7)
-    x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((3, 3, 3, 3))
-    if layout == "CHWN":
-        x = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
-    y, cache = F.conv2d_forward(B.asarray(x), B.asarray(w), padding=1, layout=layout)
-    assert conv._transposed_pads(cache.geometry, 3, 3) == (1, 1)
-    dy = B.asarray(rng.standard_normal(tuple(y.shape)))
-    dx = F.conv2d_backward(dy, cache)[0]
-    dy_flat = B.xp.reshape(dy, (3, -1)) if layout == "CHWN" else B.xp.reshape(dy, (2, 3, -1))
-    reference = conv.col2im(conv._kernel_columns_first(B.asarray(w), B.xp) @ dy_flat, B.xp, cache.geometry)
-    np.testing.assert_allclose(B.numpy(dx), B.numpy(reference), rtol=1e-12, atol=1e-12)
-    y2, cache2 = F.conv2d_forward(B.asarray(x), B.asarray(w), padding=1, stride=2, layout=layout)
-    assert conv._transposed_pads(cache2.geometry, 3, 3) is None          # strided: col2im
+ROUTES = [F.ConvRoute(columns, dx) for columns in F.COLUMN_ROUTES for dx in F.INPUT_GRAD_ROUTES]
 
 
 @SETTINGS
 @given(case=conv_cases(), layout=st.sampled_from(["NCHW", "CHWN"]))
-def test_row_split_convolution_equals_one_product(B, case, layout, monkeypatch):
-    """Large layers with stride-1 rows gather only the kw column offsets and run one product per kernel row
-    (conv.row_columns); forced here on small cases, forward and both gradients equal the single-product route
-    (itself checked against the loops and finite differences above)."""
-    from xpcnn.functional import conv
-
+def test_every_route_gives_the_textbook_results(B, case, layout):
+    """Each named route, forced where the geometry admits it, gives the forward and both gradients of the
+    textbook route (im2col + col2im, itself checked against the loops and finite differences above); the
+    cache records the route and the backward follows it."""
     x, w, b = _data(case)
     bx = B.asarray(x) if layout == "NCHW" else _to_chwn(B, B.asarray(x))
     bw, bb = B.asarray(w), None if b is None else B.asarray(b)
     kwargs = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], layout=layout)
+    dy = None
     results = {}
-    for split in (True, False):
-        monkeypatch.setattr(conv, "ROW_SPLIT_MIN_ELEMENTS", 0 if split else 1 << 62)
-        y, cache = F.conv2d_forward(bx, bw, bb, **kwargs)
-        assert conv._splits_rows(cache.geometry) == (split and case["stride"][0] == 1 and w.shape[2] > 1)
-        dy = B.asarray(np.random.default_rng(case["seed"]).standard_normal(tuple(y.shape)))
-        results[split] = (y, *F.conv2d_backward(dy, cache))
-    for ours, theirs in zip(results[True], results[False]):
-        if theirs is None:
-            assert ours is None
-        else:
-            assert_like(ours, theirs)
-            np.testing.assert_allclose(B.numpy(ours), B.numpy(theirs), rtol=1e-12, atol=1e-12)
+    for route in [F.ConvRoute()] + ROUTES:
+        try:
+            y, cache = F.conv2d_forward(bx, bw, bb, route=route, **kwargs)
+        except ValueError as exc:                       # a route this geometry cannot take says so
+            assert "route" in str(exc)
+            continue
+        assert cache.route == route
+        if dy is None:
+            dy = B.asarray(np.random.default_rng(case["seed"]).standard_normal(tuple(y.shape)))
+        results[route] = (y, *F.conv2d_backward(dy, cache))
+    textbook = results.pop(F.ConvRoute("im2col", "col2im"))
+    for ours in results.values():
+        for got, want in zip(ours, textbook):
+            if want is None:
+                assert got is None
+            else:
+                assert_like(got, want)
+                np.testing.assert_allclose(B.numpy(got), B.numpy(want), rtol=1e-12, atol=1e-12)
 
 
-def test_large_layers_take_the_row_split_and_small_ones_do_not():
-    """The threshold as measured: ResNet's 16@32x32 3x3 layer at batch 64 and LeNet-5's layers at batch 256
-    split; LeNet-5's layers at batch 64 and strided layers keep one product."""
+def test_routes_that_a_geometry_cannot_take_are_refused_by_name():
+    x, w = np.zeros((1, 2, 6, 6)), np.zeros((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="columns='rows' needs stride 1 along the rows; got stride \\(2, 2\\)"):
+        F.conv2d(x, w, stride=2, route="rows")
+    with pytest.raises(ValueError, match="input_grad='transposed' needs stride and dilation 1"):
+        F.conv2d(x, w, dilation=2, route=F.ConvRoute("im2col", "transposed"))
+    with pytest.raises(ValueError, match="route must be None, 'im2col', 'rows' or a ConvRoute"):
+        F.conv2d(x, w, route=3)
+    with pytest.raises(ValueError, match="route columns must be one of im2col, rows; got 'fft'"):
+        F.conv2d(x, w, route="fft")
+    assert F.conv2d_forward(x, w, route="im2col")[1].route == F.ConvRoute("im2col", "col2im")
+
+
+def test_the_chosen_routes_follow_the_measured_thresholds():
+    """ResNet's 16@32x32 3x3 layer at batch 64 and LeNet-5's layers at batch 256 take the rows route; LeNet-5's
+    layers at batch 64 and strided layers one product. 'same' 3x3 layers take the transposed input gradient,
+    LeNet-5's second layer (whose dy columns would be 5x larger) and strided layers col2im."""
     from xpcnn.functional import conv
 
-    for x_shape, w_shape, padding, stride, splits in (((16, 32, 32, 64), (16, 16, 3, 3), 1, 1, True),
-                                                      ((1, 28, 28, 256), (6, 1, 5, 5), 2, 1, True),
-                                                      ((6, 14, 14, 256), (16, 6, 5, 5), 0, 1, True),
-                                                      ((1, 28, 28, 64), (6, 1, 5, 5), 2, 1, False),
-                                                      ((6, 14, 14, 64), (16, 6, 5, 5), 0, 1, False),
-                                                      ((16, 64, 64, 64), (32, 16, 3, 3), 1, 2, False)):
+    for x_shape, w_shape, padding, stride, columns, dx in (
+            ((16, 32, 32, 64), (16, 16, 3, 3), 1, 1, "rows", "transposed"),
+            ((1, 28, 28, 256), (6, 1, 5, 5), 2, 1, "rows", "col2im"),
+            ((6, 14, 14, 256), (16, 6, 5, 5), 0, 1, "rows", "col2im"),
+            ((1, 28, 28, 64), (6, 1, 5, 5), 2, 1, "im2col", "col2im"),
+            ((6, 14, 14, 64), (16, 6, 5, 5), 0, 1, "im2col", "col2im"),
+            ((16, 64, 64, 64), (32, 16, 3, 3), 1, 2, "im2col", "col2im")):
         geometry = conv.conv_geometry("conv2d", x_shape, w_shape, stride, padding, 1, "CHWN")
-        assert conv._splits_rows(geometry) == splits
+        assert F.choose_route(geometry, w_shape[0]) == F.ConvRoute(columns, dx), (x_shape, w_shape)

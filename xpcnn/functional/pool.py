@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from ._checks import check_cache, check_floating, check_ndim, check_shape, namespace, pair
-from .conv import ConvGeometry, _add_at, _crop, _pad
 from .layout import check_layout, spatial_axes
+from .windows import ConvGeometry, add_at, crop, pad, set_at
 
 __all__ = [
     "AvgPool2DCache",
@@ -64,7 +64,7 @@ def max_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: An
     Returns ``(y, cache)``. ``layout="CHWN"`` works on (C, H, W, N) arrays (see :func:`conv2d_forward`).
     """
     xp, geometry = _pool_geometry("max_pool2d", x, kernel_size, stride, padding, layout)
-    xpad = _pad(x, xp, geometry.pads, value=-float("inf"), layout=layout)
+    xpad = pad(x, xp, geometry.pads, value=-float("inf"), layout=layout)
     y = None
     for index in geometry.windows():     # an elementwise maximum of strided views, one per window offset
         y = xpad[index] if y is None else xp.maximum(y, xpad[index])
@@ -108,10 +108,10 @@ def max_pool2d_backward(dy: Any, cache: MaxPool2DCache) -> Any:
         else:
             share = remaining
         if overlapping:
-            _add_at(dxpad, index, share)
+            dxpad = add_at(dxpad, index, share)
         else:                                       # disjoint windows: each element written once
-            dxpad[index] = share
-    return _crop(dxpad, geometry.pads, geometry.layout)
+            dxpad = set_at(dxpad, index, share)
+    return crop(dxpad, geometry.pads, geometry.layout)
 
 
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, layout: str = "NCHW") -> Any:
@@ -123,7 +123,7 @@ def avg_pool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: An
                        layout: str = "NCHW") -> tuple[Any, tuple]:
     """Average pooling; ``stride`` defaults to ``kernel_size``; padded zeros count in the average."""
     xp, geometry = _pool_geometry("avg_pool2d", x, kernel_size, stride, padding, layout)
-    xpad = _pad(x, xp, geometry.pads, layout=layout)
+    xpad = pad(x, xp, geometry.pads, layout=layout)
     total = None
     for index in geometry.windows():
         total = xpad[index] if total is None else total + xpad[index]
@@ -143,8 +143,8 @@ def avg_pool2d_backward(dy: Any, cache: AvgPool2DCache) -> Any:
     share = dy / float(geometry.kernel[0] * geometry.kernel[1])
     dxpad = xp.zeros(geometry.shape(geometry.channels, geometry.padded_hw), dtype=dy.dtype, device=device(dy))
     for index in geometry.windows():
-        _add_at(dxpad, index, share)
-    return _crop(dxpad, geometry.pads, geometry.layout)
+        dxpad = add_at(dxpad, index, share)
+    return crop(dxpad, geometry.pads, geometry.layout)
 
 
 def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, layout: str = "NCHW") -> Any:
