@@ -27,7 +27,7 @@ def hwm_mb():
             if line.startswith("VmHWM"):
                 return int(line.split()[1]) / 1024
 
-xpcnn.backend.tune_allocator()
+xpcnn.parallel.tune_allocator()
 batch = BATCH
 images, labels = xpcnn.data.load_bundled("train")
 x = xpcnn.asarray(xpcnn.data.normalize(images[:batch]))

@@ -53,6 +53,7 @@ def torch_twin(torch, model: nn.Module, device):
             return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
     def build(layer):
+        layer = getattr(layer, "module", layer)       # BatchShards wraps the models xpcnn builds
         config = layer.config()
         if isinstance(layer, nn.Sequential):
             return tnn.Sequential(*(build(child) for child in layer.layers))
@@ -106,7 +107,7 @@ def _inputs(network: str, batch: int):
 def run(networks=("lenet5",), batches=(64, 256), blocks=7, seconds_per_block=0.6):
     import torch
 
-    # no tune_allocator() here: selecting the numpy backend applies it, as in any user's own loop
+    # no tune_allocator() here: a built model's first call applies it, as in any user's own loop
     backend = xpcnn.get_backend()
     device, sync, torch_sync = synchronizers(backend, torch)
     rows = []

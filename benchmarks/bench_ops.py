@@ -33,7 +33,7 @@ POOLS = {
 def run(batch=64, blocks=7):
     import torch
 
-    xpcnn.backend.tune_allocator()
+    xpcnn.parallel.tune_allocator()
     backend = xpcnn.get_backend()
     device, sync, tsync = synchronizers(backend, torch)
     xp = backend.xp

@@ -88,7 +88,7 @@ def tutorial_step_fn(x, y_onehot, rng):
 
 
 def run(batch=64, blocks=7):
-    xpcnn.backend.tune_allocator()
+    xpcnn.parallel.tune_allocator()
     images, labels = xpcnn.data.load_bundled("train")
     x_host = xpcnn.data.normalize(images[:batch], "float64")
     y_onehot = np.eye(10)[labels[:batch]]

@@ -20,14 +20,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _restore_backend():
-    saved = backend._current
+    saved = backend._default
     yield
-    backend._current = saved
+    backend._default = saved
 
 
 def test_default_is_numpy_from_environment(monkeypatch):
     monkeypatch.delenv("XPCNN_BACKEND", raising=False)
-    backend._current = None
+    backend._default = None
     selected = xpcnn.get_backend()
     assert selected.name == "numpy" and selected.device == "cpu" and selected.version == np.__version__
 
@@ -36,7 +36,7 @@ def test_environment_selects_backend_and_device(monkeypatch):
     pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
     monkeypatch.setenv("XPCNN_BACKEND", "array_api_strict")
     monkeypatch.setenv("XPCNN_DEVICE", "device1")
-    backend._current = None
+    backend._default = None
     selected = xpcnn.get_backend()
     assert selected.name == "array_api_strict" and str(selected.device) == "array_api_strict.Device('device1')"
     x = xpcnn.asarray([1.0, 2.0])
@@ -47,7 +47,7 @@ def test_unknown_backend_lists_valid_names(monkeypatch):
     with pytest.raises(ValueError, match="numpy, cupy, torch, array_api_strict; got 'tensorflow'"):
         xpcnn.set_backend("tensorflow")
     monkeypatch.setenv("XPCNN_BACKEND", "jax")
-    backend._current = None
+    backend._default = None
     with pytest.raises(ValueError, match="got 'jax'"):
         xpcnn.get_backend()
 
@@ -117,11 +117,45 @@ def test_functional_imports_no_array_library():
                 assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
 
 
-def test_only_backend_reads_the_backend_variables():
-    pattern = re.compile(r"(environ|getenv)[^\n]*XPCNN_(BACKEND|DEVICE)")
+def test_only_settings_reads_the_environment():
+    pattern = re.compile(r"os\.environ|getenv")
     for path in (ROOT / "xpcnn").rglob("*.py"):
-        if path.name != "backend.py":
-            assert not pattern.search(path.read_text()), f"{path} reads the backend switch itself"
+        if path.name != "settings.py":
+            assert not pattern.search(path.read_text()), f"{path} reads the environment itself"
+
+
+def test_a_bad_setting_names_the_variable_what_it_takes_and_what_came():
+    from xpcnn import settings
+
+    for env, message in (({"XPCNN_THREADS": "0"}, "XPCNN_THREADS must be a whole number >= 1 (1: no batch shards); "
+                                                   "got '0'"),
+                         ({"XPCNN_TUNE_MALLOC": "no"}, "XPCNN_TUNE_MALLOC must be 0 or 1; got 'no'")):
+        with pytest.raises(settings.SettingsError, match=re.escape(message)):
+            settings.read(env)
+    assert settings.read({"XPCNN_THREADS": "3", "PMI_SIZE": "2", "OMP_NUM_THREADS": "1"}) == settings.Settings(
+        threads=3, mpi_launched=True, blas_threads=1)
+
+
+def test_use_backend_is_local_to_its_thread():
+    """``with use_backend(...)`` in one thread leaves the choice of another thread alone (a ContextVar)."""
+    import threading
+
+    pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    seen, inside, done = [], threading.Event(), threading.Event()
+
+    def other():
+        inside.wait(10)
+        seen.append(xpcnn.get_backend().name)
+        done.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with xpcnn.use_backend("array_api_strict"):
+        inside.set()
+        done.wait(10)
+        assert xpcnn.get_backend().name == "array_api_strict"
+    worker.join(10)
+    assert seen == ["numpy"]
 
 
 def _run_info(env_backend):
@@ -154,10 +188,10 @@ def test_a_freed_256_mb_array_comes_back_without_page_faults():
     import sys
 
     code = ("import resource, numpy as np, xpcnn\n"
-            "xpcnn.models.lenet5()\n"
+            "xpcnn.models.lenet5()(np.zeros((1, 1, 28, 28), np.float32))\n"
             "faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "a = np.ones(64 << 20, np.float32); del a\n"
-            "before = faults(); a = np.ones(64 << 20, np.float32); print(xpcnn.backend._ALLOCATOR_TUNED, "
+            "before = faults(); a = np.ones(64 << 20, np.float32); print(xpcnn.parallel._ALLOCATOR_TUNED, "
             "faults() - before)\n")
     counts = {}
     for setting in ("1", "0"):
@@ -173,14 +207,15 @@ def test_a_freed_256_mb_array_comes_back_without_page_faults():
 
 
 def test_tune_allocator_is_idempotent_and_reports_what_it_did():
-    first = xpcnn.backend.tune_allocator()
+    first = xpcnn.parallel.tune_allocator()
     assert isinstance(first, bool)
-    assert xpcnn.backend.tune_allocator() is first
+    assert xpcnn.parallel.tune_allocator() is first
 
 
 @pytest.mark.parametrize("setting, tuned", [(None, True), ("0", False)])
-def test_selecting_numpy_tunes_malloc_unless_opted_out(setting, tuned):
-    """A hand-written loop gets the same allocator as fit: applied when the numpy backend is selected."""
+def test_a_built_models_first_call_tunes_malloc_unless_opted_out(setting, tuned):
+    """A hand-written loop gets the same allocator as fit: applied by a built model's first call on NumPy
+    arrays, never by importing xpcnn or selecting a backend (xpcnn may be a library in someone's program)."""
     import os
     import subprocess
     import sys
@@ -188,8 +223,11 @@ def test_selecting_numpy_tunes_malloc_unless_opted_out(setting, tuned):
     env = {k: v for k, v in os.environ.items() if not k.startswith("XPCNN_")}
     if setting is not None:
         env["XPCNN_TUNE_MALLOC"] = setting
-    code = "import xpcnn; xpcnn.models.lenet5(); print(xpcnn.backend._ALLOCATOR_TUNED)"
+    code = ("import numpy as np, xpcnn; xpcnn.get_backend(); model = xpcnn.models.lenet5(); "
+            "print(xpcnn.parallel._ALLOCATOR_TUNED); model(np.zeros((1, 1, 28, 28), np.float32)); "
+            "print(xpcnn.parallel._ALLOCATOR_TUNED)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    if tuned and out.stdout.strip() == "False":
+    before, after = out.stdout.split()
+    if tuned and after == "False":
         pytest.skip("malloc here is not glibc's: nothing to tune")
-    assert out.stdout.strip() == str(tuned)
+    assert (before, after) == ("False", str(tuned))

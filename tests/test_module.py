@@ -167,7 +167,7 @@ def test_wrong_caches_and_missing_forward_are_refused():
     with pytest.raises(TypeError, match="got None"):
         F.linear_backward(np.ones((1, 2)), None)
     with pytest.raises(TypeError, match="Residual.backward: cache must be the ResidualCache"):
-        model.layers[3]._backward(np.ones((3, 5, 5, 2)), conv_cache, "CHWN", True)
+        model.layers[3]._backward(np.ones((3, 5, 5, 2)), conv_cache, nn.Run("CHWN"), True)
 
 
 def test_residual_shapes_must_agree():
@@ -236,3 +236,97 @@ def test_a_float64_gradient_never_turns_float32_parameters_into_float64():
     with pytest.raises(TypeError, match="dtype of the output"):
         model.backward(np.ones((2, 10)))
     assert all(p.data.dtype == np.float32 and p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- the tree sees every module
+def test_a_summary_between_forward_and_backward_leaves_the_backward_pending():
+    """The shape trace runs in a Run of its own: no module's mode or pending backward is touched."""
+    model = xpcnn.models.resnet8(in_channels=1, image_size=8, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8))
+    model(x)
+    before = [b.data.copy() for b in model.buffers()]
+    assert "total parameters" in model.summary()
+    model.check_input((4, 1, 8, 8))
+    assert all(m.training for m in model.modules())
+    model.backward(np.ones((4, 10)))
+    assert all(p.grad is not None for p in model.parameters())
+    for b, old in zip(model.buffers(), before):
+        np.testing.assert_array_equal(b.data, old)          # the trace updated no running statistic
+
+
+def test_module_list_append_insert_and_item_assignment_keep_forward_and_parameters_in_step():
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(4, 3, dtype="float64", rng=rng))
+    model.append(nn.ReLU())
+    model.layers.append(nn.Linear(3, 2, dtype="float64", rng=rng))
+    model.insert(1, nn.Tanh())
+    assert [type(m).__name__ for m in model.layers] == ["Linear", "Tanh", "ReLU", "Linear"]
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    x = rng.standard_normal((5, 4))
+    first, last = model[0], model[3]
+    expected = np.maximum(np.tanh(x @ first.weight.data.T + first.bias.data), 0) @ last.weight.data.T + last.bias.data
+    np.testing.assert_allclose(model(x), expected, rtol=1e-12)
+    model[2] = nn.Sigmoid()
+    del model[1]
+    assert [type(m).__name__ for m in model.layers] == ["Linear", "Sigmoid", "Linear"]
+    np.testing.assert_allclose(model(x), 1 / (1 + np.exp(-(x @ first.weight.data.T + first.bias.data)))
+                               @ last.weight.data.T + last.bias.data, rtol=1e-12)
+    model.backward(np.ones((5, 2)))
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(TypeError, match="ModuleList: item 3 must be an xpcnn.nn.Module; got str"):
+        model.append("relu")
+    rebuilt = nn.from_config(json.loads(json.dumps(model.config())), dtype="float64")
+    assert [type(m).__name__ for m in rebuilt.layers] == ["Linear", "Sigmoid", "Linear"]
+
+
+def test_modules_held_in_a_module_list_or_assigned_later_are_found_and_plain_lists_are_refused():
+    class Tower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(4, 3), nn.Linear(3, 2)])
+
+        def _forward(self, x, run):
+            caches = []
+            for block in self.blocks:
+                x, cache = run.call(block, x)
+                caches.append(cache)
+            return x, caches
+
+    tower = Tower()
+    assert [n for n, _ in tower.named_parameters()] == ["blocks.0.weight", "blocks.0.bias", "blocks.1.weight",
+                                                        "blocks.1.bias"]
+    assert tower(np.ones((2, 4), np.float32)).shape == (2, 2)
+    tower.head = nn.Linear(2, 1)                       # attached after construction
+    assert "head.weight" in dict(tower.named_parameters())
+    model = xpcnn.models.lenet5()
+    model.module.extra = nn.Linear(2, 2)               # a Sequential's own attribute, next to its layers
+    assert "extra.weight" in dict(model.named_parameters())
+
+    class Hidden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [nn.Linear(4, 3), nn.Linear(3, 2)]
+
+    with pytest.raises(TypeError, match=r"Hidden.layers is a plain list holding modules.*ModuleList"):
+        Hidden()
+
+    class Later(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parts = {}
+
+    later = Later()
+    later.parts["a"] = nn.Linear(2, 2)                 # mutated after the check at assignment
+    with pytest.raises(TypeError, match=r"Later.parts is a plain dict holding modules"):
+        later.parameters()
+    with pytest.raises(TypeError, match="ModuleList holds modules but has no forward"):
+        nn.ModuleList([nn.ReLU()])(np.ones((1, 2), np.float32))
+
+
+def test_a_module_cycle_is_a_clear_error_and_a_shared_module_is_not():
+    shared = nn.Linear(2, 2)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    assert len(model.parameters()) == 2
+    model.layers.append(model)
+    with pytest.raises(ValueError, match="module cycle: Sequential at '3' contains itself"):
+        model.parameters()

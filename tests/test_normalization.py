@@ -70,19 +70,19 @@ def test_batch_norm_layouts_agree(B):
 
 @pytest.mark.parametrize("layout", ["NCHW", "CHWN"])
 def test_batch_norm_on_shards_with_reduce_is_the_whole_batch(B, layout):
-    """Three unequal shards of one batch, each in its own thread with a ShardGroup's sum as ``reduce``: the
+    """Three unequal shards of one batch, each in its own thread with a shard group's sum as ``reduce``: the
     outputs, input gradients and running statistics are the whole batch's, and the shards' dweight and dbias
     add up to the whole batch's (every backend)."""
     import threading
 
-    from xpcnn.nn.shards import ShardGroup
+    from xpcnn.parallel import BARRIER_TIMEOUT_S, _Group
 
     x, weight, bias, mean, var, dy = _case(3, (7, 3, 4, 5))
     to = (lambda a: a) if layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(1, 2, 3, 0)))
     vectors = [B.asarray(a) for a in (weight, bias, mean, var)]
     y, cache, running = F.batch_norm_forward(B.asarray(to(x)), *vectors, layout=layout)
     whole = F.batch_norm_backward(B.asarray(to(dy)), cache)
-    bounds, group, results = [(0, 3), (3, 5), (5, 7)], ShardGroup(3), [None] * 3
+    bounds, group, results = [(0, 3), (3, 5), (5, 7)], _Group(3, BARRIER_TIMEOUT_S), [None] * 3
 
     def shard(i):
         lo, hi = bounds[i]

@@ -1,30 +1,27 @@
-"""Where new arrays live: the backend switch, and the settings read from the environment.
+"""Where new arrays live: the backend switch.
 
-This is the only module that reads the environment (``XPCNN_BACKEND``, ``XPCNN_DEVICE``,
-``XPCNN_DATA_DIR``, ``XPCNN_TUNE_MALLOC``, ``XPCNN_THREADS``). ``XPCNN_BACKEND`` names the array library that new arrays (parameters, data batches) are created with, and
-``XPCNN_DEVICE`` the device where that library has several. Operations in
-:mod:`xpcnn.functional` never look here: they take their namespace from their
-inputs, so arrays of any backend work with them without configuration.
+``XPCNN_BACKEND`` (read by :mod:`xpcnn.settings`, like every setting) names the array library that new arrays
+(parameters, data batches) are created with, and ``XPCNN_DEVICE`` the device where that library has several.
+:func:`set_backend` changes the process-wide choice; ``with use_backend(...)`` overrides it for a block, in
+this thread or task only (a ``contextvars.ContextVar``). Operations in :mod:`xpcnn.functional` never look here:
+they take their namespace from their inputs, so arrays of any backend work with them without configuration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.metadata
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import array_api_compat
 import numpy as np
 
+from . import settings as _settings
+
 BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
-ENV_BACKEND = "XPCNN_BACKEND"
-ENV_DEVICE = "XPCNN_DEVICE"
-ENV_DATA_DIR = "XPCNN_DATA_DIR"
-ENV_TUNE_MALLOC = "XPCNN_TUNE_MALLOC"     # "0": leave glibc's malloc as it is (see tune_allocator)
-ENV_THREADS = "XPCNN_THREADS"             # batch shards on the numpy backend (see xpcnn.nn.shards); "1": none
 # The array API version our code is written against and array_api_strict is pinned to.
 ARRAY_API_VERSION = "2024.12"
 
@@ -35,11 +32,9 @@ __all__ = [
     "asarray",
     "asarray_like",
     "available_backends",
-    "data_dir_from_env",
     "get_backend",
     "set_backend",
     "to_numpy",
-    "tune_allocator",
     "use_backend",
 ]
 
@@ -61,14 +56,15 @@ class Backend:
         return f"{self.name} {self.version} on {self.device}"
 
 
-_current: Backend | None = None
+_default: tuple[tuple, Backend] | None = None     # (the settings it came from, the process-wide backend)
+_override: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("xpcnn_backend", default=None)
 
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
         raise ValueError(
             f"backend must be one of {', '.join(BACKENDS)}; got {name!r}"
-            f" (set it with {ENV_BACKEND}=NAME or xpcnn.set_backend(NAME))"
+            f" (set it with {_settings.ENV['backend']}=NAME or xpcnn.set_backend(NAME))"
         )
     return name.strip().lower()
 
@@ -78,8 +74,6 @@ def _load_numpy(device: str | None) -> Backend:
         raise ValueError(f"device for the numpy backend must be 'cpu' or unset; got {device!r}")
     import array_api_compat.numpy as xp
 
-    if os.environ.get(ENV_TUNE_MALLOC, "1").strip() != "0":
-        tune_allocator()
     return Backend("numpy", xp, "cpu", np.__version__)
 
 
@@ -174,31 +168,37 @@ def _load(name: str, device: Any = None) -> Backend:
 
 
 def get_backend() -> Backend:
-    """The backend new arrays are created on (from ``XPCNN_BACKEND``/``XPCNN_DEVICE`` unless set in code)."""
-    global _current
-    if _current is None:
-        _current = _load(os.environ.get(ENV_BACKEND) or "numpy", os.environ.get(ENV_DEVICE) or None)
-    return _current
+    """The backend new arrays are created on: a ``use_backend`` block's, else :func:`set_backend`'s, else the one
+    ``XPCNN_BACKEND``/``XPCNN_DEVICE`` name (numpy by default)."""
+    global _default
+    override = _override.get()
+    if override is not None:
+        return override
+    settings = _settings.get()
+    key = (settings.backend, settings.device)
+    if _default is None or (_default[0] is not None and _default[0] != key):
+        _default = (key, _load(settings.backend, settings.device))
+    return _default[1]
 
 
 def set_backend(name: str, device: Any = None) -> Backend:
-    """Select the backend for new arrays; fails at once if it cannot run here."""
-    global _current
-    _current = _load(name, device)
-    return _current
+    """Select the backend for new arrays, process-wide (the environment no longer decides); fails at once if it
+    cannot run here."""
+    global _default
+    _default = (None, _load(name, device))
+    return _default[1]
 
 
 @contextlib.contextmanager
 def use_backend(name: str, device: Any = None) -> Iterator[Backend]:
-    """``with xpcnn.use_backend("cupy"):`` selects a backend for the block, then restores the previous one."""
-    global _current
-    previous = _current
+    """``with xpcnn.use_backend("cupy"):`` selects a backend for the block, in this thread (or asyncio task)
+    only, then restores the previous choice."""
     backend = _load(name, device)
-    _current = backend
+    token = _override.set(backend)
     try:
         yield backend
     finally:
-        _current = previous
+        _override.reset(token)
 
 
 def available_backends() -> dict[str, str]:
@@ -256,62 +256,3 @@ def asarray_like(obj: Any, like: Any, dtype: Any = None) -> Any:
     if isinstance(dtype, str):
         dtype = getattr(xp, dtype)
     return _convert(obj, xp, array_api_compat.device(like), dtype)
-
-
-def data_dir_from_env() -> str | None:
-    """The folder named by ``XPCNN_DATA_DIR``, if set."""
-    return os.environ.get(ENV_DATA_DIR) or None
-
-
-_ALLOCATOR_TUNED = False
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:          # not on Linux
-        return os.cpu_count() or 1
-
-
-def threads_from_env() -> int | None:
-    """``XPCNN_THREADS`` as a positive int, None when unset; anything else is an error that says so."""
-    text = os.environ.get(ENV_THREADS, "").strip()
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{ENV_THREADS} must be a whole number >= 1 (1: no batch shards); got {text!r}")
-    return int(text)
-
-
-def tune_allocator() -> bool:
-    """Make glibc's malloc keep freed memory in the process instead of returning it to the OS.
-
-    A NumPy training step allocates and frees tens to hundreds of MB; by default glibc hands the pages back
-    after every step and page-faults them in again on the next, which costs up to 40% of a LeNet-5 step at
-    batch 256 on a 2-core machine. This serves every allocation from the heap (no ``mmap``: glibc maps arrays
-    of 32 MB or more by itself and unmaps them on free, whatever its thresholds; a ResNet-8 step at batch 256
-    took 28,000 page faults and 17% longer that way) and never trims the heap (as PyTorch's tuning guide does
-    by recommending jemalloc or tcmalloc). The process keeps its peak working set resident until it exits.
-    Returns True if applied; does nothing (False) where malloc is not glibc's.
-
-    Applied once, process-wide, when the numpy backend is selected (the default), so a hand-written
-    training loop is as fast as ``xpcnn.fit``; set ``XPCNN_TUNE_MALLOC=0`` to leave malloc alone (e.g. in
-    a long-lived process that must hand memory back to the system).
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    # mallopt(3): a trim threshold of -1 disables trimming, an mmap maximum of 0 disables mmap for allocations
-    ok = all(mallopt(option, value) == 1 for option, value in (
-        (m_mmap_max, 0), (m_trim_threshold, -1), (m_top_pad, 64 << 20)))
-    _ALLOCATOR_TUNED = ok
-    return ok

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import backend as _backend
 from .nn import Module, from_config
+from .parallel import shard
 from .nn.module import check_dtype
 
 __all__ = ["Checkpoint", "CheckpointError", "load", "save", "write_atomic"]
@@ -351,7 +352,7 @@ def _model(path: pathlib.Path, meta: dict, model: Module | None) -> Module:
     if model is not None:
         return model
     try:
-        return from_config(meta.get("model"))
+        return shard(from_config(meta.get("model")))      # fast on every core, as the models xpcnn builds
     except ValueError as exc:
         raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}") from None
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import backend as _backend
+from . import settings as _settings
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -42,15 +43,15 @@ def _info(args: argparse.Namespace) -> int:
         print(f"selected backend: {selected.name} {selected.version}, device {selected.device}, array API {api}")
         status = 0
     try:
-        from .nn import shards
+        from . import parallel
 
-        count = shards.threads()
-    except ValueError as exc:
+        count = parallel.threads()
+    except _settings.SettingsError as exc:
         print(f"batch shards: ERROR: {exc}")
         status = EXIT_FAILED
     else:
         print(f"batch shards: up to {count} per model call on the numpy backend, for big enough batches "
-              f"({_backend.ENV_THREADS}; 1 turns them off)")
+              f"({_settings.ENV['threads']}; 1 turns them off)")
     print("backends here:")
     for name, state in _backend.available_backends().items():
         print(f"  {name:<17} {state}")
@@ -60,7 +61,7 @@ def _info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- shared steps
 def _select_backend(args: argparse.Namespace):
     try:
-        _backend.threads_from_env()          # a bad XPCNN_THREADS is a usage error now, not a traceback later
+        _settings.get()                      # a bad setting is a usage error now, not a traceback later
         if args.backend or args.device:
             return _backend.set_backend(args.backend or _backend.get_backend().name, args.device)
         return _backend.get_backend()

@@ -24,20 +24,16 @@ from typing import Any
 import numpy as np
 
 from . import backend as _backend
-from .nn import shards as _shards
+from . import parallel as _parallel
+from . import settings as _settings
 from .nn.module import flatten, unflatten
 
 __all__ = ["Context", "init", "launched_by_mpi", "shard"]
 
+
 def launched_by_mpi() -> bool:
     """Whether this process looks like one of several started by an MPI launcher (mpiexec, srun)."""
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
-        try:
-            if int(os.environ.get(name, "1")) > 1:
-                return True
-        except ValueError:
-            pass
-    return False
+    return _settings.get().mpi_launched
 
 
 def shard(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
@@ -123,11 +119,7 @@ def _abort_on_exception(comm) -> None:
 
 
 def _blas_threads() -> int:
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        text = os.environ.get(name, "")
-        if text.strip().isdigit():
-            return int(text)
-    return os.cpu_count() or 1
+    return _settings.get().blas_threads or os.cpu_count() or 1
 
 
 def init(comm: Any = None) -> Context:
@@ -135,7 +127,7 @@ def init(comm: Any = None) -> Context:
 
     Installs a hook so that an uncaught exception on any rank aborts the whole job; warns when the ranks on
     this node times their BLAS threads exceed its cores (set ``OPENBLAS_NUM_THREADS``); shares the node's
-    cores among its ranks for batch shards (:mod:`xpcnn.nn.shards`); on the cupy backend
+    cores among its ranks for batch shards (:mod:`xpcnn.parallel`); on the cupy backend
     gives each rank the GPU of its ``local_rank`` and sums gradients with NCCL.
     """
     try:
@@ -149,7 +141,7 @@ def init(comm: Any = None) -> Context:
     context = Context(comm, comm.Get_rank(), comm.Get_size(), local.Get_rank(), local.Get_size())
     _abort_on_exception(comm)
     threads, cores = _blas_threads(), os.cpu_count() or 1
-    _shards.limit_threads(max(1, cores // context.local_size))     # batch shards: the node's cores, shared
+    _parallel.limit_threads(max(1, cores // context.local_size))     # batch shards: the node's cores, shared
     if context.local_rank == 0 and context.local_size * threads > cores:
         warnings.warn(f"{context.local_size} ranks on this node x {threads} BLAS threads each = "
                       f"{context.local_size * threads} > {cores} cores: they will compete; set "

@@ -1,6 +1,14 @@
-"""Ready-made networks. Each takes a ``seed`` so that its initial weights are the same on every backend."""
+"""Ready-made networks. Each takes a ``seed`` so that its initial weights are the same on every backend.
+
+Each builder returns its :class:`~xpcnn.nn.Sequential` wrapped in :class:`xpcnn.parallel.BatchShards`, which
+runs big batches on every CPU core and is otherwise invisible (``model.layers``, names, checkpoints and
+``summary()`` are the Sequential's; ``model.module`` is the Sequential itself).
+"""
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import numpy as np
 
@@ -9,8 +17,17 @@ from .nn import (
     BatchNorm2D, Conv2D, Flatten, GlobalAvgPool2D, Linear, MaxPool2D, ReLU, Residual, Sequential, Sigmoid,
 )
 from .nn.module import check_dtype
+from .parallel import BatchShards, shard
 
-__all__ = ["MODELS", "build", "lenet5", "resnet", "resnet20", "resnet8", "seed_binary", "seed_cnn"]
+__all__ = ["MODELS", "build", "build_for", "lenet5", "resnet", "resnet20", "resnet8", "seed_binary", "seed_cnn"]
+
+
+def _sharded(builder):
+    """A builder whose model comes wrapped in BatchShards."""
+    @functools.wraps(builder)
+    def build(*args, **kwargs) -> BatchShards:
+        return shard(builder(*args, **kwargs))
+    return build
 
 
 def _check(model: str, num_classes: int, dtype: str) -> None:
@@ -18,7 +35,8 @@ def _check(model: str, num_classes: int, dtype: str) -> None:
     check_dtype(model, dtype)
 
 
-def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Sequential:
+@_sharded
+def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> BatchShards:
     """LeNet-5 for 1x28x28 inputs, with ReLU and max pooling: 61,706 parameters.
 
     conv 6@5x5 (padding 2) - pool 2 - conv 16@5x5 - pool 2 - dense 120 - dense 84 - dense ``num_classes``.
@@ -37,7 +55,8 @@ def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Sequ
     )
 
 
-def seed_cnn(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Sequential:
+@_sharded
+def seed_cnn(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> BatchShards:
     """The classic notebook's MNIST network (seeds/002): conv 16@3x3 'valid' with one bias per output
     position (CNNLayer), ReLU, flatten, dense ``num_classes`` (train it with CrossEntropyLoss)."""
     rng = np.random.default_rng(seed)
@@ -49,7 +68,8 @@ def seed_cnn(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Se
     )
 
 
-def seed_binary(image_size: int = 32, seed: int = 0, dtype: str = "float32", init: str = "notebook_normal") -> Sequential:
+@_sharded
+def seed_binary(image_size: int = 32, seed: int = 0, dtype: str = "float32", init: str = "notebook_normal") -> BatchShards:
     """The classic notebook's single-image network (seeds/000): one 5x5 'same' convolution with a single bias,
     ReLU, 2x2 max pooling, flatten, one neuron and a sigmoid (train it with BCELoss or MSELoss)."""
     rng = np.random.default_rng(seed)
@@ -62,8 +82,9 @@ def seed_binary(image_size: int = 32, seed: int = 0, dtype: str = "float32", ini
     )
 
 
+@_sharded
 def resnet(depth: int, num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
-           dtype: str = "float32") -> Sequential:
+           dtype: str = "float32") -> BatchShards:
     """The CIFAR ResNet of He et al. 2016 (section 4.2): ``depth = 6n + 2`` layers.
 
     A 3x3 convolution to 16 channels, then three stages of ``n`` residual blocks with 16, 32 and 64 channels
@@ -102,13 +123,13 @@ def resnet(depth: int, num_classes: int = 10, in_channels: int = 1, image_size: 
 
 
 def resnet8(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
-            dtype: str = "float32") -> Sequential:
+            dtype: str = "float32") -> BatchShards:
     """ResNet-8 (one block per stage, 78k parameters for one input channel): see :func:`resnet`."""
     return resnet(8, num_classes, in_channels, image_size, seed, dtype)
 
 
 def resnet20(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
-             dtype: str = "float32") -> Sequential:
+             dtype: str = "float32") -> BatchShards:
     """ResNet-20 (three blocks per stage, 0.27M parameters as in the paper): see :func:`resnet`."""
     return resnet(20, num_classes, in_channels, image_size, seed, dtype)
 
@@ -117,8 +138,17 @@ MODELS = {"lenet5": lenet5, "seed_cnn": seed_cnn, "seed_binary": seed_binary, "r
           "resnet20": resnet20}
 
 
-def build(name: str, **kwargs) -> Sequential:
+def build(name: str, **kwargs) -> BatchShards:
     """A model by name: one of ``MODELS``, e.g. ``build("resnet8", in_channels=3)``."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
     return MODELS[name](**kwargs)
+
+
+def build_for(name: str, sample_shape: tuple, seed: int = 0, dtype: str = "float32") -> BatchShards:
+    """A model by name for samples of ``sample_shape`` (C, H, W): the ResNets take their input channels and
+    image size from it; the others are built for their own input (and check it against the data when run)."""
+    kwargs = {"seed": seed, "dtype": dtype}
+    if name in MODELS and "in_channels" in inspect.signature(MODELS[name]).parameters:
+        kwargs.update(in_channels=sample_shape[0], image_size=sample_shape[1])
+    return build(name, **kwargs)

@@ -11,7 +11,9 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from . import backend as _backend
+from . import parallel as _parallel
 from .data import Dataset
+from .nn import Module
 
 __all__ = ["History", "TrainingDivergedError", "epoch_order", "evaluate", "fit"]
 
@@ -118,8 +120,14 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     gradient with the loss and correct counts, so every rank takes the same step and sees the same metrics
     (a NaN stops them all together). Rank 0 alone prints and runs the callbacks (checkpoints); the others
     wait at a barrier. Evaluation is sharded across ranks.
+
+    An xpcnn model is trained through :func:`xpcnn.parallel.shard` (big batches on every CPU core on the numpy
+    backend; the same numbers); one already wrapped, like every model :mod:`xpcnn.models` builds, is used as is.
     """
     from tqdm.auto import tqdm
+
+    if isinstance(model, Module):
+        model = _parallel.shard(model)
 
     train_data = _as_dataset(train_data, "train_data")
     if validation_data is not None:

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import backend as _backend
+from .. import settings as _settings
 
 __all__ = ["DataError", "DataNotFoundError", "Source", "cache_dir", "download", "find", "sha256_file"]
 
@@ -111,7 +111,7 @@ def find(source: Source, data_dir: str | os.PathLike | None = None, download_mis
     """The folder holding all of the source's files, searched in the documented order."""
     cache = pathlib.Path(cache) if cache is not None else cache_dir(source.name)
     looked = []
-    for label, folder in (("--data-dir", data_dir), ("XPCNN_DATA_DIR", _backend.data_dir_from_env()), ("cache", cache)):
+    for label, folder in (("--data-dir", data_dir), ("XPCNN_DATA_DIR", _settings.get().data_dir), ("cache", cache)):
         if folder is None:
             looked.append(f"{label}: not set")
             continue

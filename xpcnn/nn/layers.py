@@ -17,7 +17,7 @@ from .. import functional as F
 from .. import init as _init
 from ..functional import layout as _layout
 from ..functional._checks import as_int
-from .module import Module, accumulate, check_dtype, make_parameter
+from .module import Module, check_dtype, make_parameter
 
 __all__ = [
     "AvgPool2D", "Conv2D", "Dropout", "Flatten", "GlobalAvgPool2D", "LeakyReLU", "Linear", "MaxPool2D", "ReLU",
@@ -28,15 +28,18 @@ __all__ = [
 # --------------------------------------------------------------------------- layers with parameters
 class Conv2D(Module):
     """2-D convolution. ``bias`` is True, False, or ``"untied"``: one bias per output channel AND position,
-    as the classic notebook's CNNLayer (then ``input_size=(H, W)`` is needed to size it)."""
+    as the classic notebook's CNNLayer (then ``input_size=(H, W)`` is needed to size it). ``route`` forces one
+    of :func:`xpcnn.functional.conv2d_forward`'s routes (``"im2col"``: the textbook one); by default each call
+    picks the fastest measured for its shape."""
 
     shardable = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, bias: bool | str = True, input_size: Any = None, init: str = "he_uniform",
-                 dtype: str = "float32", rng: np.random.Generator | None = None):
+                 dtype: str = "float32", rng: np.random.Generator | None = None, route: Any = None):
         super().__init__(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride,
-                         padding=padding, dilation=dilation, bias=bias, input_size=input_size)
+                         padding=padding, dilation=dilation, bias=bias, input_size=input_size,
+                         **({} if route is None else {"route": list(F.conv._check_route(route, None))}))
         if bias not in (True, False, "untied"):
             raise ValueError(f"Conv2D: bias must be True, False or 'untied'; got {bias!r}")
         in_channels = as_int("Conv2D", "in_channels", in_channels, 1)
@@ -47,6 +50,7 @@ class Conv2D(Module):
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         self.weight = make_parameter(_init.get(init)((out_channels, in_channels, kh, kw), fan_in, fan_out, rng), dtype)
         self.hyper = dict(stride=stride, padding=padding, dilation=dilation)
+        self.route = None if route is None else F.conv._check_route(route, None)
         self.untied = bias == "untied"
         if self.untied:
             if input_size is None:
@@ -59,25 +63,25 @@ class Conv2D(Module):
         else:
             self.bias = None
 
-    def _forward(self, x, layout):
+    def _forward(self, x, run):
         tied_bias = None if self.untied or self.bias is None else self.bias.data
-        y, cache = F.conv2d_forward(x, self.weight.data, tied_bias, layout=layout, **self.hyper)
+        y, cache = F.conv2d_forward(x, self.weight.data, tied_bias, layout=run.layout, route=self.route, **self.hyper)
         if self.untied:
             out_hw = cache.geometry.out_hw
             if out_hw != self.bias.shape[1:]:
                 raise ValueError(f"Conv2D: untied bias was sized for output {self.bias.shape[1:]}; "
                                  f"input {tuple(x.shape)} gives {out_hw}")
             bias = self.bias.data
-            y += array_namespace(bias).expand_dims(bias, axis=3) if layout == "CHWN" else bias   # y is ours
+            y += array_namespace(bias).expand_dims(bias, axis=3) if run.layout == "CHWN" else bias   # y is ours
         return y, cache
 
-    def _backward(self, dy, cache, layout, input_grad):
+    def _backward(self, dy, cache, run, input_grad):
         dx, dw, db = F.conv2d_backward(dy, cache, input_grad=input_grad)
-        accumulate(self.weight, dw)
+        run.accumulate(self.weight, dw)
         if self.untied:
-            accumulate(self.bias, array_namespace(dy).sum(dy, axis=_layout.batch_axis(4, layout)))
+            run.accumulate(self.bias, array_namespace(dy).sum(dy, axis=_layout.batch_axis(4, run.layout)))
         elif self.bias is not None:
-            accumulate(self.bias, db)
+            run.accumulate(self.bias, db)
         return dx
 
 
@@ -97,19 +101,19 @@ class Linear(Module):
             _init.get(init)((out_features, in_features), in_features, out_features, rng), dtype)
         self.bias = make_parameter(np.zeros(out_features), dtype) if bias else None
 
-    def _forward(self, x, layout):
+    def _forward(self, x, run):
         bias = None if self.bias is None else self.bias.data
-        if layout == "CHWN":           # x is (in_features, N): compute on the transposed view
+        if run.layout == "CHWN":           # x is (in_features, N): compute on the transposed view
             y, cache = F.linear_forward(x.T, self.weight.data, bias)
             return y.T, cache
         return F.linear_forward(x, self.weight.data, bias)
 
-    def _backward(self, dy, cache, layout, input_grad):
-        transposed = layout == "CHWN"
+    def _backward(self, dy, cache, run, input_grad):
+        transposed = run.layout == "CHWN"
         dx, dw, db = F.linear_backward(dy.T if transposed else dy, cache, input_grad=input_grad)
-        accumulate(self.weight, dw)
+        run.accumulate(self.weight, dw)
         if self.bias is not None:
-            accumulate(self.bias, db)
+            run.accumulate(self.bias, db)
         if dx is None:
             return None
         return dx.T if transposed else dx
@@ -123,10 +127,10 @@ class _Function(Module):
     backward_fn = None
     shardable = True
 
-    def _forward(self, x, layout):
+    def _forward(self, x, run):
         return type(self).forward_fn(x, **self._config)
 
-    def _backward(self, dy, cache, layout, input_grad):
+    def _backward(self, dy, cache, run, input_grad):
         return type(self).backward_fn(dy, cache)
 
 
@@ -153,8 +157,8 @@ class _Pool(_Function):
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding)
 
-    def _forward(self, x, layout):
-        return type(self).forward_fn(x, layout=layout, **self._config)
+    def _forward(self, x, run):
+        return type(self).forward_fn(x, layout=run.layout, **self._config)
 
 
 class MaxPool2D(_Pool):
@@ -170,8 +174,8 @@ class GlobalAvgPool2D(_Function):
 
     forward_fn, backward_fn = F.global_avg_pool2d_forward, F.global_avg_pool2d_backward
 
-    def _forward(self, x, layout):
-        return F.global_avg_pool2d_forward(x, layout=layout)
+    def _forward(self, x, run):
+        return F.global_avg_pool2d_forward(x, layout=run.layout)
 
 
 class Flatten(_Function):
@@ -180,21 +184,21 @@ class Flatten(_Function):
 
     forward_fn, backward_fn = F.flatten_forward, F.flatten_backward
 
-    def _forward(self, x, layout):
-        return F.flatten_forward(x, layout=layout)
+    def _forward(self, x, run):
+        return F.flatten_forward(x, layout=run.layout)
 
 
 class Softmax(_Function):
     """Softmax over the classes (for probabilities; train with CrossEntropyLoss on the logits instead)."""
 
-    def _forward(self, x, layout):
-        if layout == "CHWN":           # (K, N): the classes are the first axis
+    def _forward(self, x, run):
+        if run.layout == "CHWN":           # (K, N): the classes are the first axis
             y, cache = F.softmax_forward(x.T)
             return y.T, cache
         return F.softmax_forward(x)
 
-    def _backward(self, dy, cache, layout, input_grad):
-        return F.softmax_backward(dy.T, cache).T if layout == "CHWN" else F.softmax_backward(dy, cache)
+    def _backward(self, dy, cache, run, input_grad):
+        return F.softmax_backward(dy.T, cache).T if run.layout == "CHWN" else F.softmax_backward(dy, cache)
 
 
 class DropoutCache(NamedTuple):
@@ -214,12 +218,12 @@ class Dropout(Module):
         self.p = p
         self.rng = rng or _init.default_rng()
 
-    def _forward(self, x, layout):
-        if not self.training or self.p == 0:
+    def _forward(self, x, run):
+        if not run.training or self.p == 0:
             return x, DropoutCache(None)
         # drawn in NCHW order, so the layer drops the same elements alone and inside a container
-        keep = self.rng.random(_layout.nchw_shape(x.shape, layout)) >= self.p
-        keep = _layout.from_nchw(keep, _npx, layout)
+        keep = self.rng.random(_layout.nchw_shape(x.shape, run.layout)) >= self.p
+        keep = _layout.from_nchw(keep, _npx, run.layout)
         mask = _backend.asarray_like(keep / (1.0 - self.p), x, dtype=x.dtype)
         return x * mask, DropoutCache(mask)
 
@@ -230,6 +234,6 @@ class Dropout(Module):
     def set_extra_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def _backward(self, dy, cache, layout, input_grad):
+    def _backward(self, dy, cache, run, input_grad):
         F._checks.check_cache("Dropout.backward", cache, DropoutCache)
         return dy if cache.mask is None else dy * cache.mask

@@ -1,33 +1,40 @@
-"""The module tree: :class:`Parameter`, :class:`Buffer` and :class:`Module`.
+"""The module tree: :class:`Parameter`, :class:`Buffer`, :class:`Module`, and the :class:`Run` of one call.
 
 A module holds parameters (trained), buffers (state that is not trained, such as BatchNorm's running
-statistics) and child modules, all found by one walk over its attributes. Computation has two levels:
+statistics) and child modules, all found by one walk over its attributes (a plain list or dict of modules is
+refused: use :class:`~xpcnn.nn.ModuleList`). Computation has two levels:
 
-- ``_forward(x, layout) -> (y, cache)`` and ``_backward(dy, cache, layout, input_grad) -> dx``: what each
-  module implements. Everything a backward needs comes in as arguments: its own named cache (a NamedTuple,
-  checked), the layout of the activations and whether the input gradient is wanted. Nothing is left on the
-  object between calls, so one module can appear twice in a network.
+- ``_forward(x, run) -> (y, cache)`` and ``_backward(dy, cache, run, input_grad) -> dx``: what each module
+  implements. Everything a call needs comes in as arguments: its own named cache (a NamedTuple, checked), and
+  the :class:`Run`, a small frozen object saying the layout of the activations, whether this is training,
+  how a parameter's gradient is added, how a buffer gets its new value, how a per-channel statistic is summed
+  over the parts of a batch, and where a shape trace goes. Nothing is left on the object between calls, so
+  one module can appear twice in a network.
 - ``module(x)`` and ``module.backward(dy)``: the public pair. A public call takes and returns (N, C, H, W)
   / (N, features) arrays; a container converts once to the batch-innermost layout (see
   :mod:`xpcnn.functional.layout`) and runs its children in it. The cache of the last training-mode call is
-  kept for the public ``backward``. A layer gives the same answers alone and inside any container. On the
-  numpy backend a public call may split a big batch over the CPU cores (:mod:`xpcnn.nn.shards`).
+  kept for the public ``backward``. A layer gives the same answers alone and inside any container.
+
+The base class knows nothing of threads: splitting a batch over the CPU cores is a wrapper
+(:class:`xpcnn.parallel.BatchShards`) that runs the same ``_forward``/``_backward`` on each shard with a
+:class:`Run` of its own.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 from array_api_compat import array_namespace
 
 from .. import backend as _backend
 from ..functional import layout as _layout
-from . import shards as _shards
 
-__all__ = ["Buffer", "LAYERS", "Module", "Parameter", "flatten", "from_config", "unflatten"]
+__all__ = ["Buffer", "LAYERS", "Module", "Parameter", "Run", "add_gradient", "flatten", "from_config", "set_buffer",
+           "unflatten"]
 
 DTYPES = ("float32", "float64")
 LAYERS: dict[str, type] = {}        # every public module class of xpcnn.nn by name, for from_config
@@ -97,17 +104,64 @@ def make_buffer(values: np.ndarray, dtype: str) -> Buffer:
     return Buffer(_backend.asarray(np.asarray(values), dtype=dtype))
 
 
-def accumulate(p: Parameter, grad: Any) -> None:
-    """Add ``grad`` to ``p.grad``; a gradient of another dtype is an error, never a silent upcast."""
+def check_gradient(p: Parameter, grad: Any) -> None:
+    """A gradient of another dtype is an error, never a silent upcast."""
     if grad.dtype != p.data.dtype:
         raise TypeError(f"a gradient of dtype {grad.dtype} reached a parameter of dtype {p.data.dtype}; "
                         f"pass the gradient in the model's dtype")
-    shard = _shards.current()
-    if shard is not None:               # one shard of a batch: summed over the shards when all are done
-        entry = shard.grads.get(id(p))
-        shard.grads[id(p)] = [p, grad] if entry is None else [p, entry[1] + grad]
-        return
+
+
+def add_gradient(p: Parameter, grad: Any) -> None:
+    """Add ``grad`` to ``p.grad``: how a whole-batch call adds a gradient (:attr:`Run.accumulate`)."""
+    check_gradient(p, grad)
     p.grad = grad if p.grad is None else p.grad + grad
+
+
+def set_buffer(buffer: Buffer, value: Any) -> None:
+    """Give ``buffer`` its new value: how a whole-batch call updates state (:attr:`Run.update`)."""
+    buffer.data = value
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one call of a module needs to know besides its input, passed down to every child.
+
+    - ``layout``: "NCHW" or "CHWN" (:mod:`xpcnn.functional.layout`), the layout of the activations;
+    - ``training``: batch statistics and dropout (the public call takes it from ``module.training``);
+    - ``accumulate(parameter, grad)``: how a gradient is added (:func:`add_gradient`: into ``.grad``);
+    - ``update(buffer, value)``: how a buffer gets its new value (:func:`set_buffer`);
+    - ``reduce(value)``: sums a per-channel statistic (or a count) over the parts of a batch that run apart
+      (batch shards, MPI ranks), or None when this call sees the whole batch;
+    - ``trace``: a list that receives ``(module, output sample shape)`` for every module run, or None.
+    """
+
+    layout: str = "NCHW"
+    training: bool = True
+    accumulate: Callable[[Parameter, Any], None] = add_gradient
+    update: Callable[[Buffer, Any], None] = set_buffer
+    reduce: Callable[[Any], Any] | None = None
+    trace: list | None = None
+
+    def call(self, module: "Module", x: Any) -> tuple[Any, Any]:
+        """How a container runs a child: its ``_forward``, recorded while a summary traces shapes."""
+        if self.trace is None:
+            return module._forward(x, self)
+        try:
+            y, cache = module._forward(x, self)
+        except (ValueError, TypeError) as exc:
+            if not hasattr(exc, "xpcnn_module"):
+                exc.xpcnn_module = module        # the innermost module that refused the input
+            raise
+        self.trace.append((module, _layout.sample_shape(y.shape, self.layout)))
+        return y, cache
+
+
+class Pending(NamedTuple):
+    """What a training-mode public call keeps for the public ``backward``."""
+
+    cache: Any
+    run: Run
+    dtype: Any
 
 
 def dtype_name(x: Any) -> str:
@@ -118,22 +172,19 @@ def dtype_name(x: Any) -> str:
     raise TypeError(f"parameters must have a floating dtype ({', '.join(DTYPES)}); got {x.dtype}")
 
 
-_trace: list | None = None          # set while summary()/check_input() record each module's output
-
-
 class Module:
     """Base of every layer and container.
 
-    Subclasses implement ``_forward(x, layout)`` and ``_backward(dy, cache, layout, input_grad)``; containers
-    run their children with :meth:`_call` and set ``run_layout = "CHWN"``. Constructor arguments are passed to
-    ``super().__init__(**config)`` so the module can be rebuilt (:func:`from_config`) and printed.
+    Subclasses implement ``_forward(x, run)`` and ``_backward(dy, cache, run, input_grad)`` (see :class:`Run`);
+    containers run their children with ``run.call(child, x)`` and set ``run_layout = "CHWN"``. Constructor
+    arguments are passed to ``super().__init__(**config)`` so the module can be rebuilt (:func:`from_config`)
+    and printed.
     """
 
     training = True
     run_layout = "NCHW"         # the layout a public call runs in: containers use the fast CHWN
     input_shape: tuple | None = None
     input_grad_default = True   # what backward(dy) returns without input_grad=
-    shardable = False           # may run on shards of a batch in threads (see xpcnn.nn.shards)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -142,7 +193,11 @@ class Module:
 
     def __init__(self, **config: Any):
         self._config = config          # constructor arguments, for checkpoints and summaries
-        self._last = None              # (cache, layout, dtype) of the last training-mode public call
+        self._last = None              # the Pending of the last training-mode public call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _refuse_hidden_modules(self, name, value)
+        object.__setattr__(self, name, value)
 
     @property
     def name(self) -> str:
@@ -150,18 +205,25 @@ class Module:
 
     # -- the tree
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """The modules held as attributes (assigned in ``__init__`` or later), in assignment order."""
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
+            else:
+                _refuse_hidden_modules(self, name, value)
 
     def children(self) -> list["Module"]:
         return [m for _, m in self.named_children()]
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
-        """This module and every descendant, depth first, with dotted names ("" for this one)."""
+    def named_modules(self, prefix: str = "", _path: tuple = ()) -> Iterator[tuple[str, "Module"]]:
+        """This module and every descendant, depth first, with dotted names ("" for this one). A module may
+        appear at several places; a module that contains itself is an error."""
+        if any(self is outer for outer in _path):
+            raise ValueError(f"module cycle: {type(self).__name__} at {prefix!r} contains itself (a module cannot "
+                             f"be its own descendant)")
         yield prefix, self
         for name, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(f"{prefix}.{name}" if prefix and name else prefix or name, (*_path, self))
 
     def modules(self) -> list["Module"]:
         return [m for _, m in self.named_modules()]
@@ -242,7 +304,7 @@ class Module:
         for module in self.modules():
             module.training = bool(mode)
             if not mode:
-                module._last = None
+                module._last = None        # switching to eval drops a pending backward
         return self
 
     def eval(self) -> "Module":
@@ -273,24 +335,11 @@ class Module:
             module._last = None
 
     # -- computation
-    def _forward(self, x: Any, layout: str) -> tuple[Any, Any]:
-        raise NotImplementedError
+    def _forward(self, x: Any, run: Run) -> tuple[Any, Any]:
+        raise NotImplementedError(f"{type(self).__name__} has no _forward(x, run)")
 
-    def _backward(self, dy: Any, cache: Any, layout: str, input_grad: bool) -> Any:
-        raise NotImplementedError
-
-    def _call(self, x: Any, layout: str) -> tuple[Any, Any]:
-        """How a container runs a child: ``_forward``, recorded while a summary traces shapes."""
-        if _trace is None:
-            return self._forward(x, layout)
-        try:
-            y, cache = self._forward(x, layout)
-        except (ValueError, TypeError) as exc:
-            if not hasattr(exc, "xpcnn_module"):
-                exc.xpcnn_module = self          # the innermost module that refused the input
-            raise
-        _trace.append((self, _layout.sample_shape(y.shape, layout)))
-        return y, cache
+    def _backward(self, dy: Any, cache: Any, run: Run, input_grad: bool) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no _backward(dy, cache, run, input_grad)")
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
@@ -300,19 +349,10 @@ class Module:
         :meth:`backward`."""
         xp = self._check_input(x)
         layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
-
-        def run(i, part):
-            y, cache = self._forward(_layout.from_nchw(part, xp, layout), layout)
-            return _layout.to_nchw(y, xp, layout), cache
-
-        shards = _shards.plan(self, x, xp)
-        if shards > 1:
-            sizes = _shards.sizes(x.shape[0], shards)
-            outs = _shards.run(shards, run, _shards.split(x, sizes))
-            y, cache = xp.concat([y for y, _ in outs], axis=0), _shards.ShardedCache(tuple(c for _, c in outs), sizes)
-        else:
-            y, cache = run(0, x)
-        self._last = (cache, layout, y.dtype) if self.training else None
+        run = Run(layout, self.training)
+        y, cache = self._forward(_layout.from_nchw(x, xp, layout), run)
+        y = _layout.to_nchw(y, xp, layout)
+        self._last = Pending(cache, run, y.dtype) if self.training else None
         return y
 
     def _check_input(self, x: Any) -> Any:
@@ -338,58 +378,44 @@ class Module:
         call, and return the gradient for its input when ``input_grad`` is true (default: True for layers,
         False for Sequential, as training needs none and it costs a col2im). A first layer with parameters
         skips computing it."""
+        pending, wanted = self._take_pending(dy, input_grad)
+        xp = array_namespace(dy)
+        layout = pending.run.layout
+        dx = self._backward(_layout.from_nchw(dy, xp, layout), pending.cache, pending.run, wanted)
+        return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+
+    def _take_pending(self, dy: Any, input_grad: bool | None) -> tuple[Pending, bool]:
+        """The last training-mode call's :class:`Pending` (then forgotten), after checking ``dy`` against it;
+        and whether the input gradient is wanted."""
         if self._last is None:
             raise RuntimeError(f"{type(self).__name__}.backward called without a training-mode forward before it")
-        cache, layout, dtype = self._last
+        pending = self._last
         if not hasattr(dy, "dtype"):
             raise TypeError(f"{type(self).__name__}.backward: dy must be an array; got {type(dy).__name__}")
-        if dy.dtype != dtype:
-            raise TypeError(f"{type(self).__name__}.backward: dy must have the dtype of the output ({dtype}); "
-                            f"got {dy.dtype}")
-        wanted = self.input_grad_default if input_grad is None else bool(input_grad)
-        xp = array_namespace(dy)
-
-        def run(part, part_cache):
-            dx = self._backward(_layout.from_nchw(part, xp, layout), part_cache, layout, wanted)
-            return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
-
-        if isinstance(cache, _shards.ShardedCache):
-            if tuple(dy.shape[:1]) != (sum(cache.sizes),):
-                raise ValueError(f"{type(self).__name__}.backward: dy must have the output's batch size "
-                                 f"{sum(cache.sizes)}; got shape {tuple(dy.shape)}")
-            parts = _shards.run(len(cache.sizes), lambda i, part: run(part, cache.caches[i]),
-                                _shards.split(dy, cache.sizes))
-            dx = None if parts[0] is None else xp.concat(parts, axis=0)
-        else:
-            dx = run(dy, cache)
+        if dy.dtype != pending.dtype:
+            raise TypeError(f"{type(self).__name__}.backward: dy must have the dtype of the output "
+                            f"({pending.dtype}); got {dy.dtype}")
         self._last = None
-        return dx
+        return pending, self.input_grad_default if input_grad is None else bool(input_grad)
 
     # -- shapes and printing
     def _trace_shapes(self, sample_shape: tuple) -> dict[int, tuple]:
-        """Each module's output shape for one sample, by running an empty batch (eval mode) through it."""
-        global _trace
+        """Each module's output shape for one sample, by running an empty batch through it in eval mode. The
+        trace goes into its own :class:`Run`: no module's mode or pending backward is touched."""
         params = [*self.parameters(), *self.buffers()]
         like = params[0].data if params else _backend.asarray(np.zeros(1, np.float32))
         layout = self.run_layout if len(sample_shape) in (1, 3) else "NCHW"
         empty = np.zeros((*sample_shape, 0) if layout == "CHWN" else (0, *sample_shape), dtype=dtype_name(like))
-        x = _backend.asarray_like(empty, like)
-        mode = [(m, m.training) for m in self.modules()]
-        self.eval()
-        _trace = []
+        run = Run(layout, training=False, trace=[])
         try:
-            self._call(x, layout)
-            return {id(module): shape for module, shape in reversed(_trace)}    # first use wins
+            run.call(self, _backend.asarray_like(empty, like))
         except (ValueError, TypeError) as exc:
             names = {id(m): n for n, m in self.named_modules()}
             where = getattr(exc, "xpcnn_module", self)
             label = names.get(id(where)) or "(top)"
             raise ValueError(f"{self.name}: input of shape (N, {', '.join(map(str, sample_shape))}) does not fit "
                              f"layer {label} ({where.short_repr()}): {exc}") from None
-        finally:
-            _trace = None
-            for module, training in mode:
-                module.training = training
+        return {id(module): shape for module, shape in reversed(run.trace)}    # first use wins
 
     def check_input(self, shape: tuple) -> tuple:
         """Raise ValueError, with the expected shape, if inputs of ``shape`` (N, ...) cannot pass through;
@@ -450,3 +476,16 @@ def from_config(config: Any, dtype: str = "float32") -> Module:
         return LAYERS[kind].from_config(config, dtype)
     except (TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"bad configuration for {kind}: {type(exc).__name__}: {exc}") from None
+
+
+def _refuse_hidden_modules(owner: Module, name: str, value: Any) -> None:
+    """A plain list, tuple or dict holding modules would hide them from the tree walk (no parameters, no
+    training): refused, naming the container that keeps them visible."""
+    if name in ("_config", "_last") or not isinstance(value, (list, tuple, dict)):
+        return
+    items = value.values() if isinstance(value, dict) else value
+    if any(isinstance(item, Module) for item in items):
+        kind = "dict" if isinstance(value, dict) else type(value).__name__
+        raise TypeError(f"{type(owner).__name__}.{name} is a plain {kind} holding modules, which the module tree "
+                        f"cannot see (their parameters would not train); use xpcnn.nn.ModuleList(...) instead, or "
+                        f"assign each module as an attribute")

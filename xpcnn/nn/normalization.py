@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from . import shards as _shards
 from ..functional._checks import as_int
-from .module import Module, accumulate, check_dtype, make_buffer, make_parameter
+from .module import Module, check_dtype, make_buffer, make_parameter
 
 __all__ = ["BatchNorm2D"]
 
@@ -17,8 +16,9 @@ class BatchNorm2D(Module):
 
     Training mode: batch statistics (biased variance) normalize, and the running statistics are updated
     with ``momentum`` (the variance unbiased). Eval mode: the running statistics normalize. ``affine``
-    adds a learned per-channel scale ``weight`` (ones) and shift ``bias`` (zeros). On shards of a batch
-    (:mod:`xpcnn.nn.shards`) the statistics are summed over all the shards: the batch's, as without shards.
+    adds a learned per-channel scale ``weight`` (ones) and shift ``bias`` (zeros). Where a batch runs in parts
+    (:class:`xpcnn.parallel.BatchShards`), the call's ``run.reduce`` sums the statistics over all the parts: the
+    whole batch's, as in one piece.
     """
 
     shardable = True
@@ -38,20 +38,19 @@ class BatchNorm2D(Module):
         self.running_mean = make_buffer(np.zeros(channels), dtype)
         self.running_var = make_buffer(np.ones(channels), dtype)
 
-    def _forward(self, x, layout):
+    def _forward(self, x, run):
         weight = None if self.weight is None else self.weight.data
         bias = None if self.bias is None else self.bias.data
         y, cache, running = F.batch_norm_forward(x, weight, bias, self.running_mean.data, self.running_var.data,
-                                                 training=self.training, momentum=self.momentum, eps=self.eps,
-                                                 layout=layout, reduce=_shards.reducer())
-        shard = _shards.current()
-        if shard is None or shard.index == 0:      # every shard computed the same statistics: one writes them
-            self.running_mean.data, self.running_var.data = running
+                                                 training=run.training, momentum=self.momentum, eps=self.eps,
+                                                 layout=run.layout, reduce=run.reduce)
+        run.update(self.running_mean, running.mean)
+        run.update(self.running_var, running.var)
         return y, cache
 
-    def _backward(self, dy, cache, layout, input_grad):
-        dx, dweight, dbias = F.batch_norm_backward(dy, cache, reduce=_shards.reducer())
+    def _backward(self, dy, cache, run, input_grad):
+        dx, dweight, dbias = F.batch_norm_backward(dy, cache, reduce=run.reduce)
         if self.weight is not None:
-            accumulate(self.weight, dweight)
-            accumulate(self.bias, dbias)
+            run.accumulate(self.weight, dweight)
+            run.accumulate(self.bias, dbias)
         return dx
