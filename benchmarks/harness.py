@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from xpcnn.checkpoint import write_atomic
+from xpcnn.atomic import write_atomic
 
 PAUSE_S = 0.25
 

@@ -352,3 +352,17 @@ def test_resume_from_python_is_exact_with_dropout(tmp_path):
     fit(resumed.model, opt2, resumed.epoch, 2)
     for a, b in zip(straight.parameters(), resumed.model.parameters()):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_check_resume_names_the_setting_that_would_break_an_exact_resume(tmp_path):
+    from xpcnn.checkpoint import ResumeConflict, check_resume
+
+    model, opt = _trained(1)
+    xpcnn.save(tmp_path / "ck.npz", model, opt, extra={"seed": 0, "batch_size": 32, "dataset": "bundled"})
+    ck = xpcnn.load(tmp_path / "ck.npz")
+    check_resume(ck, model=ck.model.name, dtype="float32", seed=0, batch_size=32, dataset="bundled")
+    for kwargs, setting in (({"seed": 1}, "seed"), ({"batch_size": 64}, "batch_size"), ({"dtype": "float64"}, "dtype"),
+                            ({"model": "resnet8"}, "model")):
+        with pytest.raises(ResumeConflict) as caught:
+            check_resume(ck, **kwargs)
+        assert caught.value.setting == setting and caught.value.given == next(iter(kwargs.values()))

@@ -246,3 +246,18 @@ def test_random_crop_flip_on_every_backend(B):
         assert match, "an output image is not a (mirrored) window of the padded input"
         flipped += match[0]
     assert 0 < flipped < 8
+
+
+def test_read_images_is_a_library_function_with_data_errors(tmp_path):
+    from xpcnn.data.images import read_images
+
+    np.save(tmp_path / "two.npy", np.zeros((2, 28, 28), np.uint8))
+    assert read_images(str(tmp_path / "two.npy"), (1, 28, 28)).shape == (2, 1, 28, 28)
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 5, 5), np.uint8))
+    with pytest.raises(xpcnn.data.DataError, match="expected images of 1x28x28"):
+        read_images(str(tmp_path / "wrong.npy"), (1, 28, 28))
+    with pytest.raises(xpcnn.data.DataError, match="does not exist"):
+        read_images(str(tmp_path / "missing.png"), (1, 28, 28))
+    np.save(tmp_path / "light.npy", np.full((1, 28, 28), 255, np.uint8))
+    with pytest.warns(UserWarning, match="background looks light"):
+        read_images(str(tmp_path / "light.npy"), (1, 28, 28))

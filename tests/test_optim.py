@@ -162,3 +162,19 @@ def test_one_flat_update_for_all_parameters_and_rebinding_is_noticed():
     model.parameters()[0].data = np.zeros((6, 1, 5, 5), np.float32)       # e.g. load_state_dict
     opt.step(flat_grad=np.zeros(61_706, np.float32))
     np.testing.assert_allclose(model.parameters()[0].data, -0.1 * 0.9)   # momentum 1 kept going from the zeros
+
+
+def test_build_and_schedule_by_name_as_the_command_line_does():
+    params = xpcnn.models.lenet5().parameters()
+    sgd = xpcnn.optim.build("sgd", params, lr=0.1)
+    assert isinstance(sgd, xpcnn.optim.SGD) and sgd.hyper["momentum"] == 0.9
+    assert isinstance(xpcnn.optim.build("adamw", params, lr=0.1, weight_decay=0.01), xpcnn.optim.AdamW)
+    with pytest.raises(ValueError, match="momentum is for the sgd optimizer; adam has none"):
+        xpcnn.optim.build("adam", params, lr=0.1, momentum=0.5)
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam, adamw; got 'lbfgs'"):
+        xpcnn.optim.build("lbfgs", params, lr=0.1)
+    assert isinstance(xpcnn.optim.schedule("cosine", sgd, 10), xpcnn.optim.CosineLR)
+    assert xpcnn.optim.schedule("step", sgd, 9).step_size == 3
+    assert xpcnn.optim.schedule("none", sgd, 9) is None
+    with pytest.raises(ValueError, match="schedule must be one of cosine, step, none; got 'linear'"):
+        xpcnn.optim.schedule("linear", sgd, 9)

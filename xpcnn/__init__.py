@@ -7,7 +7,7 @@ work on arrays of any of them.
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import data, distributed, functional, init, models, nn, optim
+from . import data, distributed, functional, init, models, nn, optim, parallel, settings, thresholds
 from .backend import (
     BACKENDS,
     Backend,
@@ -31,6 +31,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __all__ = [
     "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "History",
     "TrainingDivergedError", "__version__", "asarray", "available_backends", "data", "distributed", "evaluate", "fit",
-    "functional", "get_backend", "init", "load", "models", "nn", "optim", "save", "set_backend", "to_numpy",
-    "use_backend",
+    "functional", "get_backend", "init", "load", "models", "nn", "optim", "parallel", "save", "set_backend",
+    "settings", "thresholds", "to_numpy", "use_backend",
 ]

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from . import backend as _backend
+from .atomic import write_atomic
 from .nn import Module, from_config
 from .parallel import shard
 from .nn.module import check_dtype
 
-__all__ = ["Checkpoint", "CheckpointError", "load", "save", "write_atomic"]
+__all__ = ["Checkpoint", "CheckpointError", "ResumeConflict", "check_resume", "load", "save"]
 
 FORMAT = "xpcnn-checkpoint"
 VERSION = 2
@@ -62,75 +62,6 @@ class Checkpoint:
     path: str = ""
 
 
-# --------------------------------------------------------------------------- atomic writes
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def _remove_stale_temporaries(path: pathlib.Path) -> None:
-    """Temporaries of ``path`` whose writer died (``kill -9``, power loss): their PID is in their name."""
-    prefix = f".{path.name}."
-    for temp in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
-        pid = temp.name[len(prefix):].split(".", 1)[0]
-        if not (pid.isdigit() and _alive(int(pid))):
-            try:
-                temp.unlink()
-            except OSError:
-                pass
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a flushed temporary file renamed over it: readers see the old
-    file or the new one, never a part (also how the benchmarks rewrite RESULTS.md)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o666 & ~_umask())          # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(temp, path)
-    except BaseException:          # includes KeyboardInterrupt: never leave the temporary file behind
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-    try:                           # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-# --------------------------------------------------------------------------- save
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
@@ -416,3 +347,40 @@ def _optimizer_state(path: pathlib.Path, meta: dict, arrays: dict, model: Module
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed optimizer state ({type(exc).__name__}: {exc})") from None
     return state
+
+
+# --------------------------------------------------------------------------- resuming
+RESUME_KEYS = ("seed", "batch_size", "dataset")     # what an exact resume must repeat, kept in ``extra``
+
+
+class ResumeConflict(ValueError):
+    """A resumed run asked for a ``setting`` other than the checkpoint's: ``saved`` there, ``given`` now."""
+
+    def __init__(self, message: str, setting: str, saved: Any, given: Any):
+        super().__init__(message)
+        self.setting, self.saved, self.given = setting, saved, given
+
+
+def check_resume(checkpoint: Checkpoint, model: str | None = None, dtype: str | None = None, **run: Any) -> None:
+    """Refuse (:class:`ResumeConflict`) a resumed run that could not continue the saved one exactly: another model
+    name or precision than the checkpoint holds, or another ``seed``, ``batch_size`` or ``dataset`` (``run``;
+    compared where the checkpoint recorded them, as ``xpcnn train`` does in ``extra``)."""
+    held = _precision_of(checkpoint.model)
+    if model is not None and model != checkpoint.model.name:
+        raise ResumeConflict(f"it holds a {checkpoint.model.name}; got model {model} (the checkpoint decides the "
+                             f"model)", "model", checkpoint.model.name, model)
+    if dtype is not None and dtype != held:
+        raise ResumeConflict(f"it holds {held} weights; got dtype {dtype} (the checkpoint decides the precision)",
+                             "dtype", held, dtype)
+    for key, given in run.items():
+        if key not in RESUME_KEYS:
+            raise TypeError(f"check_resume: unknown setting {key!r} (known: {', '.join(RESUME_KEYS)})")
+        if key in checkpoint.extra and checkpoint.extra[key] != given:
+            raise ResumeConflict(f"it was trained with {key} {checkpoint.extra[key]}; got {given}. An exact resume "
+                                 f"needs the same {key}", key, checkpoint.extra[key], given)
+
+
+def _precision_of(model: Module) -> str:
+    from .nn.module import dtype_name
+
+    return dtype_name(next(iter(model.parameters())).data)

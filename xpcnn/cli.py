@@ -96,37 +96,6 @@ def _load_checkpoint(path: str, model=None, optimizer=None):
 
 
 # --------------------------------------------------------------------------- train
-def _build_model(name: str, seed: int, sample_shape: tuple, dtype: str = "float32"):
-    """A model for samples of ``sample_shape`` (C, H, W): ResNets take the channels and image size from the data."""
-    import inspect
-
-    from . import models
-
-    kwargs = {"seed": seed, "dtype": dtype}
-    if "in_channels" in inspect.signature(models.MODELS[name]).parameters:
-        kwargs.update(in_channels=sample_shape[0], image_size=sample_shape[1])
-    return models.build(name, **kwargs)
-
-
-def _make_optimizer(args, params):
-    from . import optim
-
-    if args.optimizer == "sgd":
-        momentum = 0.9 if args.momentum is None else args.momentum
-        return optim.SGD(params, lr=args.lr, momentum=momentum, weight_decay=args.weight_decay)
-    return optim.OPTIMIZERS[args.optimizer](params, lr=args.lr, weight_decay=args.weight_decay)
-
-
-def _make_schedule(args, optimizer):
-    from . import optim
-
-    if args.schedule == "cosine":
-        return optim.CosineLR(optimizer, args.epochs, base_lr=args.lr)
-    if args.schedule == "step":
-        return optim.StepLR(optimizer, step_size=max(1, args.epochs // 3), gamma=0.1, base_lr=args.lr)
-    return None
-
-
 def _check_writable(option: str, path: pathlib.Path) -> None:
     """Find out before training that ``path`` can be written (its folder made, a file created there)."""
     import tempfile
@@ -159,7 +128,7 @@ def _plot_path(path: str | None) -> pathlib.Path | None:
 
 def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
     """Refuse options that would be ignored or would break the promise of an exact resume."""
-    from .checkpoint import check_path
+    from .checkpoint import ResumeConflict, check_path, check_resume
 
     if args.data_dir and args.dataset == "bundled":
         raise CommandError("--data-dir is for --dataset mnist, fashion-mnist or cifar10; the bundled subset ships "
@@ -174,51 +143,24 @@ def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
         _check_writable("--checkpoint", pathlib.Path(args.checkpoint))
     if checkpoint is None:
         return
-    saved = checkpoint.extra
-    if args.model is not None and args.model != checkpoint.model.name:
-        raise CommandError(f"--resume {args.resume} holds a {checkpoint.model.name}; drop --model {args.model} "
-                           "(the checkpoint decides the model)")
-    held = _precision(checkpoint.model)
-    if args.dtype is not None and args.dtype != held:
-        raise CommandError(f"--resume {args.resume} holds {held} weights; got --dtype {args.dtype} (drop it: the "
-                           "checkpoint decides the precision)")
-    args.dtype = held
-    for option, key, given in (("--seed", "seed", args.seed), ("--batch-size", "batch_size", args.batch_size),
-                               ("--dataset", "dataset", args.dataset)):
-        if key in saved and saved[key] != given:
-            raise CommandError(f"--resume {args.resume} was trained with {option} {saved[key]}; got {given}. An "
-                               f"exact resume needs the same {option}")
-
-
-def write_plot(history: dict, path: str) -> None:
-    """A PNG with the loss and the accuracy per epoch (train, and validation/test where recorded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = history["epoch"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax_loss.plot(epochs, history["loss"], marker="o", label="train")
-    ax_acc.plot(epochs, [100 * a for a in history["accuracy"]], marker="o", label="train")
-    if history.get("val_accuracy"):
-        ax_loss.plot(epochs, history["val_loss"], marker="s", label="test")
-        ax_acc.plot(epochs, [100 * a for a in history["val_accuracy"]], marker="s", label="test")
-    for ax, label in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("xpcnn training")
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        check_resume(checkpoint, model=args.model, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
+                     dataset=args.dataset)
+    except ResumeConflict as conflict:
+        option = "--" + conflict.setting.replace("_", "-")
+        if conflict.setting == "model":
+            raise CommandError(f"--resume {args.resume} holds a {conflict.saved}; drop --model {conflict.given} "
+                               "(the checkpoint decides the model)") from None
+        if conflict.setting == "dtype":
+            raise CommandError(f"--resume {args.resume} holds {conflict.saved} weights; got --dtype {conflict.given} "
+                               "(drop it: the checkpoint decides the precision)") from None
+        raise CommandError(f"--resume {args.resume} was trained with {option} {conflict.saved}; got "
+                           f"{conflict.given}. An exact resume needs the same {option}") from None
+    args.dtype = _precision(checkpoint.model)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import nn
+    from . import models, nn, optim
     from .checkpoint import save
     from .data import random_crop_flip
     from .train import History, TrainingDivergedError, evaluate, fit
@@ -240,15 +182,15 @@ def _train(args: argparse.Namespace) -> int:
         if start_epoch >= args.epochs:
             raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {start_epoch} epochs; "
                                f"ask for more with --epochs (got {args.epochs})")
-    model = checkpoint.model if checkpoint else _build_model(args.model or "lenet5", args.seed,
-                                                              train_data.sample_shape, args.dtype)
-    optimizer = _make_optimizer(args, model.parameters())
+    model = checkpoint.model if checkpoint else models.build_for(args.model or "lenet5", train_data.sample_shape,
+                                                                  args.seed, args.dtype)
+    optimizer = optim.build(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     if checkpoint and checkpoint.optimizer_state is not None:
         try:
             optimizer.load_state_dict(checkpoint.optimizer_state)
         except ValueError as exc:
             raise CommandError(f"--resume {args.resume}: {exc} (use the same --optimizer)") from None
-    schedule = _make_schedule(args, optimizer)
+    schedule = optim.schedule(args.schedule, optimizer, args.epochs, base_lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
     try:
         model.check_input((1, *train_data.sample_shape))
@@ -295,6 +237,8 @@ def _train(args: argparse.Namespace) -> int:
             _report_checkpoint(args, saved["epoch"])
         return EXIT_FAILED
     if plot and root:
+        from .plot import write_plot
+
         write_plot(history.as_dict(), plot)
         say(f"plot written to {plot}")
     if args.checkpoint:
@@ -343,61 +287,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, mean=None, std=None) -> np.ndarray:
-    """Images from a .npy ((H, W), (N, H, W) or (N, C, H, W); uint8 0..255 or floats 0..1) or any image file
-    Pillow reads (.png, .jpg, ...: converted to grayscale or RGB for ``shape`` (C, H, W) and resized) as
-    floats (N, C, H, W), normalized with ``mean`` and ``std`` (MNIST's by default)."""
-    from .data import MEAN, STD, normalize
-
-    channels, height, width = shape
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise CommandError(f"image {path} does not exist" + (" (it is a directory)" if file.is_dir() else ""))
-    if file.suffix.lower() == ".npy":
-        try:
-            pixels = np.load(file, allow_pickle=False)
-        except ValueError as exc:
-            raise CommandError(f"{path}: not a readable .npy array ({exc})") from None
-    else:
-        try:
-            from PIL import Image, UnidentifiedImageError
-        except ImportError:
-            raise CommandError("reading image files needs Pillow: pip install pillow (or .npy arrays)") from None
-        try:
-            with Image.open(file) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
-                pixels = np.asarray(image)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise CommandError(f"{path}: not an image Pillow can read ({type(exc).__name__}: {exc})") from None
-        pixels = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)[None]
-    if pixels.ndim == 2:
-        pixels = pixels[None]
-    if pixels.ndim == 3 and channels == 1:
-        pixels = pixels[:, None]
-    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != tuple(shape):
-        raise CommandError(f"{path}: expected images of {channels}x{height}x{width} ((H, W), (N, H, W) or "
-                           f"(N, C, H, W)); got shape {pixels.shape}")
-    if np.issubdtype(pixels.dtype, np.floating):
-        if not np.all(np.isfinite(pixels)):
-            raise CommandError(f"{path}: holds NaN or infinite pixel values")
-        if pixels.min() < 0 or pixels.max() > 1:
-            raise CommandError(f"{path}: float pixels must lie in 0..1; got {pixels.min():g}..{pixels.max():g}")
-        pixels = np.round(pixels * 255).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        raise CommandError(f"{path}: expected uint8 (0..255) or float (0..1) pixels; got {pixels.dtype}")
-    if invert:
-        pixels = 255 - pixels
-    elif channels == 1:
-        border = np.concatenate([pixels[:, :, 0, :], pixels[:, :, -1, :], pixels[:, :, :, 0], pixels[:, :, :, -1]],
-                                axis=-1)
-        if border.mean() > 127:
-            print(f"warning: {path}: the background looks light; the model was trained on light digits on a "
-                  "dark background (MNIST): pass --invert if this is a dark drawing on white", file=sys.stderr)
-    return normalize(pixels, "float32", MEAN if mean is None else mean, STD if std is None else std)
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from .data import DATASETS
+    import warnings
+
+    from .data import DATASETS, DataError
+    from .data.images import read_images
     from .functional import softmax
 
     _select_backend(args)
@@ -407,7 +301,15 @@ def _predict(args: argparse.Namespace) -> int:
     shape = tuple(model.input_shape or (1, 28, 28))
     stats = DATASETS.get(checkpoint.extra.get("dataset", "bundled"), DATASETS["bundled"])
     for path in args.images:
-        x = _backend.asarray(read_images(path, shape, args.invert, stats.mean, stats.std), dtype=dtype)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pixels = read_images(path, shape, args.invert, stats.mean, stats.std)
+        except (DataError, ImportError) as exc:
+            raise CommandError(str(exc)) from None
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        x = _backend.asarray(pixels, dtype=dtype)
         probs = _backend.to_numpy(softmax(model(x)))
         if not np.all(np.isfinite(probs)):
             raise CommandError(f"{path}: the model's output is not finite for this input", EXIT_FAILED)

@@ -16,7 +16,7 @@ from array_api_compat import array_namespace, device
 from . import backend as _backend
 from .nn.module import Parameter, flatten, unflatten
 
-__all__ = ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR", "OPTIMIZERS"]
+__all__ = ["SCHEDULES", "SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR", "OPTIMIZERS", "build", "schedule"]
 
 
 def _check_number(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -224,6 +224,19 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
+def build(name: str, params: Iterable[Parameter], lr: float, momentum: float | None = None,
+          weight_decay: float = 0.0) -> Optimizer:
+    """An optimizer by name (one of ``OPTIMIZERS``), as ``xpcnn train --optimizer`` makes it: SGD with momentum
+    0.9 unless given; ``momentum`` is refused for the others (Adam's betas are fixed here)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    if name == "sgd":
+        return SGD(params, lr=lr, momentum=0.9 if momentum is None else momentum, weight_decay=weight_decay)
+    if momentum is not None:
+        raise ValueError(f"momentum is for the sgd optimizer; {name} has none (its betas are fixed)")
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
+
+
 # --------------------------------------------------------------------------- schedules
 class _Schedule:
     """Sets ``optimizer.lr`` from the (fractional) epoch alone, so resuming needs no schedule state.
@@ -269,3 +282,18 @@ class CosineLR(_Schedule):
     def lr_at(self, epoch: float) -> float:
         progress = min(max(epoch / self.total_epochs, 0.0), 1.0)
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+SCHEDULES = ("cosine", "step", "none")
+
+
+def schedule(name: str, optimizer: Optimizer, epochs: int, base_lr: float | None = None) -> _Schedule | None:
+    """A learning-rate schedule over ``epochs`` by name, as ``xpcnn train --schedule`` makes it: "cosine" (to 0),
+    "step" (x0.1 every third of the epochs), or "none" (None: a constant rate)."""
+    if name == "cosine":
+        return CosineLR(optimizer, epochs, base_lr=base_lr)
+    if name == "step":
+        return StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1, base_lr=base_lr)
+    if name == "none":
+        return None
+    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")

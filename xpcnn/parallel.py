@@ -64,10 +64,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads() -> int:
+def threads(settings: _settings.Settings | None = None) -> int:
     """How many shards a batch may be split into by default: ``XPCNN_THREADS``, else the cores this process may
     run on (divided among the MPI ranks on this node under :func:`xpcnn.distributed.init`)."""
-    configured = _settings.get().threads
+    configured = (settings or _settings.get()).threads
     if configured is not None:
         return configured
     cores = usable_cores()
@@ -203,9 +203,10 @@ class BatchShards(Module):
 
     # -- the public pair, sharded where it pays
     def forward(self, x: Any) -> Any:
-        if is_numpy_array(x) and _settings.get().tune_malloc:
+        settings = _settings.get()
+        if settings.tune_malloc and not _allocator_tried and is_numpy_array(x):
             tune_allocator()
-        n = self._plan(x)
+        n = self._plan(x, settings)
         if n < 2 or not _busy.acquire(blocking=False):      # busy: another sharded call owns the cores
             return super().forward(x)
         try:
@@ -214,11 +215,11 @@ class BatchShards(Module):
         finally:
             _busy.release()
 
-    def _plan(self, x: Any) -> int:
+    def _plan(self, x: Any, settings: _settings.Settings | None = None) -> int:
         """How many shards for ``x``: 1 means one piece."""
         if not is_numpy_array(x) or x.ndim < 2 or x.shape[0] < 2:
             return 1
-        n = min(self.threads or threads(), x.shape[0])
+        n = min(self.threads or threads(settings), x.shape[0])
         if n < 2 or not all(getattr(m, "shardable", False) for m in self.module.modules()):
             return 1
         per_module = self._elements_per_module(tuple(x.shape[1:]))
@@ -354,7 +355,8 @@ def _add_gradients(shards: list) -> None:
         add_gradient(param, grad)
 
 
-_ALLOCATOR_TUNED = False
+_ALLOCATOR_TUNED = False          # whether glibc's malloc was tuned
+_allocator_tried = False          # whether tune_allocator ran (it does nothing twice)
 
 
 def tune_allocator() -> bool:
@@ -372,9 +374,10 @@ def tune_allocator() -> bool:
     changes nothing. ``XPCNN_TUNE_MALLOC=0`` leaves malloc alone (e.g. in a long-lived process that must hand
     memory back to the system).
     """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
+    global _ALLOCATOR_TUNED, _allocator_tried
+    if _allocator_tried:
+        return _ALLOCATOR_TUNED
+    _allocator_tried = True
     try:
         import ctypes
 

@@ -237,6 +237,8 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
     is given. Sums stay on the device; one read-back at the end. ``distributed``: each rank evaluates its
     shard of ``data`` and the sums are all-reduced."""
     data = _as_dataset(data, "data")
+    if isinstance(model, Module):
+        model = _parallel.shard(model)            # every core for big batches, as in fit
     was_training = getattr(model, "training", False)
     model.eval()
     total_loss, correct = 0.0, 0

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
 from .. import settings as _settings
+from ..atomic import replacing
 
 __all__ = ["DataError", "DataNotFoundError", "Source", "cache_dir", "download", "find", "sha256_file"]
 
@@ -84,24 +84,21 @@ def download(source: Source, destination: str | os.PathLike, mirrors: tuple[str,
         errors = []
         for mirror in mirrors or source.mirrors:
             url = f"{mirror}{name}"
-            # a hidden partial file: never mistaken for the real one, renamed only once verified
-            handle, temp = tempfile.mkstemp(dir=destination, prefix=f".{name}.", suffix=".part" + pathlib.Path(name).suffix)
             try:
-                with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+                # a hidden partial file: never mistaken for the real one, renamed only once verified
+                with replacing(destination / name, suffix=".part" + pathlib.Path(name).suffix) as temp, \
+                        open(temp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
                     total = int(response.headers.get("Content-Length") or 0) or None
                     with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False,
                               disable=None if progress else True) as bar:     # None: off when not a terminal
                         while chunk := response.read(1 << 16):
                             out.write(chunk)
                             bar.update(len(chunk))
-                source.check(pathlib.Path(temp), expected)
-                os.replace(temp, destination / name)
+                    out.flush()
+                    source.check(temp, expected)
                 break
             except (OSError, DataError) as exc:
                 errors.append(f"{url}: {exc}")
-            finally:
-                if os.path.exists(temp):
-                    os.remove(temp)
         else:
             raise OSError(f"could not download {name}:\n  " + "\n  ".join(errors))
 

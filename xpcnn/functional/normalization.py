@@ -66,7 +66,7 @@ def batch_norm_forward(x: Any, weight: Any = None, bias: Any = None, running_mea
 
     ``reduce``, when ``x`` is one shard of a batch split over threads or processes, sums a per-channel array
     (or an element count) over all the shards: the statistics are then the whole batch's (synchronized
-    batch normalization; see :mod:`xpcnn.nn.shards`). Pass the same to :func:`batch_norm_backward`.
+    batch normalization; see :mod:`xpcnn.parallel`). Pass the same to :func:`batch_norm_backward`.
     """
     op = "batch_norm"
     xp = namespace(op, x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)

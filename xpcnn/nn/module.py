@@ -481,7 +481,7 @@ def from_config(config: Any, dtype: str = "float32") -> Module:
 def _refuse_hidden_modules(owner: Module, name: str, value: Any) -> None:
     """A plain list, tuple or dict holding modules would hide them from the tree walk (no parameters, no
     training): refused, naming the container that keeps them visible."""
-    if name in ("_config", "_last") or not isinstance(value, (list, tuple, dict)):
+    if not isinstance(value, (list, tuple, dict)) or name in ("_config", "_last"):
         return
     items = value.values() if isinstance(value, dict) else value
     if any(isinstance(item, Module) for item in items):

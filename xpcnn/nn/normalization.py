@@ -44,8 +44,9 @@ class BatchNorm2D(Module):
         y, cache, running = F.batch_norm_forward(x, weight, bias, self.running_mean.data, self.running_var.data,
                                                  training=run.training, momentum=self.momentum, eps=self.eps,
                                                  layout=run.layout, reduce=run.reduce)
-        run.update(self.running_mean, running.mean)
-        run.update(self.running_var, running.var)
+        if run.training:
+            run.update(self.running_mean, running.mean)
+            run.update(self.running_var, running.var)
         return y, cache
 
     def _backward(self, dy, cache, run, input_grad):

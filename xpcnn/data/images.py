@@ -1,0 +1,67 @@
+"""Images from files, as a model's input: .npy arrays, or any picture Pillow reads (.png, .jpg, ...)."""
+
+from __future__ import annotations
+
+import pathlib
+import warnings
+
+import numpy as np
+
+from .dataset import MEAN, STD, normalize
+from .files import DataError
+
+__all__ = ["read_images"]
+
+
+def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, mean=None, std=None) -> np.ndarray:
+    """Images from a .npy ((H, W), (N, H, W) or (N, C, H, W); uint8 0..255 or floats 0..1) or any image file
+    Pillow reads (.png, .jpg, ...: converted to grayscale or RGB for ``shape`` (C, H, W) and resized) as
+    floats (N, C, H, W), normalized with ``mean`` and ``std`` (MNIST's by default). Unreadable or misshapen
+    input is a :class:`~xpcnn.data.DataError` naming the file; a light background on one-channel images, which
+    MNIST models misread, is a warning."""
+    channels, height, width = shape
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise DataError(f"image {path} does not exist" + (" (it is a directory)" if file.is_dir() else ""))
+    if file.suffix.lower() == ".npy":
+        try:
+            pixels = np.load(file, allow_pickle=False)
+        except ValueError as exc:
+            raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+    else:
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError:
+            raise ImportError("reading image files needs Pillow: pip install pillow (or .npy arrays)") from None
+        try:
+            with Image.open(file) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
+                pixels = np.asarray(image)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(f"{path}: not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+        pixels = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)[None]
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    if pixels.ndim == 3 and channels == 1:
+        pixels = pixels[:, None]
+    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != tuple(shape):
+        raise DataError(f"{path}: expected images of {channels}x{height}x{width} ((H, W), (N, H, W) or "
+                           f"(N, C, H, W)); got shape {pixels.shape}")
+    if np.issubdtype(pixels.dtype, np.floating):
+        if not np.all(np.isfinite(pixels)):
+            raise DataError(f"{path}: holds NaN or infinite pixel values")
+        if pixels.min() < 0 or pixels.max() > 1:
+            raise DataError(f"{path}: float pixels must lie in 0..1; got {pixels.min():g}..{pixels.max():g}")
+        pixels = np.round(pixels * 255).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 (0..255) or float (0..1) pixels; got {pixels.dtype}")
+    if invert:
+        pixels = 255 - pixels
+    elif channels == 1:
+        border = np.concatenate([pixels[:, :, 0, :], pixels[:, :, -1, :], pixels[:, :, :, 0], pixels[:, :, :, -1]],
+                                axis=-1)
+        if border.mean() > 127:
+            warnings.warn(f"{path}: the background looks light; the model was trained on light digits on a dark "
+                          "background (MNIST): pass invert=True (--invert) if this is a dark drawing on white",
+                          UserWarning, stacklevel=2)
+    return normalize(pixels, "float32", MEAN if mean is None else mean, STD if std is None else std)
