@@ -4,7 +4,7 @@
 #   bash ci/gpu.sh            # run from the repository root or anywhere
 #
 # Installs nothing it does not need: numpy, cupy, pytest and hypothesis must already be there.
-# array-api-compat / array-api-strict are taken from the environment, or else from wheels in .whl/
+# array-api-compat / array-api-extra / array-api-strict are taken from the environment, or else from wheels in .whl/
 # (download them where pip works: see "Tests" in README.md), installed into a private folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ python=${PYTHON:-python3}
 
 missing=$($python - <<'PY'
 import importlib.util
-print(" ".join(m for m in ("array_api_compat", "array_api_strict") if importlib.util.find_spec(m) is None))
+print(" ".join(m for m in ("array_api_compat", "array_api_extra", "array_api_strict") if importlib.util.find_spec(m) is None))
 PY
 )
 if [ -n "$missing" ]; then
@@ -28,7 +28,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 $python - <<'PY'
 import platform, sys
-import numpy, array_api_compat, array_api_strict
+import numpy, array_api_compat, array_api_extra, array_api_strict
 try:
     import cupy
     count = cupy.cuda.runtime.getDeviceCount()
@@ -38,7 +38,8 @@ if count == 0:
     sys.exit("ci/gpu.sh: CuPy is installed but no CUDA device was found")
 props = cupy.cuda.runtime.getDeviceProperties(0)
 print(f"python {platform.python_version()}, numpy {numpy.__version__}, cupy {cupy.__version__}, "
-      f"array-api-compat {array_api_compat.__version__}, array-api-strict {array_api_strict.__version__}")
+      f"array-api-compat {array_api_compat.__version__}, array-api-extra {array_api_extra.__version__}, "
+      f"array-api-strict {array_api_strict.__version__}")
 print(f"CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}, driver {cupy.cuda.runtime.driverGetVersion()}, "
       f"{count} device(s), device 0: {props['name'].decode()}")
 try:
