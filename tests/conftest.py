@@ -13,11 +13,18 @@ import xpcnn
 from helpers import ArrayBackend
 
 REQUIRED = {name.strip() for name in os.environ.get("XPCNN_TEST_REQUIRE", "").split(",") if name.strip()}
-BACKEND_PARAMS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "cupy"]
+BACKEND_PARAMS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "cupy", "jax"]
 
 
 def make_backend(param: str) -> ArrayBackend:
     name, _, device = param.partition(":")
+    if name == "jax":
+        try:
+            import jax
+        except ImportError:
+            pass
+        else:                                   # the float64 references need JAX's 64-bit mode
+            jax.config.update("jax_enable_x64", True)
     try:
         backend = xpcnn.backend._load(name, device or None)   # pins array_api_strict to 2024.12
     except xpcnn.BackendUnavailableError as exc:

@@ -1,7 +1,7 @@
 """xpcnn: convolutional networks from scratch, written once against the Python array API.
 
 The backend for new arrays is chosen with ``XPCNN_BACKEND`` (numpy, cupy, torch,
-array_api_strict) or :func:`set_backend`; the ops in :mod:`xpcnn.functional`
+array_api_strict, jax) or :func:`set_backend`; the ops in :mod:`xpcnn.functional`
 work on arrays of any of them.
 """
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import settings as _settings
 
-BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
+BACKENDS = ("numpy", "cupy", "torch", "array_api_strict", "jax")
 # The array API version our code is written against and array_api_strict is pinned to.
 ARRAY_API_VERSION = "2024.12"
 
@@ -154,11 +154,55 @@ def _load_array_api_strict(device: str | None) -> Backend:
     return Backend("array_api_strict", xp, dev, importlib.metadata.version("array_api_strict"))
 
 
+def _load_jax(device: str | None) -> Backend:
+    try:
+        jax = importlib.import_module("jax")
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "backend 'jax' was requested but JAX is not installed; install it with `pip install 'jax[cpu]'` (from "
+            "a checkout of xpcnn: `pip install -e '.[jax]'`; for NVIDIA GPUs `pip install 'jax[cuda12]'`, untested "
+            f"by xpcnn) [{type(exc).__name__}: {exc}]") from exc
+    if device in (None, ""):
+        dev = jax.devices()[0]
+    else:
+        platform, _, index = str(device).strip().lower().partition(":")
+        platform = {"cuda": "gpu"}.get(platform, platform)
+        try:
+            found = jax.devices(platform)
+        except RuntimeError as exc:
+            raise BackendUnavailableError(f"device {device!r} was requested for jax, but jax has no {platform} "
+                                          f"devices here ({exc})") from None
+        if not (index or "0").isdigit() or int(index or 0) >= len(found):
+            raise ValueError(f"device for the jax backend must be like 'cpu', 'cpu:0' or 'gpu:1' (here: "
+                             f"{', '.join(str(d) for d in jax.devices())}); got {device!r}")
+        dev = found[int(index or 0)]
+    import jax.numpy as xp      # jax's own namespace implements the array API standard
+
+    return Backend("jax", xp, dev, jax.__version__)
+
+
+def _jax_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype to ask JAX for. Without ``jax_enable_x64`` JAX makes 32-bit arrays only, and would silently turn
+    float64 into float32: refused with how to enable it; int64 (labels, indices) becomes int32."""
+    if dtype is None or getattr(xp, "__name__", "") != "jax.numpy":
+        return dtype
+    import jax
+
+    if jax.config.jax_enable_x64:
+        return dtype
+    if dtype == xp.float64:
+        raise BackendUnavailableError(
+            "float64 on the jax backend needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 in the environment, or call "
+            "jax.config.update('jax_enable_x64', True) before making any array")
+    return xp.int32 if dtype == xp.int64 else dtype
+
+
 _LOADERS = {
     "numpy": _load_numpy,
     "cupy": _load_cupy,
     "torch": _load_torch,
     "array_api_strict": _load_array_api_strict,
+    "jax": _load_jax,
 }
 
 
@@ -231,11 +275,11 @@ def to_numpy(x: Any) -> np.ndarray:
 def _convert(obj: Any, xp: Any, dev: Any, dtype: Any) -> Any:
     if array_api_compat.is_array_api_obj(obj):
         if array_api_compat.array_namespace(obj) is xp and array_api_compat.device(obj) == dev:
-            return obj if dtype is None or obj.dtype == dtype else xp.astype(obj, dtype)
+            return obj if dtype is None or obj.dtype == dtype else xp.astype(obj, _jax_dtype(xp, dtype))
         obj = to_numpy(obj)
     if dtype is None and isinstance(obj, np.ndarray):
         dtype = getattr(xp, obj.dtype.name)
-    return xp.asarray(obj, dtype=dtype, device=dev)
+    return xp.asarray(obj, dtype=_jax_dtype(xp, dtype), device=dev)
 
 
 def asarray(obj: Any, dtype: Any = None) -> Any:

@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xpcnn",
         description="Train and inspect convolutional networks on any array API backend "
-                    "(select it with XPCNN_BACKEND=numpy|cupy|torch|array_api_strict or --backend).",
+                    "(select it with XPCNN_BACKEND=numpy|cupy|torch|array_api_strict|jax or --backend).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
