@@ -69,6 +69,14 @@ def _check_name(name: str) -> str:
     return name.strip().lower()
 
 
+def _import(name: str, module: str, how: str) -> Any:
+    """The library behind backend ``name``, or BackendUnavailableError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(f"backend {name!r} was requested but {how} [{type(exc).__name__}: {exc}]") from exc
+
+
 def _load_numpy(device: str | None) -> Backend:
     if device not in (None, "", "cpu"):
         raise ValueError(f"device for the numpy backend must be 'cpu' or unset; got {device!r}")
@@ -78,15 +86,8 @@ def _load_numpy(device: str | None) -> Backend:
 
 
 def _load_cupy(device: str | None) -> Backend:
-    try:
-        cupy = importlib.import_module("cupy")
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "backend 'cupy' was requested but CuPy is not installed; install it with "
-            "`pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda13x` (CUDA 13); from a checkout of "
-            "xpcnn: `pip install -e '.[cuda12]'`"
-            f" [{type(exc).__name__}: {exc}]"
-        ) from exc
+    cupy = _import("cupy", "cupy", "CuPy is not installed; install it with `pip install cupy-cuda12x` (CUDA 12) or "
+                   "`pip install cupy-cuda13x` (CUDA 13); from a checkout of xpcnn: `pip install -e '.[cuda12]'`")
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own types
@@ -115,12 +116,7 @@ def _cuda_index(device: str) -> int:
 
 
 def _load_torch(device: str | None) -> Backend:
-    try:
-        torch = importlib.import_module("torch")
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "backend 'torch' was requested but PyTorch is not installed (`pip install torch`)"
-        ) from exc
+    torch = _import("torch", "torch", "PyTorch is not installed (`pip install torch`)")
     if device in (None, ""):
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -137,12 +133,7 @@ def _load_torch(device: str | None) -> Backend:
 
 
 def _load_array_api_strict(device: str | None) -> Backend:
-    try:
-        xp = importlib.import_module("array_api_strict")
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "backend 'array_api_strict' was requested but it is not installed (`pip install array-api-strict`)"
-        ) from exc
+    xp = _import("array_api_strict", "array_api_strict", "it is not installed (`pip install array-api-strict`)")
     xp.set_array_api_strict_flags(api_version=ARRAY_API_VERSION)
     if device in (None, ""):
         dev = xp.Device("CPU_DEVICE")
@@ -155,13 +146,8 @@ def _load_array_api_strict(device: str | None) -> Backend:
 
 
 def _load_jax(device: str | None) -> Backend:
-    try:
-        jax = importlib.import_module("jax")
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "backend 'jax' was requested but JAX is not installed; install it with `pip install 'jax[cpu]'` (from "
-            "a checkout of xpcnn: `pip install -e '.[jax]'`; for NVIDIA GPUs `pip install 'jax[cuda12]'`, untested "
-            f"by xpcnn) [{type(exc).__name__}: {exc}]") from exc
+    jax = _import("jax", "jax", "JAX is not installed; install it with `pip install 'jax[cpu]'` (from a checkout of "
+                  "xpcnn: `pip install -e '.[jax]'`; for NVIDIA GPUs `pip install 'jax[cuda12]'`, untested by xpcnn)")
     if device in (None, ""):
         dev = jax.devices()[0]
     else:
