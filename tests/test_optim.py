@@ -178,3 +178,18 @@ def test_build_and_schedule_by_name_as_the_command_line_does():
     assert xpcnn.optim.schedule("none", sgd, 9) is None
     with pytest.raises(ValueError, match="schedule must be one of cosine, step, none; got 'linear'"):
         xpcnn.optim.schedule("linear", sgd, 9)
+
+
+def test_an_update_is_a_function_of_its_arguments_so_lr_and_step_can_be_arrays(B):
+    """What a compiled training step needs: the same update with the learning rate and the step count passed
+    in as 0-d arrays gives the numbers it gives with Python numbers (Adam's bias correction included)."""
+    rng = np.random.default_rng(3)
+    data, grad = rng.standard_normal(7), rng.standard_normal(7)
+    for make in (lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1), lambda p: optim.SGD(p, lr=0.1, momentum=0.9)):
+        opt = make([Parameter(B.asarray(data))])
+        numbers_state, arrays_state = {}, {}
+        d1 = d2 = B.asarray(data)
+        for step in (1, 2, 3):
+            d1 = opt._update(d1, B.asarray(grad), numbers_state, 0.01, step)
+            d2 = opt._update(d2, B.asarray(grad), arrays_state, B.asarray(np.float64(0.01)), B.asarray(np.float64(step)))
+        np.testing.assert_allclose(B.numpy(d2), B.numpy(d1), rtol=1e-12)

@@ -97,7 +97,7 @@ class Optimizer:
         flat = self.flat_parameters()
         grad = self.flat_gradients() if flat_grad is None else flat_grad
         before = dict(self.state)
-        new = self._update(flat, grad, self.state)
+        new = self._update(flat, grad, self.state, self.lr, self.steps)
         if missing:
             xp = array_namespace(flat)
             keep = np.zeros(flat.shape[0], dtype=bool)
@@ -114,8 +114,11 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
-    def _update(self, data, grad, state):
-        """The new flat parameters from the flat ``data`` and ``grad``; rebinds ``state`` entries."""
+    def _update(self, data, grad, state, lr, step):
+        """The new flat parameters from the flat ``data`` and ``grad``, with learning rate ``lr`` and ``step`` (1 for
+        the first update); rebinds ``state`` entries. A function of its arguments alone: ``lr`` and ``step`` may be
+        numbers or 0-d arrays in the parameters' floating dtype (exact for step counts below 2**24 in float32), so
+        the same update serves a compiled training step where both change every step."""
         raise NotImplementedError
 
     # -- checkpoints
@@ -167,7 +170,7 @@ class SGD(Optimizer):
         _check_number("SGD", "weight_decay", weight_decay, low=0)
         super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
-    def _update(self, data, grad, state):
+    def _update(self, data, grad, state, lr, step):
         momentum, weight_decay = self.hyper["momentum"], self.hyper["weight_decay"]
         if weight_decay:
             grad = grad + weight_decay * data
@@ -177,7 +180,7 @@ class SGD(Optimizer):
             buffer = array_namespace(grad).asarray(grad, copy=True) if buffer is None else momentum * buffer + grad
             state["momentum"] = buffer
             grad = grad + momentum * buffer if self.hyper["nesterov"] else buffer
-        return data - self.lr * grad
+        return data - lr * grad
 
 
 class Adam(Optimizer):
@@ -195,10 +198,10 @@ class Adam(Optimizer):
         _check_number(type(self).__name__, "weight_decay", weight_decay, low=0)
         super().__init__(params, lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
-    def _update(self, data, grad, state):
+    def _update(self, data, grad, state, lr, step):
         (beta1, beta2), eps, weight_decay = self.hyper["betas"], self.hyper["eps"], self.hyper["weight_decay"]
         if weight_decay and self.decoupled:
-            data = data - self.lr * weight_decay * data
+            data = data - lr * weight_decay * data
         elif weight_decay:
             grad = grad + weight_decay * data
         xp = array_namespace(grad)
@@ -207,9 +210,9 @@ class Adam(Optimizer):
         m = beta1 * state["m"] + (1 - beta1) * grad
         v = beta2 * state["v"] + (1 - beta2) * (grad * grad)
         state["m"], state["v"] = m, v
-        m_hat = m / (1 - beta1 ** self.steps)
-        v_hat = v / (1 - beta2 ** self.steps)
-        return data - self.lr * m_hat / (xp.sqrt(v_hat) + eps)
+        m_hat = m / (1 - beta1 ** step)
+        v_hat = v / (1 - beta2 ** step)
+        return data - lr * m_hat / (xp.sqrt(v_hat) + eps)
 
 
 class AdamW(Adam):
