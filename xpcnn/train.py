@@ -62,7 +62,7 @@ def _correct(logits: Any, labels: Any) -> Any:
     xp = array_namespace(logits)
     if labels.ndim == 2:
         labels = xp.argmax(labels, axis=1)
-    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))     # int32: JAX has no int64 by default
 
 
 READ_BACK_EVERY = 10     # steps between reading the running loss back to the host (a GPU stall each time)
