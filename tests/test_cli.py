@@ -268,3 +268,37 @@ def test_a_safetensors_checkpoint_without_the_package_is_refused_before_training
                      PYTHONPATH=str(tmp_path / "fake"))
     assert done.returncode == 2 and "needs the safetensors package" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "epoch" not in done.stdout
+
+
+def test_a_full_disk_during_a_per_epoch_save_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                                              capsys):
+    import errno
+
+    from xpcnn import checkpoint, cli
+
+    path = tmp_path / "run.npz"
+    real, calls = checkpoint.write_atomic, []
+
+    def fills_up(target, data):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(target, data)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", fills_up)
+    status = cli.main(["train", "--epochs", "3", "--batch-size", "256", "--quiet", "--checkpoint", str(path)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "could not write the checkpoint of epoch 2" in err and "No space left on device" in err
+    assert f"the last good checkpoint is intact: {path} (epoch 1)" in err
+    assert "Traceback" not in err
+    assert xpcnn.load(path).epoch == 1
+
+
+def test_evaluate_refuses_a_checkpoint_that_does_not_fit_the_data(tmp_path, capsys):
+    from xpcnn import cli
+
+    path = xpcnn.save(tmp_path / "rgb.npz", xpcnn.models.resnet8(in_channels=3, image_size=28))
+    assert cli.main(["evaluate", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} does not fit --dataset bundled" in err and "Traceback" not in err

@@ -207,9 +207,13 @@ def _train(args: argparse.Namespace) -> int:
 
     def save_checkpoint(epoch: int, logs: dict) -> None:
         if args.checkpoint:
-            save(args.checkpoint, model, optimizer, epoch=epoch, step=optimizer.steps,
-                 extra={"history": history.as_dict(), "seed": args.seed, "dataset": args.dataset,
-                        "batch_size": args.batch_size})
+            try:
+                save(args.checkpoint, model, optimizer, epoch=epoch, step=optimizer.steps,
+                     extra={"history": history.as_dict(), "seed": args.seed, "dataset": args.dataset,
+                            "batch_size": args.batch_size})
+            except OSError as exc:      # a full disk, say: the previous checkpoint is whole (atomic writes)
+                raise _SaveFailed(f"could not write the checkpoint of epoch {epoch} to {args.checkpoint}: "
+                                  f"{exc.strerror or exc}") from None
             saved["epoch"] = epoch
 
     start = time.perf_counter()
@@ -222,6 +226,10 @@ def _train(args: argparse.Namespace) -> int:
         if root:
             print(f"error: {exc}", file=sys.stderr)
             _report_checkpoint(args, saved["epoch"])
+        return EXIT_FAILED
+    except _SaveFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _report_checkpoint(args, saved["epoch"])
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was left half-written.", file=sys.stderr)
@@ -246,6 +254,10 @@ def _train(args: argparse.Namespace) -> int:
     say(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}; "
           f"trained in {seconds:.1f}s on {backend}")
     return 0
+
+
+class _SaveFailed(Exception):
+    """A per-epoch checkpoint could not be written; training stops there."""
 
 
 def _distributed_context(args: argparse.Namespace):
@@ -279,6 +291,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = _load_checkpoint(args.checkpoint)
     args.dtype = _precision(checkpoint.model)
     data = _load_data(args, args.split)
+    try:
+        checkpoint.model.check_input((1, *data.sample_shape))
+    except ValueError as exc:
+        raise CommandError(f"{args.checkpoint} does not fit --dataset {args.dataset}: {exc}") from None
     result = evaluate(checkpoint.model, data, loss_fn=CrossEntropyLoss(), batch_size=args.batch_size)
     correct = round(result["accuracy"] * result["n"])
     print(f"{checkpoint.model.name} from {args.checkpoint} (epoch {checkpoint.epoch}) on {data.source}, "
