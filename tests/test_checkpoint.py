@@ -366,3 +366,43 @@ def test_check_resume_names_the_setting_that_would_break_an_exact_resume(tmp_pat
         with pytest.raises(ResumeConflict) as caught:
             check_resume(ck, **kwargs)
         assert caught.value.setting == setting and caught.value.given == next(iter(kwargs.values()))
+
+
+def _crafted(path, out, edit_meta=None, edit_arrays=None):
+    """A checkpoint edited and then given consistent digests: what only a deliberate crafter makes."""
+    def edit(meta, arrays):
+        if edit_arrays:
+            edit_arrays(arrays)
+            for key in meta["sha256"]:
+                meta["sha256"][key] = checkpoint._digest(arrays[key])
+        if edit_meta:
+            edit_meta(meta)
+        meta["meta_sha256"] = checkpoint._meta_digest(meta)
+    return _rewrite(path, out, edit)
+
+
+def test_crafted_but_consistent_values_are_refused_as_a_constructor_would(tmp_path):
+    """A negative BatchNorm variance (evaluate printed a NaN loss), a negative learning rate (resume trained
+    uphill), a momentum given as text or a missing learning rate (tracebacks): each is a clear error now."""
+    model = xpcnn.models.resnet8(in_channels=1, image_size=8)
+    path = xpcnn.save(tmp_path / "bn.npz", model)
+
+    def negative_var(arrays):
+        arrays["buffer/1.running_var"] = -np.abs(arrays["buffer/1.running_var"]) - 1
+
+    before = [b.data.copy() for b in model.buffers()]
+    with pytest.raises(xpcnn.CheckpointError, match=r"1: BatchNorm2D: running_var must be >= 0 \(a variance\)"):
+        xpcnn.load(_crafted(path, tmp_path / "var.npz", edit_arrays=negative_var), model)
+    for b, old in zip(model.buffers(), before):
+        np.testing.assert_array_equal(b.data, old)             # nothing was loaded into the given model
+
+    lenet, opt = _trained(1)
+    path = xpcnn.save(tmp_path / "opt.npz", lenet, opt)
+    for edit, words in ((lambda m: m["optimizer"].update(lr=-0.1), "lr must be a finite number > 0; got -0.1"),
+                        (lambda m: m["optimizer"]["hyper"].update(momentum="0.9"), "momentum must be a finite number"),
+                        (lambda m: m["optimizer"].update(lr=None), "lr must be a finite number > 0; got None"),
+                        (lambda m: m["optimizer"].update(steps=-3), "steps must be a whole number >= 0; got -3")):
+        crafted = _crafted(path, tmp_path / "crafted.npz", edit_meta=edit)
+        fresh = xpcnn.optim.SGD(lenet.parameters(), lr=0.05, momentum=0.9)
+        with pytest.raises(xpcnn.CheckpointError, match=words):
+            xpcnn.load(crafted, lenet, fresh)

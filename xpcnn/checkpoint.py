@@ -257,6 +257,7 @@ def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = 
             raise CheckpointError(f"{path}: array {key} was altered (its SHA-256 does not match the one saved)")
         if key in slots and not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {key.replace('/', ' ', 1)} holds NaN or Inf values")
+    _check_module_states(path, model, arrays)
     # a model rebuilt here takes the precision it was saved in; a model the caller gives keeps its own
     dtype = _saved_precision(path, arrays) if rebuilt else None
     for key, slot in slots.items():
@@ -277,6 +278,22 @@ def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = 
     extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
     return Checkpoint(model=model, epoch=epoch, step=step, rng_state=meta.get("rng_state"), extra=extra,
                       optimizer_state=optimizer_state, path=str(path))
+
+
+def _check_module_states(path: pathlib.Path, model: Module, arrays: dict) -> None:
+    """Each module's own saved arrays pass its ``check_state`` before anything is loaded."""
+    for prefix, module in model.named_modules():
+        own = {}
+        for key, value in arrays.items():
+            kind, _, name = key.partition("/")
+            if kind in ("param", "buffer"):
+                owner, _, attribute = name.rpartition(".")
+                if owner == prefix:
+                    own[attribute] = value
+        try:
+            module.check_state(own)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {prefix or 'the model'}: {exc}") from None
 
 
 def _model(path: pathlib.Path, meta: dict, model: Module | None) -> Module:

@@ -144,6 +144,7 @@ class Optimizer:
                 if tuple(value.shape) != p.shape:
                     raise ValueError(f"optimizer state {i}/{key} has shape {tuple(value.shape)}; its parameter "
                                      f"has {p.shape}")
+        _check_saved_settings(type(self), self.params, state)
         like = self.params[0].data
         flat = {}
         for name in sorted(names):
@@ -157,6 +158,21 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
         return f"{type(self).__name__}(lr={self.lr:.4g}{', ' if args else ''}{args})"
+
+
+def _check_saved_settings(kind: type, params: list, state: dict) -> None:
+    """A saved learning rate, step count and hyper-parameters are checked as the constructor checks them (a
+    negative learning rate would train uphill): ValueError naming what is wrong."""
+    try:
+        hyper = dict(state["hyper"])
+        kind(params, lr=state["lr"], **hyper)                   # the constructor's own checks
+        if state.get("initial_lr") is not None:
+            _check_number(kind.__name__, "initial_lr", state["initial_lr"], low=0, low_open=True)
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"{kind.__name__}: steps must be a whole number >= 0; got {steps!r}")
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"saved {kind.__name__} settings are malformed ({type(exc).__name__}: {exc})") from None
 
 
 class SGD(Optimizer):

@@ -295,6 +295,10 @@ class Module:
     def set_extra_state(self, state: Any) -> None:
         raise ValueError(f"{type(self).__name__} keeps no extra state; got {type(state).__name__}")
 
+    def check_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Refuse (ValueError) values of this module's own parameters and buffers (by attribute name, as NumPy
+        arrays) that no training could have produced; checkpoints ask before loading them. Nothing by default."""
+
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None

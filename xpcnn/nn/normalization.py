@@ -38,6 +38,11 @@ class BatchNorm2D(Module):
         self.running_mean = make_buffer(np.zeros(channels), dtype)
         self.running_var = make_buffer(np.ones(channels), dtype)
 
+    def check_state(self, arrays):
+        var = arrays.get("running_var")
+        if var is not None and np.any(var < 0):
+            raise ValueError(f"BatchNorm2D: running_var must be >= 0 (a variance); got a minimum of {var.min():g}")
+
     def _forward(self, x, run):
         weight = None if self.weight is None else self.weight.data
         bias = None if self.bias is None else self.bias.data
