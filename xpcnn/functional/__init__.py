@@ -21,5 +21,8 @@ from .normalization import *  # noqa: F401,F403
 from .normalization import __all__ as _normalization
 from .pool import *  # noqa: F401,F403
 from .pool import __all__ as _pool
+from .random import DropoutCache, dropout, dropout_backward, dropout_forward  # noqa: F401
+from . import random  # noqa: F401  (counter-based random numbers: xpcnn.functional.random)
 
-__all__ = sorted([*_activation, *_conv, *_linear, *_loss, *_normalization, *_pool])
+__all__ = sorted([*_activation, *_conv, *_linear, *_loss, *_normalization, *_pool,
+                  "DropoutCache", "dropout", "dropout_backward", "dropout_forward"])

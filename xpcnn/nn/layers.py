@@ -6,13 +6,11 @@ gives the same weights everywhere. Updates rebind ``Parameter.data``; nothing re
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
-import array_api_compat.numpy as _npx
 import numpy as np
 from array_api_compat import array_namespace
 
-from .. import backend as _backend
 from .. import functional as F
 from .. import init as _init
 from ..functional import layout as _layout
@@ -201,39 +199,44 @@ class Softmax(_Function):
         return F.softmax_backward(dy.T, cache).T if run.layout == "CHWN" else F.softmax_backward(dy, cache)
 
 
-class DropoutCache(NamedTuple):
-    mask: Any          # 0 or 1/(1-p) per element; None when the layer was the identity
-
-
 class Dropout(Module):
     """Zeroes each element with probability ``p`` in training mode (scaling the rest by 1/(1-p)); identity in eval.
 
-    Masks are drawn from a NumPy generator (seeded, so runs repeat) and moved to the input's backend.
+    Masks are made on the device from a counter-based hash (:mod:`xpcnn.functional.random`) of the layer's
+    ``seed`` (drawn from ``rng`` unless given) and the number of training calls so far, so they are the same on
+    every backend, new at every call, and a resumed run (which restores both) repeats them. The call counter is
+    state kept on the layer, which is why batch shards leave a model with Dropout in one piece.
     """
 
-    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None, seed: int | None = None):
         if not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be in [0, 1); got {p!r}")
         super().__init__(p=p)
         self.p = p
-        self.rng = rng or _init.default_rng()
+        self.seed = int((rng or _init.default_rng()).integers(1 << 31)) if seed is None else \
+            as_int("Dropout", "seed", seed, 0)
+        self.calls = 0
 
     def _forward(self, x, run):
         if not run.training or self.p == 0:
-            return x, DropoutCache(None)
+            return x, F.DropoutCache(None)
+        key = F.random.key(self.seed, self.calls)
+        self.calls += 1
+        xp = array_namespace(x)
         # drawn in NCHW order, so the layer drops the same elements alone and inside a container
-        keep = self.rng.random(_layout.nchw_shape(x.shape, run.layout)) >= self.p
-        keep = _layout.from_nchw(keep, _npx, run.layout)
-        mask = _backend.asarray_like(keep / (1.0 - self.p), x, dtype=x.dtype)
-        return x * mask, DropoutCache(mask)
-
-    def get_extra_state(self) -> dict:
-        """The generator's state, so a resumed run draws the same masks."""
-        return self.rng.bit_generator.state
-
-    def set_extra_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
+        to_layout = None if run.layout == "NCHW" else (lambda u: _layout.from_nchw(u, xp, run.layout))
+        return F.dropout_forward(x, self.p, key, _layout.nchw_shape(x.shape, run.layout), to_layout)
 
     def _backward(self, dy, cache, run, input_grad):
-        F._checks.check_cache("Dropout.backward", cache, DropoutCache)
-        return dy if cache.mask is None else dy * cache.mask
+        return F.dropout_backward(dy, cache)
+
+    def get_extra_state(self) -> dict:
+        """The seed and the call counter, so a resumed run draws the same masks."""
+        return {"seed": self.seed, "calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        if not (isinstance(state, dict) and isinstance(state.get("seed"), int) and isinstance(state.get("calls"), int)
+                and state["seed"] >= 0 and state["calls"] >= 0):
+            raise ValueError(f"Dropout: saved state must be {{'seed': int >= 0, 'calls': int >= 0}}; got {state!r:.200} "
+                             f"(a checkpoint from before the counter-based masks: its masks cannot be repeated)")
+        self.seed, self.calls = state["seed"], state["calls"]

@@ -1,0 +1,99 @@
+"""Counter-based random numbers in the array API's int32 arithmetic, and dropout built on them.
+
+Element ``i`` of :func:`uniform` is a hash of (``key``, ``i``): no generator state, nothing drawn on the host,
+nothing copied to the device. The same key gives the same bits on NumPy, CuPy, PyTorch, JAX and
+array_api_strict (tested), inside a compiled step as well as eagerly, and a layer gets a new stream every call by
+passing a new key (:func:`key`, from a seed and a call counter).
+
+The hash is ``lowbias32`` (Chris Wellons' integer hash prospector), applied twice. Everything is int32:
+multiplication wraps modulo 2**32 in every library, and the logical right shifts the hash needs are arithmetic
+shifts masked to their low bits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from array_api_compat import device
+
+from ._checks import check_cache, check_floating, check_shape, namespace
+
+__all__ = ["DropoutCache", "dropout", "dropout_backward", "dropout_forward", "key", "uniform"]
+
+_M1, _M2 = 0x7FEB352D, 0x846CA68B - (1 << 32)      # lowbias32's multipliers, the second as a signed int32
+_GOLDEN = 0x9E3779B9
+
+
+def _mix(h: Any) -> Any:
+    """lowbias32 on int32 arrays (or Python ints in [-2**31, 2**31))."""
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _M1
+    h = h ^ ((h >> 15) & 0x1FFFF)
+    h = h * _M2
+    return h ^ ((h >> 16) & 0xFFFF)
+
+
+def _int32(value: int) -> int:
+    """The signed 32-bit integer with the low 32 bits of ``value``."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _mix_int(value: int) -> int:
+    h = _int32(value)
+    for shift, multiplier in ((16, _M1), (15, _M2), (16, None)):
+        h = _int32(h ^ ((h & 0xFFFFFFFF) >> shift))
+        if multiplier is not None:
+            h = _int32(h * multiplier)
+    return h
+
+
+def key(seed: int, counter: int) -> int:
+    """The key of call number ``counter`` (0, 1, ...) of a stream seeded with ``seed``: a signed 32-bit int."""
+    return _mix_int(_mix_int(seed) ^ _int32(counter * _GOLDEN))
+
+
+def uniform(key_: int, shape: tuple, xp: Any, dev: Any, dtype: Any) -> Any:
+    """Numbers in [0, 1) on multiples of 2**-24, one per element of ``shape`` (row-major), from ``key_``."""
+    index = xp.reshape(xp.arange(math.prod(shape), dtype=xp.int32, device=dev), tuple(shape))
+    bits = _mix(_mix(index ^ key_) ^ _int32(key_ * _GOLDEN))
+    return xp.astype((bits >> 8) & 0xFFFFFF, dtype) * (1.0 / (1 << 24))
+
+
+class DropoutCache(NamedTuple):
+    mask: Any          # 0 or 1/(1-p) per element; None when the op was the identity
+
+
+def dropout_forward(x: Any, p: float, key_: int, index_shape: tuple | None = None,
+                    to_layout: Any = None) -> tuple[Any, DropoutCache]:
+    """Zero each element of ``x`` with probability ``p`` and scale the rest by 1/(1-p), the mask drawn from
+    ``key_`` (see :func:`key`). ``index_shape`` and ``to_layout`` let a layer draw the mask in another order than
+    ``x``'s (xpcnn draws in NCHW order, then moves it to the layout ``x`` is in)."""
+    op = "dropout"
+    xp = namespace(op, x=x)
+    check_floating(op, "x", x, xp)
+    if not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"{op}: p must be in [0, 1); got {p!r}")
+    if p == 0:
+        return x, DropoutCache(None)
+    u = uniform(key_, tuple(x.shape) if index_shape is None else index_shape, xp, device(x), x.dtype)
+    if to_layout is not None:
+        u = to_layout(u)
+    mask = xp.astype(u >= p, x.dtype) * (1.0 / (1.0 - p))
+    return x * mask, DropoutCache(mask)
+
+
+def dropout_backward(dy: Any, cache: DropoutCache) -> Any:
+    """Gradient of :func:`dropout_forward`: ``dy`` times the same mask."""
+    check_cache("dropout_backward", cache, DropoutCache)
+    if cache.mask is None:
+        return dy
+    namespace("dropout_backward", dy=dy, cache=cache.mask)
+    check_shape("dropout_backward", "dy", dy, cache.mask.shape)
+    return dy * cache.mask
+
+
+def dropout(x: Any, p: float, key_: int) -> Any:
+    """:func:`dropout_forward` without the cache."""
+    return dropout_forward(x, p, key_)[0]
