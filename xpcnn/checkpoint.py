@@ -35,7 +35,7 @@ from . import backend as _backend
 from .atomic import write_atomic
 from .nn import Module, from_config
 from .parallel import shard
-from .nn.module import check_dtype
+from .nn.module import check_dtype, precision
 
 __all__ = ["Checkpoint", "CheckpointError", "ResumeConflict", "check_resume", "load", "save"]
 
@@ -282,16 +282,15 @@ def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = 
 
 def _check_module_states(path: pathlib.Path, model: Module, arrays: dict) -> None:
     """Each module's own saved arrays pass its ``check_state`` before anything is loaded."""
+    by_owner: dict[str, dict] = {}
+    for key, value in arrays.items():
+        kind, _, name = key.partition("/")
+        if kind in ("param", "buffer"):
+            owner, _, attribute = name.rpartition(".")
+            by_owner.setdefault(owner, {})[attribute] = value
     for prefix, module in model.named_modules():
-        own = {}
-        for key, value in arrays.items():
-            kind, _, name = key.partition("/")
-            if kind in ("param", "buffer"):
-                owner, _, attribute = name.rpartition(".")
-                if owner == prefix:
-                    own[attribute] = value
         try:
-            module.check_state(own)
+            module.check_state(by_owner.get(prefix, {}))
         except ValueError as exc:
             raise CheckpointError(f"{path}: {prefix or 'the model'}: {exc}") from None
 
@@ -382,7 +381,7 @@ def check_resume(checkpoint: Checkpoint, model: str | None = None, dtype: str | 
     """Refuse (:class:`ResumeConflict`) a resumed run that could not continue the saved one exactly: another model
     name or precision than the checkpoint holds, or another ``seed``, ``batch_size`` or ``dataset`` (``run``;
     compared where the checkpoint recorded them, as ``xpcnn train`` does in ``extra``)."""
-    held = _precision_of(checkpoint.model)
+    held = precision(checkpoint.model)
     if model is not None and model != checkpoint.model.name:
         raise ResumeConflict(f"it holds a {checkpoint.model.name}; got model {model} (the checkpoint decides the "
                              f"model)", "model", checkpoint.model.name, model)
@@ -395,9 +394,3 @@ def check_resume(checkpoint: Checkpoint, model: str | None = None, dtype: str | 
         if key in checkpoint.extra and checkpoint.extra[key] != given:
             raise ResumeConflict(f"it was trained with {key} {checkpoint.extra[key]}; got {given}. An exact resume "
                                  f"needs the same {key}", key, checkpoint.extra[key], given)
-
-
-def _precision_of(model: Module) -> str:
-    from .nn.module import dtype_name
-
-    return dtype_name(next(iter(model.parameters())).data)

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import settings as _settings
+from .nn.module import precision
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -77,13 +78,6 @@ def _load_data(args: argparse.Namespace, split: str):
                             dtype=args.dtype)
     except (DataNotFoundError, DataError) as exc:
         raise CommandError(str(exc)) from None
-
-
-def _precision(model) -> str:
-    """The dtype name of a model's weights: what its data must be converted to."""
-    from .nn.module import dtype_name
-
-    return dtype_name(next(iter(model.parameters())).data)
 
 
 def _load_checkpoint(path: str, model=None, optimizer=None):
@@ -156,7 +150,7 @@ def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
                                "(drop it: the checkpoint decides the precision)") from None
         raise CommandError(f"--resume {args.resume} was trained with {option} {conflict.saved}; got "
                            f"{conflict.given}. An exact resume needs the same {option}") from None
-    args.dtype = _precision(checkpoint.model)
+    args.dtype = precision(checkpoint.model)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -289,7 +283,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     backend = _select_backend(args)
     checkpoint = _load_checkpoint(args.checkpoint)
-    args.dtype = _precision(checkpoint.model)
+    args.dtype = precision(checkpoint.model)
     data = _load_data(args, args.split)
     try:
         checkpoint.model.check_input((1, *data.sample_shape))
@@ -313,7 +307,7 @@ def _predict(args: argparse.Namespace) -> int:
     _select_backend(args)
     checkpoint = _load_checkpoint(args.checkpoint)
     model = checkpoint.model.eval()
-    dtype = _precision(model)
+    dtype = precision(model)
     shape = tuple(model.input_shape or (1, 28, 28))
     stats = DATASETS.get(checkpoint.extra.get("dataset", "bundled"), DATASETS["bundled"])
     for path in args.images:

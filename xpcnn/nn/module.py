@@ -164,6 +164,11 @@ class Pending(NamedTuple):
     dtype: Any
 
 
+def precision(model: "Module") -> str:
+    """The dtype name of a model's weights (its first parameter's): what its data must be converted to."""
+    return dtype_name(next(iter(model.parameters())).data)
+
+
 def dtype_name(x: Any) -> str:
     xp = array_namespace(x)
     for name in DTYPES:
