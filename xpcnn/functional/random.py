@@ -25,13 +25,14 @@ _M1, _M2 = 0x7FEB352D, 0x846CA68B - (1 << 32)      # lowbias32's multipliers, th
 _GOLDEN = 0x9E3779B9
 
 
-def _mix(h: Any) -> Any:
-    """lowbias32 on int32 arrays (or Python ints in [-2**31, 2**31))."""
-    h = h ^ ((h >> 16) & 0xFFFF)
-    h = h * _M1
-    h = h ^ ((h >> 15) & 0x1FFFF)
-    h = h * _M2
-    return h ^ ((h >> 16) & 0xFFFF)
+def _mix(h: Any, wrap: Any = lambda v: v) -> Any:
+    """lowbias32 on int32 arrays, or on Python ints in [-2**31, 2**31) with ``wrap=_int32`` (Python's shifts of
+    negative ints are arithmetic too, so both give the same bits)."""
+    h = wrap(h ^ ((h >> 16) & 0xFFFF))
+    h = wrap(h * _M1)
+    h = wrap(h ^ ((h >> 15) & 0x1FFFF))
+    h = wrap(h * _M2)
+    return wrap(h ^ ((h >> 16) & 0xFFFF))
 
 
 def _int32(value: int) -> int:
@@ -40,18 +41,9 @@ def _int32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def _mix_int(value: int) -> int:
-    h = _int32(value)
-    for shift, multiplier in ((16, _M1), (15, _M2), (16, None)):
-        h = _int32(h ^ ((h & 0xFFFFFFFF) >> shift))
-        if multiplier is not None:
-            h = _int32(h * multiplier)
-    return h
-
-
 def key(seed: int, counter: int) -> int:
     """The key of call number ``counter`` (0, 1, ...) of a stream seeded with ``seed``: a signed 32-bit int."""
-    return _mix_int(_mix_int(seed) ^ _int32(counter * _GOLDEN))
+    return _mix(_mix(_int32(seed), _int32) ^ _int32(counter * _GOLDEN), _int32)
 
 
 def uniform(key_: int, shape: tuple, xp: Any, dev: Any, dtype: Any) -> Any:
