@@ -187,8 +187,8 @@ def test_an_update_is_a_function_of_its_arguments_so_lr_and_step_can_be_arrays(B
     data, grad = rng.standard_normal(7), rng.standard_normal(7)
     for make in (lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1), lambda p: optim.SGD(p, lr=0.1, momentum=0.9)):
         opt = make([Parameter(B.asarray(data))])
-        numbers_state, arrays_state = {}, {}
         d1 = d2 = B.asarray(data)
+        numbers_state, arrays_state = opt.initial_state(d1), opt.initial_state(d1)
         for step in (1, 2, 3):
             d1 = opt._update(d1, B.asarray(grad), numbers_state, 0.01, step)
             d2 = opt._update(d2, B.asarray(grad), arrays_state, B.asarray(np.float64(0.01)), B.asarray(np.float64(step)))

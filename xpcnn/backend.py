@@ -14,7 +14,7 @@ import contextvars
 import importlib
 import importlib.metadata
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import array_api_compat
 import numpy as np
@@ -242,6 +242,16 @@ def available_backends() -> dict[str, str]:
         else:
             report[name] = f"available ({backend.version}, default device {backend.device})"
     return report
+
+
+def compiler(x: Any) -> Callable[[Callable], Callable] | None:
+    """The compiler of whole functions for ``x``'s array library: ``jax.jit`` for jax arrays; None elsewhere (the
+    other libraries run a function's operations one by one)."""
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return jax.jit
+    return None
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -90,25 +90,42 @@ class Optimizer:
         """Apply one update from the parameters' gradients (or from ``flat_grad``, a 1-D array in parameter
         order, e.g. all-reduced across processes). Parameters without a gradient, and their state, are left
         as they are."""
-        missing = [i for i, p in enumerate(self.params) if p.grad is None] if flat_grad is None else []
+        missing = self.missing() if flat_grad is None else ()
         if len(missing) == len(self.params):
             return
         self.steps += 1
         flat = self.flat_parameters()
+        if not self.state:
+            self.state = self.initial_state(flat)
         grad = self.flat_gradients() if flat_grad is None else flat_grad
-        before = dict(self.state)
-        new = self._update(flat, grad, self.state, self.lr, self.steps)
+        new, self.state = self.apply(flat, grad, self.state, self.lr, self.steps, missing)
+        self._scatter(new)
+
+    def missing(self) -> tuple[int, ...]:
+        """The indices of the parameters that have no gradient."""
+        return tuple(i for i, p in enumerate(self.params) if p.grad is None)
+
+    def apply(self, flat: Any, grad: Any, state: dict, lr: Any, step: Any, missing: tuple = ()) -> tuple[Any, dict]:
+        """``(new flat parameters, new state)`` from the flat parameters and gradient, the state (from
+        :meth:`initial_state` or the last update), the learning rate and the step number (1 for the first update).
+        A function of its arguments alone, as a compiled training step needs (see :meth:`_update`). The parameters
+        listed in ``missing`` (indices), and their state, keep their values."""
+        new_state = dict(state)
+        new = self._update(flat, grad, new_state, lr, step)
         if missing:
             xp = array_namespace(flat)
             keep = np.zeros(flat.shape[0], dtype=bool)
             for i in missing:
                 keep[self.offsets[i]:self.offsets[i] + self.sizes[i]] = True
-            keep = _backend.asarray_like(keep, flat)
+            keep = xp.asarray(keep, device=device(flat))
             new = xp.where(keep, flat, new)
-            for name, value in self.state.items():
-                if name in before:
-                    self.state[name] = xp.where(keep, before[name], value)
-        self._scatter(new)
+            new_state = {name: xp.where(keep, state[name], value) for name, value in new_state.items()}
+        return new, new_state
+
+    def initial_state(self, flat: Any) -> dict:
+        """The state before the first update (zeros, shaped like the flat parameters ``flat``): made before an
+        update, so that every update, compiled or not, sees state of one structure."""
+        return {}
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -116,9 +133,10 @@ class Optimizer:
 
     def _update(self, data, grad, state, lr, step):
         """The new flat parameters from the flat ``data`` and ``grad``, with learning rate ``lr`` and ``step`` (1 for
-        the first update); rebinds ``state`` entries. A function of its arguments alone: ``lr`` and ``step`` may be
-        numbers or 0-d arrays in the parameters' floating dtype (exact for step counts below 2**24 in float32), so
-        the same update serves a compiled training step where both change every step."""
+        the first update); rebinds ``state`` entries (all made by :meth:`initial_state`). A function of its
+        arguments alone: ``lr`` and ``step`` may be numbers or 0-d arrays in the parameters' floating dtype (exact
+        for step counts below 2**24 in float32), so the same update serves a compiled training step where both
+        change every step."""
         raise NotImplementedError
 
     # -- checkpoints
@@ -160,6 +178,10 @@ class Optimizer:
         return f"{type(self).__name__}(lr={self.lr:.4g}{', ' if args else ''}{args})"
 
 
+def _zeros_like(flat: Any) -> Any:
+    return array_namespace(flat).zeros_like(flat)
+
+
 def _check_saved_settings(kind: type, params: list, state: dict) -> None:
     """A saved learning rate, step count and hyper-parameters are checked as the constructor checks them (a
     negative learning rate would train uphill): ValueError naming what is wrong."""
@@ -191,12 +213,13 @@ class SGD(Optimizer):
         if weight_decay:
             grad = grad + weight_decay * data
         if momentum:
-            buffer = state.get("momentum")
-            # a copy, never the gradient array itself: gradients may live in a buffer that is reused
-            buffer = array_namespace(grad).asarray(grad, copy=True) if buffer is None else momentum * buffer + grad
+            buffer = momentum * state["momentum"] + grad      # from zeros: the first step's buffer is the gradient
             state["momentum"] = buffer
             grad = grad + momentum * buffer if self.hyper["nesterov"] else buffer
         return data - lr * grad
+
+    def initial_state(self, flat):
+        return {"momentum": _zeros_like(flat)} if self.hyper["momentum"] else {}
 
 
 class Adam(Optimizer):
@@ -221,14 +244,15 @@ class Adam(Optimizer):
         elif weight_decay:
             grad = grad + weight_decay * data
         xp = array_namespace(grad)
-        if "m" not in state:
-            state["m"], state["v"] = xp.zeros_like(grad), xp.zeros_like(grad)
         m = beta1 * state["m"] + (1 - beta1) * grad
         v = beta2 * state["v"] + (1 - beta2) * (grad * grad)
         state["m"], state["v"] = m, v
         m_hat = m / (1 - beta1 ** step)
         v_hat = v / (1 - beta2 ** step)
         return data - lr * m_hat / (xp.sqrt(v_hat) + eps)
+
+    def initial_state(self, flat):
+        return {"m": _zeros_like(flat), "v": _zeros_like(flat)}
 
 
 class AdamW(Adam):

@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from array_api_compat import device
+from array_api_compat import array_namespace, device
 
 from ._checks import check_cache, check_floating, check_shape, namespace
 
 __all__ = ["DropoutCache", "dropout", "dropout_backward", "dropout_forward", "key", "uniform"]
 
 _M1, _M2 = 0x7FEB352D, 0x846CA68B - (1 << 32)      # lowbias32's multipliers, the second as a signed int32
-_GOLDEN = 0x9E3779B9
+_GOLDEN = 0x9E3779B9 - (1 << 32)                   # 2**32 / golden ratio, as a signed int32
 
 
 def _mix(h: Any, wrap: Any = lambda v: v) -> Any:
@@ -41,15 +41,30 @@ def _int32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def key(seed: int, counter: int) -> int:
-    """The key of call number ``counter`` (0, 1, ...) of a stream seeded with ``seed``: a signed 32-bit int."""
-    return _mix(_mix(_int32(seed), _int32) ^ _int32(counter * _GOLDEN), _int32)
+def _wrap_for(value: Any) -> Any:
+    """How to keep ``value``'s arithmetic in int32: :func:`_int32` for a Python int; nothing for an int32 array,
+    whose arithmetic wraps by itself."""
+    return _int32 if isinstance(value, int) else (lambda v: v)
 
 
-def uniform(key_: int, shape: tuple, xp: Any, dev: Any, dtype: Any) -> Any:
-    """Numbers in [0, 1) on multiples of 2**-24, one per element of ``shape`` (row-major), from ``key_``."""
+def key(seed: int, counter: Any) -> Any:
+    """The key of call number ``counter`` (0, 1, ...) of a stream seeded with ``seed``: a signed 32-bit int, or a
+    0-d int32 array when ``counter`` is one (a compiled step's counter is an input, not a constant); both give the
+    same bits."""
+    if not isinstance(counter, int):
+        xp = array_namespace(counter)       # one element, as int32 (a 0-d array's arithmetic would be a scalar's)
+        counter = xp.reshape(xp.astype(counter, xp.int32), (1,))
+    wrap = _wrap_for(counter)
+    return _mix(_mix(_int32(seed), _int32) ^ wrap(counter * _GOLDEN), wrap)
+
+
+def uniform(key_: Any, shape: tuple, xp: Any, dev: Any, dtype: Any) -> Any:
+    """Numbers in [0, 1) on multiples of 2**-24, one per element of ``shape`` (row-major), from ``key_`` (a
+    Python int or a 0-d int32 array, see :func:`key`)."""
     index = xp.reshape(xp.arange(math.prod(shape), dtype=xp.int32, device=dev), tuple(shape))
-    bits = _mix(_mix(index ^ key_) ^ _int32(key_ * _GOLDEN))
+    if not isinstance(key_, int):
+        key_ = xp.reshape(key_, (1,) * len(shape))
+    bits = _mix(_mix(index ^ key_) ^ _wrap_for(key_)(key_ * _GOLDEN))
     return xp.astype((bits >> 8) & 0xFFFFFF, dtype) * (1.0 / (1 << 24))
 
 

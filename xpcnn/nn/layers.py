@@ -208,6 +208,8 @@ class Dropout(Module):
     state kept on the layer, which is why batch shards leave a model with Dropout in one piece.
     """
 
+    counters = ("calls",)       # a compiled training step passes the counter in and out (xpcnn.step)
+
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None, seed: int | None = None):
         if not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be in [0, 1); got {p!r}")
@@ -232,7 +234,7 @@ class Dropout(Module):
 
     def get_extra_state(self) -> dict:
         """The seed and the call counter, so a resumed run draws the same masks."""
-        return {"seed": self.seed, "calls": self.calls}
+        return {"seed": self.seed, "calls": int(self.calls)}     # after a compiled step, a 0-d array
 
     def set_extra_state(self, state: dict) -> None:
         if not (isinstance(state, dict) and isinstance(state.get("seed"), int) and isinstance(state.get("calls"), int)

@@ -190,6 +190,7 @@ class Module:
     run_layout = "NCHW"         # the layout a public call runs in: containers use the fast CHWN
     input_shape: tuple | None = None
     input_grad_default = True   # what backward(dy) returns without input_grad=
+    counters: tuple[str, ...] = ()  # attributes holding call counters (ints) that a training step advances
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
