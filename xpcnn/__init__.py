@@ -21,6 +21,7 @@ from .backend import (
 )
 
 from .checkpoint import Checkpoint, CheckpointError, load, save
+from .step import TrainStep
 from .train import History, TrainingDivergedError, evaluate, fit
 
 try:
@@ -29,7 +30,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 __all__ = [
-    "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "History",
+    "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "History", "TrainStep",
     "TrainingDivergedError", "__version__", "asarray", "available_backends", "data", "distributed", "evaluate", "fit",
     "functional", "get_backend", "init", "load", "models", "nn", "optim", "parallel", "save", "set_backend",
     "settings", "thresholds", "to_numpy", "use_backend",

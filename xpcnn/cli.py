@@ -160,6 +160,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import History, TrainingDivergedError, evaluate, fit
 
     plot = _plot_path(args.plot)
+    if args.compile and args.distributed:
+        raise CommandError("--compile cannot be combined with --distributed (data-parallel steps run eagerly)")
     backend = _select_backend(args)
     ctx = _distributed_context(args)
     root = ctx is None or ctx.is_root
@@ -191,11 +193,15 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     n_params = sum(math.prod(p.shape) for p in model.parameters())
+    compiled = ctx is None and args.compile is not False and _backend.compiler(model.parameters()[0].data) is not None
+    if args.compile and not compiled:
+        raise CommandError(f"--compile needs a backend with a compiler (jax); got {backend}")
     ranks = "" if ctx is None else f", {ctx.size} ranks (data-parallel, global batch {args.batch_size})"
     say(f"xpcnn train: {model.name} ({n_params:,} parameters) on {train_data.source} "
         f"({len(train_data):,} train / {len(test_data):,} test images)")
-    say(f"backend {backend}, {args.dtype}; {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
-        f"epochs {start_epoch + 1}..{args.epochs}, seed {args.seed}{ranks}", flush=True)
+    say(f"backend {backend}{' (compiled steps)' if compiled else ''}, {args.dtype}; {optimizer!r}, "
+        f"schedule {args.schedule}, batch {args.batch_size}, epochs {start_epoch + 1}..{args.epochs}, "
+        f"seed {args.seed}{ranks}", flush=True)
 
     saved = {"epoch": start_epoch if args.resume else None}
 
@@ -215,7 +221,7 @@ def _train(args: argparse.Namespace) -> int:
         fit(model, loss_fn, optimizer, train_data, epochs=args.epochs, batch_size=args.batch_size,
             validation_data=test_data if args.validate else None, callbacks=[save_checkpoint], scheduler=schedule,
             seed=args.seed, start_epoch=start_epoch, history=history, progress=not args.quiet,
-            augment=random_crop_flip if args.augment else None, distributed=ctx)
+            augment=random_crop_flip if args.augment else None, distributed=ctx, compile=args.compile)
     except TrainingDivergedError as exc:
         if root:
             print(f"error: {exc}", file=sys.stderr)
@@ -415,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training on the ranks of an MPI job: mpiexec -n N xpcnn train "
                             "--distributed ... (needs pip install -e '.[mpi]'); --batch-size is the global batch")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile each training step as one function (default: on for jax, the backend with a "
+                            "compiler; off elsewhere); not with --distributed")
     _add_backend_options(train)
     train.set_defaults(run=_train)
 

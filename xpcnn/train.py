@@ -13,7 +13,8 @@ from array_api_compat import array_namespace, device
 from . import backend as _backend
 from . import parallel as _parallel
 from .data import Dataset
-from .nn import Module
+from .nn import BCELoss, Module
+from .step import TrainStep, _correct
 
 __all__ = ["History", "TrainingDivergedError", "epoch_order", "evaluate", "fit"]
 
@@ -56,15 +57,6 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def _correct(logits: Any, labels: Any) -> Any:
-    """Number of correct predictions, left on the device (0-d integer array). ``labels`` are class indices
-    (N,) or one-hot / probability targets (N, K), whose largest entry is the class."""
-    xp = array_namespace(logits)
-    if labels.ndim == 2:
-        labels = xp.argmax(labels, axis=1)
-    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))     # int32: JAX has no int64 by default
-
-
 READ_BACK_EVERY = 10     # steps between reading the running loss back to the host (a GPU stall each time)
 
 
@@ -86,26 +78,35 @@ def parameters_finite(model: Any) -> bool:
     return bool(xp.all(xp.stack([xp.all(xp.isfinite(s.data)) for s in slots])))
 
 
-def _check_labels(data: Dataset, output_shape: tuple) -> None:
-    """Class indices must lie in [0, K) for K outputs: checked once here, with one read-back, since the loss
-    only turns a bad label into an infinite loss (a per-step check would stall a GPU)."""
+def _check_labels(data: Dataset, output_shape: tuple, loss_fn: Any = None) -> None:
+    """Class indices must lie in [0, K) for K outputs, and BCELoss's targets in [0, 1]: checked once here, with
+    one read-back, since the losses only turn a bad label into an infinite or NaN loss (a per-step check would
+    stall a GPU, and cannot run inside a compiled step)."""
     labels = data.labels
-    if labels.ndim != 1 or len(output_shape) != 1 or labels.shape[0] == 0:
+    if labels.shape[0] == 0:
+        return
+    bce = isinstance(loss_fn, BCELoss)
+    if not bce and (labels.ndim != 1 or len(output_shape) != 1):
         return
     xp = array_namespace(labels)
-    low, high = (int(v) for v in _backend.to_numpy(xp.stack([xp.min(labels), xp.max(labels)])))
-    if low < 0 or high >= output_shape[0]:
+    low, high = (float(v) for v in _backend.to_numpy(xp.stack([xp.min(labels), xp.max(labels)])))
+    if bce and (low < 0 or high > 1):
+        raise ValueError(f"train_data: targets for BCELoss must lie in [0, 1]; got values from {low:g} to {high:g}")
+    if not bce and (low < 0 or high >= output_shape[0]):
         raise ValueError(f"train_data: labels must lie in [0, {output_shape[0]}) for a model with {output_shape[0]} "
-                         f"outputs; got values from {low} to {high}")
+                         f"outputs; got values from {low:g} to {high:g}")
 
 
 def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, batch_size: int = 64,
         validation_data: Any = None, callbacks: Iterable[Callable[[int, dict], None]] = (), scheduler: Any = None,
         seed: int = 0, start_epoch: int = 0, history: History | None = None, progress: bool = True,
-        augment: Callable[[Any, np.random.Generator], Any] | None = None, distributed: Any = None) -> History:
+        augment: Callable[[Any, np.random.Generator], Any] | None = None, distributed: Any = None,
+        compile: bool | None = None) -> History:
     """Train ``model`` for epochs ``start_epoch + 1 .. epochs`` and return the :class:`History`.
 
-    Each step: forward, loss, backward, ``optimizer.step()``, zero gradients. ``scheduler`` (if any) sets
+    Each step (a :class:`xpcnn.TrainStep`): forward, loss, backward, the optimizer's update, gradients cleared.
+    ``compile``: whether the step is compiled as one function (None, the default: where the backend has a
+    compiler, i.e. jax; True: insist; False: run it op by op). ``scheduler`` (if any) sets
     the learning rate from the fractional epoch. After each epoch every callback is called as
     ``callback(epoch, logs)`` (epoch 1-based; logs holds this epoch's metrics). Data order depends on
     ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. The loss stays on the device
@@ -140,11 +141,15 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         raise ValueError("train_data is empty")
     if hasattr(model, "check_input"):
         output = model.check_input((batch_size, *train_data.sample_shape))
-        _check_labels(train_data, output)
+        _check_labels(train_data, output, loss_fn)
     history = history or History()
     n = len(train_data)
     steps_per_epoch = math.ceil(n / batch_size)
     ctx = distributed
+    if ctx is not None and compile:
+        raise ValueError("fit: compile=True cannot be combined with distributed= (data-parallel steps all-reduce "
+                         "the gradient between backward and update, and run eagerly); pass compile=None or False")
+    train_step = TrainStep(model, loss_fn, optimizer, compile=compile) if ctx is None else None
     if ctx is not None:
         ctx.sync_model(model)                  # same shapes (or a clear error) and rank 0's values everywhere
         progress = progress and ctx.is_root
@@ -163,15 +168,11 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
                     x = augment(x, augment_rng)
                 count = min(batch_size, n - step * batch_size)       # the global batch
                 if ctx is None:
-                    logits = model(x)
-                    loss = loss_fn(logits, y)
-                    model.backward(loss_fn.backward())
-                    optimizer.step()
-                    total_loss = total_loss + loss * count             # on the device
-                    correct = correct + _correct(logits, y)
+                    loss, batch_correct = train_step(x, y)
+                    batch_loss = loss * count                                  # on the device
                 else:
                     batch_loss, batch_correct = _data_parallel_step(ctx, model, loss_fn, optimizer, x, y, count)
-                    total_loss, correct = total_loss + batch_loss, correct + batch_correct
+                total_loss, correct = total_loss + batch_loss, correct + batch_correct
                 model.zero_grad()
                 seen += count
                 bar.update(count)

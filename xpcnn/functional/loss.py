@@ -127,19 +127,19 @@ def binary_cross_entropy_forward(probs: Any, targets: Any) -> tuple[Any, tuple]:
 
     The clip (eps = the dtype's machine epsilon) keeps log away from 0. The gradient
     is that of the formula at the clipped value, so a saturated wrong output still learns.
+    A prob or target outside [0, 1] makes the loss NaN (PyTorch raises; clipping them silently would train on
+    another loss): decided on the device, so that no step waits for a read-back. ``xpcnn.fit`` checks its
+    targets once, before training, and stops at the first NaN loss it reads back.
     """
     op = "binary_cross_entropy"
     xp = _pair_inputs(op, "probs", probs, targets)
     targets = _targets_like(xp, targets, probs)
-    for name, values in (("probs", probs), ("targets", targets)):   # PyTorch refuses these too
-        if math.prod(values.shape) and bool(xp.any((values < 0) | (values > 1))):
-            raise ValueError(f"{op}: {name} must lie in [0, 1]; got values from {float(xp.min(values)):g} to "
-                             f"{float(xp.max(values)):g}" + (" (pass logits to binary_cross_entropy_with_logits "
-                                                            "instead)" if name == "probs" else ""))
     eps = float(xp.finfo(probs.dtype).eps)
     p = xp.clip(probs, eps, 1 - eps)
     total = -xp.sum(targets * xp.log(p) + (1 - targets) * xp.log(1 - p))
     count = math.prod(probs.shape)
+    outside = xp.any((probs < 0) | (probs > 1) | (targets < 0) | (targets > 1))
+    total = xp.where(outside, xp.full_like(total, math.nan), total)
     return _mean(xp, total, count), BinaryCrossEntropyCache(p, targets)
 
 

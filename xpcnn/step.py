@@ -1,0 +1,177 @@
+"""One training step as a function of explicit state: :class:`TrainStep`.
+
+``step = TrainStep(model, loss_fn, optimizer)`` then ``loss, correct = step(x, y)`` runs the forward, the loss,
+the backward and the optimizer's update, as the README's loop does, and returns the batch's mean loss and its
+number of correct predictions, both left on the device. Inside, the step is one function whose inputs are
+everything that changes from step to step:
+
+- the flat parameters (:meth:`xpcnn.optim.Optimizer.flat_parameters`) and the buffers (BatchNorm's running
+  statistics);
+- the optimizer's state (momentum, Adam's moments), its learning rate and its step number;
+- the counters of the modules that draw random numbers (each :class:`~xpcnn.nn.Dropout`'s ``calls``: its masks
+  are a hash of its seed and that counter, see :mod:`xpcnn.functional.random`);
+- the batch.
+
+It returns their new values and the metrics. The model's own ``_forward``/``_backward`` run inside it, on the
+parameters and buffers it was given; the function reads nothing else that changes, writes nothing outside its
+result, reads nothing back to the host and branches on no array value. So on JAX it is compiled once per batch
+shape with ``jax.jit`` (the smaller last batch of an epoch compiles once more: it is not padded), and elsewhere it
+runs eagerly from the same code, where it gives the hand-written loop's numbers exactly.
+
+Between steps the model holds real arrays, never a compiler's placeholders: ``Parameter.data``, the buffers, the
+optimizer's state and the Dropout counters are set from the step's results, so ``model(x)``, ``xpcnn.save`` and
+:func:`xpcnn.evaluate` work between steps as always. The step leaves the gradients empty (``.grad`` None), as
+:func:`xpcnn.fit` does after each step. A compiled step keeps what its trace saw as constants: the model's
+structure and the optimizer's hyper-parameters (but not the learning rate or the step number, which are inputs):
+after changing those, make a new ``TrainStep``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from array_api_compat import array_namespace, device
+
+from . import backend as _backend
+from .nn.module import Module, unflatten
+from .optim import Optimizer
+
+__all__ = ["StepState", "TrainStep"]
+
+
+class StepState(NamedTuple):
+    """The inputs of one step besides the batch (each a backend array, or a number where eager)."""
+
+    params: Any                 # the flat parameters (1-D)
+    buffers: tuple              # each buffer's array, in model.buffers() order
+    optimizer: dict             # the optimizer's flat state arrays by name
+    counters: tuple             # each random module's counter, in TrainStep.counters order
+    lr: Any                     # the learning rate
+    step: Any                   # the number of this update (1 for the first)
+
+
+class TrainStep:
+    """A training step of ``model`` with ``loss_fn`` and ``optimizer`` (see the module's text).
+
+    ``compile``: None (the default) compiles where the backend has a compiler (jax), True insists on it (a
+    ValueError elsewhere), False runs eagerly everywhere. The optimizer must hold the model's parameters.
+    """
+
+    def __init__(self, model: Module, loss_fn: Any, optimizer: Optimizer, compile: bool | None = None):
+        if not isinstance(model, Module):
+            raise TypeError(f"TrainStep: model must be an xpcnn.nn.Module; got {type(model).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"TrainStep: optimizer must be an xpcnn.optim.Optimizer; got {type(optimizer).__name__}")
+        if not callable(loss_fn) or not callable(getattr(loss_fn, "backward", None)):
+            raise TypeError(f"TrainStep: loss_fn must be an xpcnn loss object (called, then .backward()); got "
+                            f"{type(loss_fn).__name__}")
+        if compile not in (None, True, False):
+            raise ValueError(f"TrainStep: compile must be None, True or False; got {compile!r}")
+        if {id(p) for p in model.parameters()} != {id(p) for p in optimizer.params}:
+            raise ValueError("TrainStep: the optimizer must hold exactly the model's parameters "
+                             "(make it with optimizer(model.parameters(), ...))")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.buffers = model.buffers()
+        self.counters = [(module, name) for module in _unique(model.modules()) for name in module.counters]
+        compiler = _backend.compiler(optimizer.params[0].data)
+        if compile and compiler is None:
+            raise ValueError(f"TrainStep: compile=True needs a backend with a compiler (jax); the parameters are "
+                             f"{array_namespace(optimizer.params[0].data).__name__} arrays (pass compile=None or "
+                             f"False to run the step eagerly)")
+        self.compiled = compiler is not None and compile is not False
+        self._function: Callable = compiler(self._pure) if self.compiled else self._pure
+        self._updates = True        # whether the traced step updated any parameter (set while it runs)
+
+    def state(self) -> StepState:
+        """The current explicit state, read from the model and the optimizer. Compiled, the numbers become arrays
+        (the counters int32, the learning rate and step number in the parameters' dtype), so that changing them
+        does not compile the step again."""
+        opt = self.optimizer
+        flat = opt.flat_parameters()
+        if not opt.state:
+            opt.state = opt.initial_state(flat)
+        counters = tuple(getattr(module, name) for module, name in self.counters)
+        lr, step = opt.lr, opt.steps + 1
+        if self.compiled:
+            xp = array_namespace(flat)
+            counters = tuple(xp.asarray(c, dtype=xp.int32, device=device(flat)) for c in counters)
+            lr, step = (xp.asarray(v, dtype=flat.dtype, device=device(flat)) for v in (lr, float(step)))
+        return StepState(flat, tuple(b.data for b in self.buffers), dict(opt.state), counters, lr, step)
+
+    def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """One step on the batch ``(x, y)``: ``(mean loss, number of correct predictions)``, 0-d arrays on the
+        device."""
+        if not self.model.training:
+            self.model.train()
+        new, loss, correct = self._function(self.state(), x, y)
+        opt = self.optimizer
+        if self._updates:
+            opt.steps += 1
+            opt._scatter(new.params)
+            opt.state = new.optimizer
+        for buffer, value in zip(self.buffers, new.buffers):
+            buffer.data = value
+        for (module, name), value in zip(self.counters, new.counters):
+            setattr(module, name, value)
+        opt.zero_grad()
+        return loss, correct
+
+    def _pure(self, state: StepState, x: Any, y: Any) -> tuple[StepState, Any, Any]:
+        """The step as a function of its arguments: the model's slots hold them only while it runs."""
+        model, opt = self.model, self.optimizer
+        saved = self._slots()
+        try:
+            unflatten(state.params, opt.params)
+            for p in opt.params:
+                p.grad = None
+            for buffer, value in zip(self.buffers, state.buffers):
+                buffer.data = value
+            for (module, name), value in zip(self.counters, state.counters):
+                setattr(module, name, value)
+            logits = model(x)
+            loss = self.loss_fn(logits, y)
+            model.backward(self.loss_fn.backward(), input_grad=False)
+            missing = opt.missing()
+            self._updates = len(missing) < len(opt.params)
+            params, opt_state = opt.apply(state.params, opt.flat_gradients(), state.optimizer, state.lr, state.step,
+                                          missing)
+            new = StepState(params, tuple(b.data for b in self.buffers), opt_state,
+                            tuple(getattr(module, name) for module, name in self.counters), state.lr, state.step)
+            return new, loss, _correct(logits, y)
+        finally:
+            self._restore(saved)
+
+    def _slots(self) -> tuple:
+        opt = self.optimizer
+        return ([(p.data, p.grad) for p in opt.params], [b.data for b in self.buffers],
+                [getattr(module, name) for module, name in self.counters], (opt._flat, opt._views))
+
+    def _restore(self, saved: tuple) -> None:
+        params, buffers, counters, flat = saved
+        opt = self.optimizer
+        for p, (data, grad) in zip(opt.params, params):
+            p.data, p.grad = data, grad
+        for buffer, data in zip(self.buffers, buffers):
+            buffer.data = data
+        for (module, name), value in zip(self.counters, counters):
+            setattr(module, name, value)
+        opt._flat, opt._views = flat
+        self.model._forget()
+
+
+def _correct(logits: Any, labels: Any) -> Any:
+    """Number of correct predictions, left on the device (0-d integer array). ``labels`` are class indices
+    (N,) or one-hot / probability targets (N, K), whose largest entry is the class."""
+    xp = array_namespace(logits)
+    if labels.ndim == 2:
+        labels = xp.argmax(labels, axis=1)
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))     # int32: JAX has no int64 by default
+
+
+def _unique(modules: list) -> list:
+    seen, out = set(), []
+    for module in modules:
+        if id(module) not in seen:
+            seen.add(id(module))
+            out.append(module)
+    return out
