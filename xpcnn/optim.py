@@ -82,8 +82,13 @@ class Optimizer:
         return flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype=p.data.dtype, device=device(p.data))
                         for p in self.params])
 
-    def _scatter(self, flat: Any) -> None:
-        unflatten(flat, self.params)
+    def _scatter(self, flat: Any, parts: list | None = None) -> None:
+        """Rebind the parameters to their parts of ``flat`` (``parts``, if the caller has them already)."""
+        if parts is None:
+            unflatten(flat, self.params)
+        else:
+            for p, part in zip(self.params, parts):
+                p.data = part
         self._flat, self._views = flat, [p.data for p in self.params]
 
     def step(self, flat_grad: Any = None) -> None:

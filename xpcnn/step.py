@@ -33,7 +33,7 @@ from typing import Any, Callable, NamedTuple
 from array_api_compat import array_namespace, device
 
 from . import backend as _backend
-from .nn.module import Module, unflatten
+from .nn.module import Module, split, unflatten
 from .optim import Optimizer
 
 __all__ = ["StepState", "TrainStep"]
@@ -83,9 +83,9 @@ class TrainStep:
         self._updates = True        # whether the traced step updated any parameter (set while it runs)
 
     def state(self) -> StepState:
-        """The current explicit state, read from the model and the optimizer. Compiled, the numbers become arrays
-        (the counters int32, the learning rate and step number in the parameters' dtype), so that changing them
-        does not compile the step again."""
+        """The current explicit state, read from the model and the optimizer. Compiled, the counters become int32
+        arrays (once: the step returns them as arrays) and the learning rate and step number Python floats (a
+        compiled function takes numbers as inputs, not constants), so that changing them compiles nothing."""
         opt = self.optimizer
         flat = opt.flat_parameters()
         if not opt.state:
@@ -94,8 +94,9 @@ class TrainStep:
         lr, step = opt.lr, opt.steps + 1
         if self.compiled:
             xp = array_namespace(flat)
-            counters = tuple(xp.asarray(c, dtype=xp.int32, device=device(flat)) for c in counters)
-            lr, step = (xp.asarray(v, dtype=flat.dtype, device=device(flat)) for v in (lr, float(step)))
+            counters = tuple(xp.asarray(c, dtype=xp.int32, device=device(flat)) if isinstance(c, int) else c
+                             for c in counters)
+            lr, step = float(lr), float(step)
         return StepState(flat, tuple(b.data for b in self.buffers), dict(opt.state), counters, lr, step)
 
     def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
@@ -103,11 +104,11 @@ class TrainStep:
         device."""
         if not self.model.training:
             self.model.train()
-        new, loss, correct = self._function(self.state(), x, y)
+        new, parts, loss, correct = self._function(self.state(), x, y)
         opt = self.optimizer
         if self._updates:
             opt.steps += 1
-            opt._scatter(new.params)
+            opt._scatter(new.params, parts)        # the parts come out of the step: no slicing out here
             opt.state = new.optimizer
         for buffer, value in zip(self.buffers, new.buffers):
             buffer.data = value
@@ -116,8 +117,9 @@ class TrainStep:
         opt.zero_grad()
         return loss, correct
 
-    def _pure(self, state: StepState, x: Any, y: Any) -> tuple[StepState, Any, Any]:
-        """The step as a function of its arguments: the model's slots hold them only while it runs."""
+    def _pure(self, state: StepState, x: Any, y: Any) -> tuple[StepState, list, Any, Any]:
+        """The step as a function of its arguments: ``(new state, the new parameters one by one, loss, correct)``.
+        The model's slots hold the arguments only while it runs."""
         model, opt = self.model, self.optimizer
         saved = self._slots()
         try:
@@ -137,7 +139,7 @@ class TrainStep:
                                           missing)
             new = StepState(params, tuple(b.data for b in self.buffers), opt_state,
                             tuple(getattr(module, name) for module, name in self.counters), state.lr, state.step)
-            return new, loss, _correct(logits, y)
+            return new, split(params, [p.shape for p in opt.params]), loss, _correct(logits, y)
         finally:
             self._restore(saved)
 

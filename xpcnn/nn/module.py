@@ -81,12 +81,19 @@ def flatten(arrays: list) -> Any:
 
 def unflatten(flat: Any, slots: list) -> None:
     """Rebind each slot's ``.data`` to its part of the 1-D ``flat`` (a view, in :func:`flatten`'s order)."""
+    for slot, part in zip(slots, split(flat, [slot.shape for slot in slots])):
+        slot.data = part
+
+
+def split(flat: Any, shapes: list) -> list:
+    """The parts of the 1-D ``flat`` with these shapes, in order (views where the library has them)."""
     xp = array_namespace(flat)
-    offset = 0
-    for slot in slots:
-        size = math.prod(slot.shape)
-        slot.data = xp.reshape(flat[offset:offset + size], slot.shape)
+    parts, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        parts.append(xp.reshape(flat[offset:offset + size], shape))
         offset += size
+    return parts
 
 
 def check_dtype(owner: str, dtype: Any) -> str:
