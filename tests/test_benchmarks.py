@@ -102,3 +102,21 @@ def test_fit_vs_loop_runs_both_and_reports():
     assert batch == 4 and min(fit) > 0 and min(loop) > 0
     table = bench_fit_vs_loop.report(rows, images=8).splitlines()
     assert table[0].startswith("LeNet-5, one epoch of 8 images") and table[4].startswith("| 4 | ")
+
+
+def test_bench_jax_runs_and_reports():
+    """benchmarks/bench_jax.py's three parts on a tiny run: compiled equals eager (float64, to rounding), the
+    compiled step's kernels are counted from its HLO, and the speed table has all three contenders."""
+    pytest.importorskip("jax", reason="jax not installed (pip install -e '.[jax]')")
+    pytest.importorskip("torch", reason="torch not installed: the benchmarks' reference is not here")
+    import bench_jax
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    errors = bench_jax.equality("lenet5", "float64", steps=2, batch=4)
+    assert set(errors) == {"compiled 1", "compiled all", "numpy"} and max(errors.values()) < 1e-10, errors
+    counts = bench_jax.kernels("lenet5", batch=4)
+    assert counts["fusion"] > 10 and "parameter" not in counts, counts
+    rows = bench_jax.speed(["lenet5"], (4,), blocks=1, seconds_per_block=0.01)
+    table = bench_jax.report_speed(rows).splitlines()
+    assert table[4].startswith("| LeNet-5 | 4 |") and len(table[4].split("|")) == 11
