@@ -195,3 +195,42 @@ def test_a_compiled_fit_stops_at_a_nan_loss(jax):
         opt = optim.SGD(model.parameters(), lr=0.01)
         with pytest.raises(xpcnn.TrainingDivergedError, match=r"the loss became nan at epoch 1"):
             xpcnn.fit(model, nn.CrossEntropyLoss(), opt, data, epochs=1, batch_size=32, progress=False)
+
+
+LOSSES = {
+    "cross_entropy": (nn.CrossEntropyLoss, [], lambda rng, n: rng.integers(0, 3, n).astype(np.int64)),
+    "bce": (nn.BCELoss, [nn.Sigmoid()], lambda rng, n: rng.integers(0, 2, (n, 3)).astype(np.float64)),
+    "bce_with_logits": (nn.BCEWithLogitsLoss, [], lambda rng, n: rng.random((n, 3))),
+    "mse": (nn.MSELoss, [nn.Tanh()], lambda rng, n: rng.standard_normal((n, 3))),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_layer_and_loss_compiles_to_the_eager_numbers(jax, loss):
+    """No layer or loss reads an array back to the host or branches on its values: each one traces, and the
+    compiled steps give the eager ones' numbers (float64, SGD with Nesterov momentum and weight decay)."""
+    make_loss, head, targets = LOSSES[loss]
+
+    def net():
+        rng = np.random.default_rng(0)
+        # no bias before BatchNorm: its gradient is zero up to rounding, so its values would be rounding noise
+        return nn.Sequential(
+            nn.Conv2D(2, 3, 3, padding=1, bias="untied", input_size=(8, 8), dtype="float64", rng=rng),
+            nn.LeakyReLU(0.1), nn.AvgPool2D(2),
+            nn.Conv2D(3, 4, 3, padding=1, bias=False, dtype="float64", rng=rng), nn.BatchNorm2D(4, dtype="float64"),
+            nn.Tanh(), nn.MaxPool2D(2, stride=1), nn.Flatten(), nn.Dropout(0.2, seed=1),
+            nn.Linear(36, 3, dtype="float64", rng=rng), *head, input_shape=(2, 8, 8))
+
+    rng = np.random.default_rng(2)
+    with xpcnn.use_backend("jax"):
+        batches = [(xpcnn.asarray(rng.standard_normal((6, 2, 8, 8))), xpcnn.asarray(targets(rng, 6)))
+                   for _ in range(3)]
+        runs = []
+        for compile in (False, True):
+            model = net()
+            opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+            runs.append((model, opt, xpcnn.TrainStep(model, make_loss(), opt, compile=compile)))
+        for x, y in batches:
+            losses = [float(step(x, y)[0]) for _, _, step in runs]
+            np.testing.assert_allclose(losses[1], losses[0], rtol=1e-10)
+        _assert_states_close(_state(*runs[1][:2]), _state(*runs[0][:2]), rtol=1e-10)
