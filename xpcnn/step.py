@@ -16,7 +16,7 @@ It returns their new values and the metrics. The model's own ``_forward``/``_bac
 parameters and buffers it was given; the function reads nothing else that changes, writes nothing outside its
 result, reads nothing back to the host and branches on no array value. So on JAX it is compiled once per batch
 shape with ``jax.jit`` (the smaller last batch of an epoch compiles once more: it is not padded), and elsewhere it
-runs eagerly from the same code, where it gives the hand-written loop's numbers exactly.
+runs eagerly from the same code: the hand-written loop's operations in its order, so its numbers.
 
 Between steps the model holds real arrays, never a compiler's placeholders: ``Parameter.data``, the buffers, the
 optimizer's state and the Dropout counters are set from the step's results, so ``model(x)``, ``xpcnn.save`` and
