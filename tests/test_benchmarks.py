@@ -120,3 +120,14 @@ def test_bench_jax_runs_and_reports():
     rows = bench_jax.speed(["lenet5"], (4,), blocks=1, seconds_per_block=0.01)
     table = bench_jax.report_speed(rows).splitlines()
     assert table[4].startswith("| LeNet-5 | 4 |") and len(table[4].split("|")) == 11
+
+
+def test_bench_onnx_runs_and_reports():
+    """benchmarks/bench_onnx.py on a tiny run: the exported LeNet-5 agrees with xpcnn and both sides are timed."""
+    pytest.importorskip("onnx", reason="onnx not installed (pip install -e '.[onnx]')")
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    import bench_onnx
+
+    rows = bench_onnx.run(["lenet5"], (2,), blocks=1, seconds_per_block=0.01)
+    assert rows[0]["nodes"] == 12 and rows[0]["error"] < 1e-5
+    assert bench_onnx.report(rows).splitlines()[4].startswith("| LeNet-5 | 12 | 2 |")

@@ -8,6 +8,7 @@ import pathlib
 import platform
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -303,9 +304,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    import warnings
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
 
+    out = pathlib.Path(args.onnx)
+    if out.suffix != ".onnx":
+        raise CommandError(f"--onnx {out}: give a file name ending in .onnx")
+    _check_writable("--onnx", out)
+    checkpoint = _load_checkpoint(args.checkpoint)
+    model = checkpoint.model
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            export_onnx(model, out, opset=args.opset)
+    except ImportError as exc:
+        raise CommandError(f"{exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"{args.checkpoint}: {exc}") from None
+    for warning in caught:
+        print(f"xpcnn export: warning: {warning.message}", file=sys.stderr)
+    shape = ", ".join(map(str, model.input_shape))
+    print(f"wrote {out}: {model.name} from {args.checkpoint} (epoch {checkpoint.epoch}) as ONNX opset {args.opset}, "
+          f"input 'input' (N, {shape}) float32, output 'output'")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
     from .data import DATASETS, DataError
     from .data.images import read_images
     from .functional import softmax
@@ -434,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=1000)
     _add_backend_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser("export", help="write a checkpoint's model as an ONNX graph (needs onnx)")
+    export.add_argument("--checkpoint", metavar="PATH", required=True)
+    export.add_argument("--onnx", metavar="OUT.onnx", required=True, help="the ONNX file to write")
+    export.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17; at least 13)")
+    export.set_defaults(run=_export)
 
     predict = commands.add_parser("predict", help="classify images (.png, .jpg, ... or .npy arrays) with a checkpoint")
     predict.add_argument("--checkpoint", metavar="PATH", required=True)

@@ -272,9 +272,15 @@ class Module:
         return {**{n: p.data for n, p in self.named_parameters()}, **{n: b.data for n, b in self.named_buffers()}}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Copy arrays (any backend) into the parameters and buffers of the same names, keeping each one's
-        backend, device and dtype. ``strict``: the names must match exactly. Shapes always must."""
+        """Copy arrays (any backend, torch tensors included) into the parameters and buffers of the same names,
+        keeping each one's backend, device and dtype. ``strict``: the names must match exactly. Shapes always must.
+
+        A PyTorch ``state_dict`` of the same structure loads as it is: its BatchNorm layers'
+        ``num_batches_tracked`` counters, which xpcnn has no use for (its BatchNorm always averages with
+        ``momentum``), are ignored, even with ``strict``."""
         slots = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        state = {name: value for name, value in state.items()
+                 if name in slots or name.rpartition(".")[2] != "num_batches_tracked"}
         missing, unexpected = sorted(set(slots) - set(state)), sorted(set(state) - set(slots))
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}")

@@ -1,0 +1,269 @@
+"""Export to ONNX: :func:`export_onnx` writes a model as a graph of standard ONNX operators.
+
+Each layer becomes the operator a runtime has a fast kernel for (Conv, MaxPool, AveragePool,
+BatchNormalization, Gemm, Relu, ...), with the layer's arrays as named initializers (``0.weight``, the names of
+:meth:`~xpcnn.nn.Module.named_parameters`), the batch dimension left dynamic (``N``) and float32 throughout.
+The graph computes the model in eval mode: BatchNorm with its running statistics, Dropout as the identity.
+
+A layer of your own gets a mapping with :func:`register_onnx`::
+
+    @xpcnn.export.register_onnx(MyLayer)
+    def _(module, graph, x, in_shape, out_shape):
+        return graph.node("Relu", [x])             # the name of the layer's output
+
+Needs the ``onnx`` package (``pip install "xpcnn[onnx]"``); onnxruntime (or any ONNX runtime) runs the result.
+
+:func:`torch_state_dict` hands the weights to PyTorch instead, under the same names.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from . import backend as _backend
+from .atomic import write_atomic
+from .functional._checks import pair
+from .functional.conv import conv_geometry
+from .nn import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool2D, LeakyReLU, Linear, MaxPool2D,
+                 Module, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh)
+from .nn.containers import ModuleList
+from .parallel import BatchShards
+
+__all__ = ["OnnxGraph", "export_onnx", "register_onnx", "torch_state_dict"]
+
+_MAPPINGS: dict[type, Callable] = {}
+
+
+def register_onnx(kind: type) -> Callable[[Callable], Callable]:
+    """Register ``function(module, graph, x, in_shape, out_shape) -> output name`` as the ONNX mapping of the
+    layer class ``kind`` (and its subclasses without one of their own). ``x`` is the name of the layer's input in
+    ``graph`` (an :class:`OnnxGraph`), the shapes are one sample's (no batch axis)."""
+    if not (isinstance(kind, type) and issubclass(kind, Module)):
+        raise TypeError(f"register_onnx: kind must be a Module subclass; got {kind!r}")
+
+    def decorate(function: Callable) -> Callable:
+        _MAPPINGS[kind] = function
+        return function
+
+    return decorate
+
+
+class OnnxGraph:
+    """The graph being built: nodes, initializers and unique names."""
+
+    def __init__(self, model: Module, helper: Any, numpy_helper: Any):
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.initializers: list = []
+        self._names: set[str] = set()
+        self._slot_names = {id(slot): name for name, slot in [*model.named_parameters(), *model.named_buffers()]}
+        self._shapes: dict[int, tuple] = {}
+        self._module_names = {id(module): name for name, module in model.named_modules()}
+
+    def name(self, base: str) -> str:
+        """A name not used yet in the graph, ``base`` if it is free."""
+        name, k = base, 1
+        while name in self._names:
+            k += 1
+            name = f"{base}_{k}"
+        self._names.add(name)
+        return name
+
+    def constant(self, values: Any, base: str) -> str:
+        """A float32 initializer holding ``values`` (an array of any backend, or a model's slot's data)."""
+        name = self.name(base)
+        array = np.asarray(_backend.to_numpy(values), dtype=np.float32)
+        self.initializers.append(self.numpy_helper.from_array(array, name))
+        return name
+
+    def slot(self, slot: Any, shape: tuple | None = None) -> str:
+        """A Parameter's or Buffer's data as an initializer named after it (reshaped to ``shape`` if given)."""
+        values = _backend.to_numpy(slot.data)
+        return self.constant(values if shape is None else values.reshape(shape), self._slot_names.get(id(slot), "w"))
+
+    def node(self, op: str, inputs: list[str], base: str | None = None, **attributes: Any) -> str:
+        """Add one node; returns the name of its output."""
+        output = self.name(base or op.lower())
+        self.nodes.append(self.helper.make_node(op, inputs, [output], name=self.name(f"{output}_node"), **attributes))
+        return output
+
+    def emit(self, module: Module, x: str, in_shape: tuple) -> tuple[str, tuple]:
+        """The graph of ``module`` applied to ``x``: (the output's name, one sample's output shape)."""
+        out_shape = self._shapes[id(module)]
+        for kind in type(module).__mro__:
+            if kind in _MAPPINGS:
+                return _MAPPINGS[kind](module, self, x, in_shape, out_shape), out_shape
+        where = self._module_names.get(id(module)) or "(top)"
+        raise TypeError(f"export_onnx: layer {where} ({type(module).__name__}) has no ONNX mapping; give it one with "
+                        f"@xpcnn.export.register_onnx({type(module).__name__}) on a function (module, graph, x, "
+                        f"in_shape, out_shape) -> output name (see xpcnn.export)")
+
+
+def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple | None = None,
+                opset: int = 17) -> pathlib.Path:
+    """Write ``model`` to ``path`` as an ONNX graph of standard operators (see the module's text); returns the path.
+
+    ``input_shape``: one sample's shape, e.g. ``(1, 28, 28)``; by default the model's own ``input_shape``. The
+    graph's input is ``input`` of shape (N, *input_shape) and its output ``output``; N is dynamic. A float64 model
+    is written in float32 (with a warning): runtimes have few float64 kernels (onnxruntime has no float64 Conv).
+    The file is checked with ``onnx.checker`` and written atomically.
+    """
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        raise ImportError("export_onnx needs the onnx package: pip install onnx (or pip install -e '.[onnx]' in a "
+                          "checkout of xpcnn)") from None
+    if not isinstance(model, Module):
+        raise TypeError(f"export_onnx: model must be an xpcnn.nn.Module; got {type(model).__name__}")
+    if not isinstance(opset, int) or opset < 13:
+        raise ValueError(f"export_onnx: opset must be an integer >= 13; got {opset!r}")
+    shape = input_shape if input_shape is not None else model.input_shape
+    if shape is None:
+        raise ValueError(f"export_onnx: {model.name} has no input_shape; pass input_shape=(C, H, W) (one sample's)")
+    shape = tuple(int(s) for s in shape)
+    if any(s < 1 for s in shape):
+        raise ValueError(f"export_onnx: input_shape must hold positive sizes; got {shape}")
+    dtypes = {_backend.to_numpy(s.data).dtype for s in [*model.parameters(), *model.buffers()]}
+    if np.dtype(np.float64) in dtypes:
+        warnings.warn("export_onnx: the model is float64; the ONNX graph is float32 (runtimes have few float64 "
+                      "kernels)", stacklevel=2)
+    graph = OnnxGraph(model, helper, numpy_helper)
+    graph._shapes = model._trace_shapes(shape)           # also refuses an input the model cannot take
+    x, final = graph.name("input"), graph.name("output")
+    output, out_shape = graph.emit(model, x, shape)
+    if graph.nodes and graph.nodes[-1].output[0] == output:
+        graph.nodes[-1].output[0] = final                   # the last node writes the graph's output
+    else:                                                   # a model that ends in the identity (Dropout, nothing)
+        graph.nodes.append(helper.make_node("Identity", [output], [final], name="output_node"))
+    output = final
+    onnx_graph = helper.make_graph(
+        graph.nodes, model.name, [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, ["N", *shape])],
+        [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["N", *out_shape])], graph.initializers)
+    proto = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="xpcnn")
+    onnx.checker.check_model(proto, full_check=True)
+    path = pathlib.Path(path)
+    write_atomic(path, proto.SerializeToString())
+    return path
+
+
+def torch_state_dict(model: Module) -> dict:
+    """``model``'s parameters and buffers as a PyTorch ``state_dict``: CPU tensors under xpcnn's names, which are
+    PyTorch's for a torch module of the same structure (``nn.Sequential`` in the same order; a residual block as a
+    module with ``body`` and ``shortcut`` attributes), plus the ``num_batches_tracked`` counter (0) that each
+    ``torch.nn.BatchNorm2d`` expects, so ``torch_model.load_state_dict(torch_state_dict(model))`` works strictly.
+    The other way, ``model.load_state_dict(torch_model.state_dict())`` (see :meth:`xpcnn.nn.Module.load_state_dict`).
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("torch_state_dict needs PyTorch: pip install torch") from None
+    state = {name: torch.from_numpy(np.array(_backend.to_numpy(value))) for name, value in model.state_dict().items()}
+    for name, module in model.named_modules():
+        if isinstance(module, BatchNorm2D):
+            state[f"{name}.num_batches_tracked" if name else "num_batches_tracked"] = torch.tensor(0)
+    return state
+
+
+# --------------------------------------------------------------------------- the mappings
+@register_onnx(BatchShards)
+def _shards(module, graph, x, in_shape, out_shape):
+    return graph.emit(module.module, x, in_shape)[0]
+
+
+def _chain(layers, graph, x, in_shape):
+    for layer in layers:
+        x, in_shape = graph.emit(layer, x, in_shape)
+    return x
+
+
+register_onnx(Sequential)(lambda module, graph, x, in_shape, out_shape: _chain(module.layers, graph, x, in_shape))
+register_onnx(ModuleList)(lambda module, graph, x, in_shape, out_shape: _chain(module, graph, x, in_shape))
+
+
+@register_onnx(Residual)
+def _residual(module, graph, x, in_shape, out_shape):
+    body, _ = graph.emit(module.body, x, in_shape)
+    skip = x if module.shortcut is None else graph.emit(module.shortcut, x, in_shape)[0]
+    return graph.node("Add", [body, skip])
+
+
+@register_onnx(Conv2D)
+def _conv(module, graph, x, in_shape, out_shape):
+    hyper = module.hyper
+    geometry = conv_geometry("Conv2D", (1, *in_shape), module.weight.shape, hyper["stride"], hyper["padding"],
+                             hyper["dilation"])
+    top, bottom, left, right = geometry.pads
+    inputs = [x, graph.slot(module.weight)]
+    if module.bias is not None and not module.untied:
+        inputs.append(graph.slot(module.bias))
+    y = graph.node("Conv", inputs, kernel_shape=list(geometry.kernel), strides=list(geometry.stride),
+                   dilations=list(geometry.dilation), pads=[top, left, bottom, right])
+    if module.untied:                       # one bias per channel and position: (1, O, H, W), broadcast over N
+        y = graph.node("Add", [y, graph.slot(module.bias, (1, *module.bias.shape))])
+    return y
+
+
+@register_onnx(Linear)
+def _linear(module, graph, x, in_shape, out_shape):
+    inputs = [x, graph.slot(module.weight)]
+    if module.bias is not None:
+        inputs.append(graph.slot(module.bias))
+    return graph.node("Gemm", inputs, transB=1)
+
+
+@register_onnx(BatchNorm2D)
+def _batch_norm(module, graph, x, in_shape, out_shape):
+    channels = module.running_mean.shape[0]
+    scale = graph.slot(module.weight) if module.weight is not None else graph.constant(np.ones(channels), "ones")
+    shift = graph.slot(module.bias) if module.bias is not None else graph.constant(np.zeros(channels), "zeros")
+    return graph.node("BatchNormalization", [x, scale, shift, graph.slot(module.running_mean),
+                                             graph.slot(module.running_var)], epsilon=module.eps)
+
+
+def _pool(op: str, **extra: Any) -> Callable:
+    def mapping(module, graph, x, in_shape, out_shape):
+        config = module._config
+        kernel = pair(op, "kernel_size", config["kernel_size"], 1)
+        stride = kernel if config["stride"] is None else pair(op, "stride", config["stride"], 1)
+        ph, pw = pair(op, "padding", config["padding"], 0)
+        return graph.node(op, [x], kernel_shape=list(kernel), strides=list(stride), pads=[ph, pw, ph, pw], **extra)
+    return mapping
+
+
+register_onnx(MaxPool2D)(_pool("MaxPool"))
+register_onnx(AvgPool2D)(_pool("AveragePool", count_include_pad=1))      # xpcnn averages over the padded window
+
+
+@register_onnx(GlobalAvgPool2D)
+def _global_avg_pool(module, graph, x, in_shape, out_shape):
+    return graph.node("Flatten", [graph.node("GlobalAveragePool", [x])], axis=1)        # (N, C, 1, 1) -> (N, C)
+
+
+@register_onnx(Flatten)
+def _flatten(module, graph, x, in_shape, out_shape):
+    return graph.node("Flatten", [x], axis=1)
+
+
+@register_onnx(Softmax)
+def _softmax(module, graph, x, in_shape, out_shape):
+    return graph.node("Softmax", [x], axis=1)
+
+
+@register_onnx(LeakyReLU)
+def _leaky_relu(module, graph, x, in_shape, out_shape):
+    return graph.node("LeakyRelu", [x], alpha=float(module._config.get("negative_slope", 0.01)))
+
+
+@register_onnx(Dropout)
+def _dropout(module, graph, x, in_shape, out_shape):
+    return x                                # the identity in eval mode
+
+
+for _kind, _op in ((ReLU, "Relu"), (Sigmoid, "Sigmoid"), (Tanh, "Tanh")):
+    register_onnx(_kind)(lambda module, graph, x, in_shape, out_shape, _op=_op: graph.node(_op, [x]))
