@@ -332,3 +332,22 @@ def test_train_on_jax_compiles_its_steps_and_learns(tmp_path, capsys, monkeypatc
     accuracy = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
     assert accuracy > 85, out
     assert xpcnn.load(path).epoch == 1
+
+
+def test_train_with_a_validation_split_early_stopping_and_a_csv_log(tmp_path, capsys):
+    """--val-split holds out part of the training data, --early-stop watches its loss and keeps the best epoch's
+    weights, --log-csv writes a row per epoch; --early-stop alone is refused before training."""
+    from xpcnn import cli
+
+    log = tmp_path / "log.csv"
+    assert cli.main(["train", "--epochs", "8", "--quiet", "--lr", "0.3", "--val-split", "0.1", "--early-stop", "1",
+                     "--log-csv", str(log)]) == 0
+    out = capsys.readouterr().out
+    stopped = re.search(r"early stop after epoch (\d+): no val loss below [\d.]+ \(epoch (\d+)\) for 1 epochs", out)
+    assert stopped, out
+    rows = log.read_text().splitlines()
+    assert rows[0].startswith("epoch,loss,accuracy") and "val_loss" in rows[0]
+    assert len(rows) == 1 + int(stopped.group(1)) < 1 + 8
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--early-stop", "2"]) == 2
+    assert "--early-stop watches the val loss of a held-out part of the training data: give --val-split too" in \
+        capsys.readouterr().err

@@ -188,3 +188,24 @@ def test_augmented_training_repeats_with_the_seed_and_differs_without_it():
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], plain[0])
+
+
+@pytest.mark.parametrize("loss_name", ["BCEWithLogitsLoss", "BCELoss"])
+@pytest.mark.parametrize("label_shape", ["(N,)", "(N, 1)"])
+def test_one_output_binary_classifiers_get_thresholded_accuracy(loss_name, label_shape):
+    """A one-output model's accuracy is its thresholded prediction against the label (it was 1.0 whatever the
+    model did: an argmax over one column), in fit and evaluate, with labels (N,) or (N, 1)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 1, 4, 4)).astype(np.float32)
+    y = (x.reshape(200, -1).sum(axis=1) > 0).astype(np.int64)
+    labels = y if label_shape == "(N,)" else y.reshape(-1, 1).astype(np.float32)
+    loss_fn = getattr(nn, loss_name)()
+    head = [nn.Sigmoid()] if loss_name == "BCELoss" else []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 1, rng=np.random.default_rng(1)), *head, input_shape=(1, 4, 4))
+    data = xpcnn.data.Dataset(xpcnn.asarray(x), xpcnn.asarray(labels))
+    by_hand = np.mean((xpcnn.to_numpy(model(xpcnn.asarray(x)))[:, 0] > (0.5 if head else 0.0)) == (y == 1))
+    assert 0.2 < by_hand < 0.8
+    assert xpcnn.evaluate(model, data, loss_fn)["accuracy"] == pytest.approx(by_hand)
+    assert xpcnn.evaluate(model, data)["accuracy"] == pytest.approx(by_hand)       # threshold from the model
+    history = xpcnn.fit(model, loss_fn, xpcnn.optim.SGD(model.parameters(), lr=0.5), data, epochs=5, progress=False)
+    assert 0.85 < history.accuracy[-1] < 1.0

@@ -156,11 +156,17 @@ def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from . import models, nn, optim
+    from .callbacks import CSVLogger, EarlyStopping
     from .checkpoint import save
     from .data import random_crop_flip
     from .train import History, TrainingDivergedError, evaluate, fit
 
     plot = _plot_path(args.plot)
+    if args.early_stop is not None and args.val_split is None:
+        raise CommandError("--early-stop watches the val loss of a held-out part of the training data: give "
+                           "--val-split too (e.g. --val-split 0.1)")
+    if args.log_csv:
+        _check_writable("--log-csv", pathlib.Path(args.log_csv))
     if args.compile and args.distributed:
         raise CommandError("--compile cannot be combined with --distributed (data-parallel steps run eagerly)")
     backend = _select_backend(args)
@@ -217,10 +223,16 @@ def _train(args: argparse.Namespace) -> int:
                                   f"{exc.strerror or exc}") from None
             saved["epoch"] = epoch
 
+    callbacks = []
+    if args.early_stop is not None:
+        callbacks.append(EarlyStopping(patience=args.early_stop, restore_best_weights=True))
+    if args.log_csv:
+        callbacks.append(CSVLogger(args.log_csv, append=bool(args.resume)))
     start = time.perf_counter()
     try:
         fit(model, loss_fn, optimizer, train_data, epochs=args.epochs, batch_size=args.batch_size,
-            validation_data=test_data if args.validate else None, callbacks=[save_checkpoint], scheduler=schedule,
+            validation_data=test_data if args.validate else None, callbacks=[*callbacks, save_checkpoint],
+            validation_split=args.val_split, scheduler=schedule,
             seed=args.seed, start_epoch=start_epoch, history=history, progress=not args.quiet,
             augment=random_crop_flip if args.augment else None, distributed=ctx, compile=args.compile)
     except TrainingDivergedError as exc:
@@ -237,6 +249,11 @@ def _train(args: argparse.Namespace) -> int:
         _report_checkpoint(args, saved["epoch"])
         return EXIT_INTERRUPTED
     seconds = time.perf_counter() - start
+    for callback in callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch:
+            say(f"early stop after epoch {callback.stopped_epoch}: no val loss below {callback.best:.4f} (epoch "
+                f"{callback.best_epoch}) for {max(args.early_stop, 1)} epochs; epoch {callback.best_epoch}'s weights "
+                f"are kept")
     result = evaluate(model, test_data, loss_fn=loss_fn, distributed=ctx)
     correct = round(result["accuracy"] * result["n"])
     if not math.isfinite(result["loss"]):
@@ -387,6 +404,8 @@ _positive_int = _number(int, "a positive integer", lambda v: v >= 1)
 _positive_float = _number(float, "a positive number", lambda v: v > 0)
 _non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)
 _momentum = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+_fraction = _number(float, "a number in (0, 1)", lambda v: 0 < v < 1)
+_non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -438,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint up to --epochs")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (needs matplotlib)")
     train.add_argument("--validate", action="store_true", help="evaluate on the test split after every epoch")
+    train.add_argument("--val-split", type=_fraction, metavar="F",
+                       help="hold out this fraction of the training data (chosen by --seed) and score it after "
+                            "every epoch as val loss and accuracy")
+    train.add_argument("--early-stop", type=_non_negative_int, metavar="PATIENCE",
+                       help="stop when the val loss has not improved for PATIENCE epochs and keep the best epoch's "
+                            "weights (needs --val-split)")
+    train.add_argument("--log-csv", metavar="PATH", help="write one CSV row of metrics per epoch")
     train.add_argument("--augment", action="store_true",
                        help="random crops (4-pixel padding) and horizontal flips of each training batch, "
                             "CIFAR's standard augmentation")

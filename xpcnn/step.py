@@ -81,6 +81,7 @@ class TrainStep:
         self.compiled = compiler is not None and compile is not False
         self._function: Callable = compiler(self._pure) if self.compiled else self._pure
         self._updates = True        # whether the traced step updated any parameter (set while it runs)
+        self._threshold = decision_threshold(model, loss_fn)
 
     def state(self) -> StepState:
         """The current explicit state, read from the model and the optimizer. Compiled, the counters become int32
@@ -139,7 +140,8 @@ class TrainStep:
                                           missing)
             new = StepState(params, tuple(b.data for b in self.buffers), opt_state,
                             tuple(getattr(module, name) for module, name in self.counters), state.lr, state.step)
-            return new, split(params, [p.shape for p in opt.params]), loss, _correct(logits, y)
+            return (new, split(params, [p.shape for p in opt.params]), loss,
+                    _correct(logits, y, self._threshold))
         finally:
             self._restore(saved)
 
@@ -161,13 +163,28 @@ class TrainStep:
         self.model._forget()
 
 
-def _correct(logits: Any, labels: Any) -> Any:
+def _correct(logits: Any, labels: Any, threshold: float | None = None) -> Any:
     """Number of correct predictions, left on the device (0-d integer array). ``labels`` are class indices
-    (N,) or one-hot / probability targets (N, K), whose largest entry is the class."""
+    (N,) or one-hot / probability targets (N, K), whose largest entry is the class. A model with one output is a
+    binary classifier: its prediction is output > ``threshold`` (see :func:`decision_threshold`), its label the
+    target rounded (labels (N,) or (N, 1))."""
     xp = array_namespace(logits)
+    if logits.ndim == 2 and logits.shape[1] == 1 and threshold is not None:
+        truth = xp.reshape(xp.astype(labels, logits.dtype), (-1,)) >= 0.5
+        return xp.sum(xp.astype((logits[:, 0] > threshold) == truth, xp.int32))
     if labels.ndim == 2:
         labels = xp.argmax(labels, axis=1)
     return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))     # int32: JAX has no int64 by default
+
+
+def decision_threshold(model: Any, loss_fn: Any = None) -> float:
+    """Where a one-output model's prediction turns positive: the loss's (0.5 for probabilities, BCELoss; 0 for
+    logits, BCEWithLogitsLoss), else 0.5 after a final Sigmoid and 0 otherwise."""
+    threshold = getattr(loss_fn, "decision_threshold", None)
+    if threshold is not None:
+        return threshold
+    modules = model.modules() if isinstance(model, Module) else []
+    return 0.5 if modules and type(modules[-1]).__name__ == "Sigmoid" else 0.0
 
 
 def _unique(modules: list) -> list:

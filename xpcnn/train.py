@@ -13,8 +13,9 @@ from array_api_compat import array_namespace, device
 from . import backend as _backend
 from . import parallel as _parallel
 from .data import Dataset
-from .nn import BCELoss, Module
-from .step import TrainStep, _correct
+from .nn import Module
+from .callbacks import Callback
+from .step import TrainStep, _correct, decision_threshold
 
 __all__ = ["History", "TrainingDivergedError", "epoch_order", "evaluate", "fit"]
 
@@ -79,19 +80,20 @@ def parameters_finite(model: Any) -> bool:
 
 
 def _check_labels(data: Dataset, output_shape: tuple, loss_fn: Any = None) -> None:
-    """Class indices must lie in [0, K) for K outputs, and BCELoss's targets in [0, 1]: checked once here, with
+    """Class indices must lie in [0, K) for K outputs, and binary cross-entropy's targets in [0, 1]: checked once, with
     one read-back, since the losses only turn a bad label into an infinite or NaN loss (a per-step check would
     stall a GPU, and cannot run inside a compiled step)."""
     labels = data.labels
     if labels.shape[0] == 0:
         return
-    bce = isinstance(loss_fn, BCELoss)
+    bce = getattr(loss_fn, "decision_threshold", None) is not None     # BCELoss, BCEWithLogitsLoss: targets in [0, 1]
     if not bce and (labels.ndim != 1 or len(output_shape) != 1):
         return
     xp = array_namespace(labels)
     low, high = (float(v) for v in _backend.to_numpy(xp.stack([xp.min(labels), xp.max(labels)])))
     if bce and (low < 0 or high > 1):
-        raise ValueError(f"train_data: targets for BCELoss must lie in [0, 1]; got values from {low:g} to {high:g}")
+        raise ValueError(f"train_data: targets for {type(loss_fn).__name__} must lie in [0, 1]; got values from "
+                         f"{low:g} to {high:g}")
     if not bce and (low < 0 or high >= output_shape[0]):
         raise ValueError(f"train_data: labels must lie in [0, {output_shape[0]}) for a model with {output_shape[0]} "
                          f"outputs; got values from {low:g} to {high:g}")
@@ -101,14 +103,17 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         validation_data: Any = None, callbacks: Iterable[Callable[[int, dict], None]] = (), scheduler: Any = None,
         seed: int = 0, start_epoch: int = 0, history: History | None = None, progress: bool = True,
         augment: Callable[[Any, np.random.Generator], Any] | None = None, distributed: Any = None,
-        compile: bool | None = None) -> History:
+        compile: bool | None = None, validation_split: float | None = None) -> History:
     """Train ``model`` for epochs ``start_epoch + 1 .. epochs`` and return the :class:`History`.
 
     Each step (a :class:`xpcnn.TrainStep`): forward, loss, backward, the optimizer's update, gradients cleared.
     ``compile``: whether the step is compiled as one function (None, the default: where the backend has a
     compiler, i.e. jax; True: insist; False: run it op by op). ``scheduler`` (if any) sets
     the learning rate from the fractional epoch. After each epoch every callback is called as
-    ``callback(epoch, logs)`` (epoch 1-based; logs holds this epoch's metrics). Data order depends on
+    ``callback(epoch, logs)`` (epoch 1-based; logs holds this epoch's metrics); an :mod:`xpcnn.callbacks` object
+    can stop training (EarlyStopping), and fit then returns the History so far. ``validation_split``: hold out
+    this fraction of ``train_data`` (chosen by ``seed``, :meth:`Dataset.split`) and score it after every epoch,
+    as ``validation_data`` would be (give one or the other). Data order depends on
     ``(seed, epoch)`` only, so resuming at ``start_epoch`` continues exactly. The loss stays on the device
     and is read back once every ``READ_BACK_EVERY`` (10) steps and at the end of the epoch (each read-back
     stalls a GPU's queue); a NaN or infinite loss then, or non-finite weights at the end of an epoch, raise
@@ -131,8 +136,13 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         model = _parallel.shard(model)
 
     train_data = _as_dataset(train_data, "train_data")
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("fit: give validation_data or validation_split, not both")
+        train_data, validation_data = train_data.split(validation_split, seed=seed)
     if validation_data is not None:
         validation_data = _as_dataset(validation_data, "validation_data")
+    callbacks = list(callbacks)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -154,61 +164,75 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         ctx.sync_model(model)                  # same shapes (or a clear error) and rank 0's values everywhere
         progress = progress and ctx.is_root
     part = (0, 1) if ctx is None else (ctx.rank, ctx.size)
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        start = time.perf_counter()
-        total_loss, correct, seen, checked = 0.0, 0, 0, 0
-        augment_rng = np.random.default_rng([seed, epoch, 1])
-        with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", unit_scale=True,
-                  disable=None if progress else True, leave=False, dynamic_ncols=True) as bar:   # None: off in logs
-            for step, (x, y) in enumerate(train_data.batches(batch_size, epoch_order(seed, epoch, n), part)):
-                if scheduler is not None:
-                    scheduler.set_epoch(epoch + step / steps_per_epoch)
-                if augment is not None:
-                    x = augment(x, augment_rng)
-                count = min(batch_size, n - step * batch_size)       # the global batch
-                if ctx is None:
-                    loss, batch_correct = train_step(x, y)
-                    batch_loss = loss * count                                  # on the device
-                else:
-                    batch_loss, batch_correct = _data_parallel_step(ctx, model, loss_fn, optimizer, x, y, count)
-                total_loss, correct = total_loss + batch_loss, correct + batch_correct
-                model.zero_grad()
-                seen += count
-                bar.update(count)
-                if (step + 1) % READ_BACK_EVERY == 0 or seen == n:
-                    loss_sum, right = _read_back(total_loss, correct)
-                    if not math.isfinite(loss_sum):
-                        raise TrainingDivergedError(
-                            f"the loss became {loss_sum} at epoch {epoch + 1}, between steps {checked + 1} and "
-                            f"{step + 1} (of {steps_per_epoch}); training stopped. Try a lower learning rate "
-                            f"(it was {optimizer.lr:g}).", epoch + 1, step + 1)
-                    checked = step + 1
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * right / seen:.2f}%")
-        if not parameters_finite(model):
-            raise TrainingDivergedError(
-                f"the weights hold NaN or Inf values after epoch {epoch + 1} (the loss was {loss_sum / seen:g}); "
-                f"training stopped. Try a lower learning rate (it was {optimizer.lr:g}).", epoch + 1, checked)
-        seconds = time.perf_counter() - start
-        logs = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": right / seen,
-                "lr": optimizer.lr, "seconds": seconds, "images_per_s": seen / seconds}
-        if ctx is not None:
-            ctx.sync_buffers(model)                # rank 0's running statistics, as DDP's broadcast_buffers
-        if validation_data is not None:
-            val = evaluate(model, validation_data, loss_fn=loss_fn, distributed=ctx)
-            logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        for key, value in logs.items():
-            getattr(history, key).append(value)
-        if progress:
-            line = (f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, accuracy {100 * logs['accuracy']:.2f}%")
+    hooked = [c for c in callbacks if isinstance(c, Callback)] if ctx is None or ctx.is_root else []
+    for callback in hooked:
+        callback.on_train_begin(model, optimizer)
+    try:
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            start = time.perf_counter()
+            total_loss, correct, seen, checked = 0.0, 0, 0, 0
+            augment_rng = np.random.default_rng([seed, epoch, 1])
+            with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img", unit_scale=True,
+                      disable=None if progress else True, leave=False, dynamic_ncols=True) as bar:   # None: off in logs
+                for step, (x, y) in enumerate(train_data.batches(batch_size, epoch_order(seed, epoch, n), part)):
+                    if scheduler is not None:
+                        scheduler.set_epoch(epoch + step / steps_per_epoch)
+                    if augment is not None:
+                        x = augment(x, augment_rng)
+                    count = min(batch_size, n - step * batch_size)       # the global batch
+                    if ctx is None:
+                        loss, batch_correct = train_step(x, y)
+                        batch_loss = loss * count                                  # on the device
+                    else:
+                        batch_loss, batch_correct = _data_parallel_step(ctx, model, loss_fn, optimizer, x, y, count)
+                    total_loss, correct = total_loss + batch_loss, correct + batch_correct
+                    model.zero_grad()
+                    seen += count
+                    bar.update(count)
+                    if (step + 1) % READ_BACK_EVERY == 0 or seen == n:
+                        loss_sum, right = _read_back(total_loss, correct)
+                        if not math.isfinite(loss_sum):
+                            raise TrainingDivergedError(
+                                f"the loss became {loss_sum} at epoch {epoch + 1}, between steps {checked + 1} and "
+                                f"{step + 1} (of {steps_per_epoch}); training stopped. Try a lower learning rate "
+                                f"(it was {optimizer.lr:g}).", epoch + 1, step + 1)
+                        checked = step + 1
+                        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * right / seen:.2f}%")
+            if not parameters_finite(model):
+                raise TrainingDivergedError(
+                    f"the weights hold NaN or Inf values after epoch {epoch + 1} (the loss was {loss_sum / seen:g}); "
+                    f"training stopped. Try a lower learning rate (it was {optimizer.lr:g}).", epoch + 1, checked)
+            seconds = time.perf_counter() - start
+            logs = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": right / seen,
+                    "lr": optimizer.lr, "seconds": seconds, "images_per_s": seen / seconds}
+            if ctx is not None:
+                ctx.sync_buffers(model)                # rank 0's running statistics, as DDP's broadcast_buffers
             if validation_data is not None:
-                line += f", val loss {logs['val_loss']:.4f}, val accuracy {100 * logs['val_accuracy']:.2f}%"
-            tqdm.write(line + f", lr {logs['lr']:.4g}, {seconds:.1f}s, {logs['images_per_s']:,.0f} img/s")
-        if ctx is None or ctx.is_root:
-            for callback in callbacks:
-                callback(epoch + 1, logs)
-        if ctx is not None:
-            ctx.barrier()
+                val = evaluate(model, validation_data, loss_fn=loss_fn, distributed=ctx)
+                logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            for key, value in logs.items():
+                getattr(history, key).append(value)
+            if progress:
+                line = (f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, accuracy {100 * logs['accuracy']:.2f}%")
+                if validation_data is not None:
+                    line += f", val loss {logs['val_loss']:.4f}, val accuracy {100 * logs['val_accuracy']:.2f}%"
+                tqdm.write(line + f", lr {logs['lr']:.4g}, {seconds:.1f}s, {logs['images_per_s']:,.0f} img/s")
+            stop = False
+            if ctx is None or ctx.is_root:
+                for callback in callbacks:
+                    callback(epoch + 1, logs)
+                stop = any(getattr(callback, "stop_training", False) for callback in callbacks)
+            if ctx is not None:
+                ctx.barrier()
+                stop = float(ctx.allreduce(np.asarray([float(stop)]))[0]) > 0     # rank 0 decides for all
+            if stop:
+                if progress:
+                    tqdm.write(f"training stopped by a callback after epoch {epoch + 1}")
+                break
+    finally:
+        for callback in hooked:
+            callback.on_train_end()
     return history
 
 
@@ -222,7 +246,8 @@ def _data_parallel_step(ctx, model, loss_fn, optimizer, x, y, count) -> tuple[An
         logits = model(x)
         loss = loss_fn(logits, y)
         model.backward(loss_fn.backward(local / count))      # this rank's part of the global mean's gradient
-        sums = xp.stack([loss * local, xp.astype(_correct(logits, y), loss.dtype)])
+        sums = xp.stack([loss * local, xp.astype(_correct(logits, y, decision_threshold(model, loss_fn)),
+                                                 loss.dtype)])
         grad = optimizer.flat_gradients()
     else:                                                     # an uneven split left this rank no sample
         sums = xp.zeros(2, dtype=flat_params.dtype, device=device(flat_params))
@@ -241,6 +266,7 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
     if isinstance(model, Module):
         model = _parallel.shard(model)            # every core for big batches, as in fit
     was_training = getattr(model, "training", False)
+    threshold = decision_threshold(model, loss_fn)
     model.eval()
     total_loss, correct = 0.0, 0
     part = (0, 1) if distributed is None else (distributed.rank, distributed.size)
@@ -249,7 +275,7 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
             if not x.shape[0]:
                 continue                                     # this rank's share of a small last batch
             logits = model(x)
-            correct = correct + _correct(logits, y)
+            correct = correct + _correct(logits, y, threshold)
             if loss_fn is not None:
                 total_loss = total_loss + loss_fn(logits, y) * int(x.shape[0])
     finally:

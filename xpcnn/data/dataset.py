@@ -77,6 +77,27 @@ class Dataset:
     def sample_shape(self) -> tuple:
         return tuple(self.images.shape[1:])
 
+    def split(self, fraction: float, seed: int = 0) -> tuple["Dataset", "Dataset"]:
+        """``(rest, held_out)``: ``held_out`` holds ``fraction`` of the samples (rounded, at least one, at least one
+        left), chosen by ``seed`` alone; both keep the stored order. For a validation split that never touches
+        the test data: ``train, val = train.split(0.1)``."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ValueError(f"Dataset.split: fraction must be a number in (0, 1); got {fraction!r}")
+        n = len(self)
+        if n < 2:
+            raise ValueError(f"Dataset.split: needs at least 2 samples to hold some out; this dataset has {n}")
+        count = min(max(round(fraction * n), 1), n - 1)
+        held = np.zeros(n, dtype=bool)
+        held[np.random.default_rng([seed, 2]).permutation(n)[:count]] = True
+        xp = array_namespace(self.images)
+        parts = []
+        for rows, label in ((np.flatnonzero(~held), "rest"), (np.flatnonzero(held), "held out")):
+            index = _backend.asarray_like(rows, self.labels)
+            part = Dataset(xp.take(self.images, index, axis=0), xp.take(self.labels, index, axis=0),
+                           f"{self.source} ({label}: {len(rows):,} of {n:,})")
+            parts.append(part)
+        return parts[0], parts[1]
+
     def batches(self, batch_size: int, order: np.ndarray | None = None,
                 part: tuple[int, int] = (0, 1)) -> Iterator[tuple[Any, Any]]:
         """``(x, y)`` batches in ``order`` (a permutation of range(N); None keeps the stored order).

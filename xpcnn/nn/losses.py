@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from array_api_compat import array_namespace
+
 from .. import functional as F
 
 __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss"]
@@ -14,11 +16,16 @@ class _Loss:
 
     forward_fn = None
     backward_fn = None
+    decision_threshold: float | None = None    # a one-output model's positive prediction: output > this
+
 
     def __init__(self):
         self._cache = None
 
     def __call__(self, pred: Any, targets: Any) -> Any:
+        binary = self.decision_threshold is not None and tuple(pred.shape[1:]) == (1,)
+        if binary and getattr(targets, "ndim", None) == 1:       # binary labels (N,) for outputs (N, 1)
+            targets = array_namespace(targets).reshape(targets, (-1, 1))
         loss, self._cache = type(self).forward_fn(pred, targets)
         return loss
 
@@ -38,13 +45,19 @@ class CrossEntropyLoss(_Loss):
 
 
 class BCELoss(_Loss):
-    """Binary cross-entropy on probabilities (e.g. after Sigmoid), mean over all elements."""
+    """Binary cross-entropy on probabilities (e.g. after Sigmoid), mean over all elements. Targets (N,) for a
+    one-output model (N, 1) are taken as (N, 1)."""
 
     forward_fn, backward_fn = F.binary_cross_entropy_forward, F.binary_cross_entropy_backward
+    decision_threshold = 0.5
 
 
 class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy on logits (a Sigmoid inside, stable for large values), mean over all elements. Targets
+    (N,) for a one-output model (N, 1) are taken as (N, 1)."""
+
     forward_fn, backward_fn = F.binary_cross_entropy_with_logits_forward, F.binary_cross_entropy_with_logits_backward
+    decision_threshold = 0.0
 
 
 class MSELoss(_Loss):
