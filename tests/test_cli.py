@@ -351,3 +351,19 @@ def test_train_with_a_validation_split_early_stopping_and_a_csv_log(tmp_path, ca
     assert cli.main(["train", "--epochs", "1", "--quiet", "--early-stop", "2"]) == 2
     assert "--early-stop watches the val loss of a held-out part of the training data: give --val-split too" in \
         capsys.readouterr().err
+
+
+def test_evaluate_prints_the_confusion_matrix_and_top_k(tmp_path, capsys):
+    from xpcnn import cli
+
+    path = xpcnn.save(tmp_path / "net.npz", xpcnn.models.lenet5(seed=0))
+    assert cli.main(["evaluate", "--checkpoint", str(path), "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"top-3 accuracy: [\d.]+%", out)
+    lines = out.splitlines()
+    start = lines.index("confusion matrix (rows: true class, columns: predicted), with each class's accuracy:")
+    rows = lines[start + 2:start + 12]
+    counts = np.array([[int(v.replace(",", "")) for v in row.split()[1:11]] for row in rows])
+    assert counts.sum() == 2000 and [row.split()[0] for row in rows] == [str(k) for k in range(10)]
+    accuracy = float(re.search(r"accuracy: ([\d.]+)% \(", out).group(1))
+    assert abs(100 * np.trace(counts) / 2000 - accuracy) < 0.01

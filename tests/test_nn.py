@@ -175,3 +175,25 @@ def test_layer_and_model_arguments_are_validated(make, words):
     with pytest.raises((ValueError, TypeError)) as info:
         make()
     assert words in str(info.value)
+
+
+def test_predict_gives_probabilities_in_batches_and_keeps_the_mode(B):
+    from xpcnn import functional as F
+
+    name, _, device = B.name.partition(":")
+    with xpcnn.use_backend(name, device or None):
+        model = xpcnn.models.lenet5(seed=0)
+        model.train()
+        images = np.random.default_rng(0).standard_normal((7, 1, 28, 28)).astype(np.float32)
+        probs = model.predict(images, batch_size=3)            # NumPy in, NumPy out, three batches
+        assert isinstance(probs, np.ndarray) and probs.shape == (7, 10) and model.training
+        np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+        expected = xpcnn.to_numpy(F.softmax(model.eval()(xpcnn.asarray(images))))
+        np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+        binary = nn.Sequential(nn.Flatten(), nn.Linear(784, 1), input_shape=(1, 28, 28))
+        logits = xpcnn.to_numpy(binary(xpcnn.asarray(images)))
+        np.testing.assert_allclose(binary.predict(xpcnn.asarray(images)), 1 / (1 + np.exp(-logits)), rtol=1e-5)
+        already = nn.Sequential(nn.Flatten(), nn.Linear(784, 3), nn.Softmax(), input_shape=(1, 28, 28))
+        np.testing.assert_allclose(already.predict(images).sum(axis=1), 1, rtol=1e-5)    # not softmax twice
+        with pytest.raises(ValueError, match="predict: batch_size must be a positive integer; got 0"):
+            model.predict(images, batch_size=0)

@@ -123,7 +123,7 @@ def test_one_hot_targets_train_and_evaluate():
     assert histories[0].accuracy == histories[1].accuracy and histories[0].accuracy[-1] > 0.1
     np.testing.assert_allclose(histories[0].loss, histories[1].loss, rtol=1e-6)
     result = xpcnn.evaluate(model, data)
-    assert set(result) == {"accuracy", "n"}                      # no loss without a loss_fn
+    assert set(result) == {"accuracy", "n", "confusion", "per_class_accuracy"}    # no loss without a loss_fn
     assert np.isfinite(xpcnn.evaluate(model, data, nn.CrossEntropyLoss())["loss"])
 
 
@@ -209,3 +209,33 @@ def test_one_output_binary_classifiers_get_thresholded_accuracy(loss_name, label
     assert xpcnn.evaluate(model, data)["accuracy"] == pytest.approx(by_hand)       # threshold from the model
     history = xpcnn.fit(model, loss_fn, xpcnn.optim.SGD(model.parameters(), lr=0.5), data, epochs=5, progress=False)
     assert 0.85 < history.accuracy[-1] < 1.0
+
+
+def test_evaluate_returns_the_confusion_matrix_and_per_class_accuracy(B):
+    """Rows are the true class: the counts agree with an argmax by hand, on every backend."""
+    with _on(B):
+        model = xpcnn.models.lenet5(seed=0)
+        data = _subset(300)
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), data,
+                  epochs=1, batch_size=32, progress=False)
+        result = xpcnn.evaluate(model, data, batch_size=64)
+        predicted = np.argmax(xpcnn.to_numpy(model.eval()(data.images)), axis=1)
+    truth = LABELS[:300]
+    expected = np.zeros((10, 10), np.int64)
+    np.add.at(expected, (truth, predicted), 1)
+    np.testing.assert_array_equal(result["confusion"], expected)
+    assert result["accuracy"] == np.trace(expected) / 300
+    np.testing.assert_allclose(result["per_class_accuracy"], np.diagonal(expected) / expected.sum(axis=1))
+
+
+def test_evaluate_top_k_accuracy():
+    model = xpcnn.models.lenet5(seed=0)
+    data = _subset(200)
+    logits = xpcnn.to_numpy(model.eval()(data.images))
+    rank = (logits > logits[np.arange(200), LABELS[:200]][:, None]).sum(axis=1)
+    for k in (1, 3, 10):
+        result = xpcnn.evaluate(model, data, top_k=k, batch_size=64)
+        assert result["top_k_accuracy"] == np.mean(rank < k)
+    assert xpcnn.evaluate(model, data, top_k=1)["top_k_accuracy"] == xpcnn.evaluate(model, data)["accuracy"]
+    with pytest.raises(ValueError, match="evaluate: top_k must be a positive integer; got 0"):
+        xpcnn.evaluate(model, data, top_k=0)

@@ -313,12 +313,31 @@ def _evaluate(args: argparse.Namespace) -> int:
         checkpoint.model.check_input((1, *data.sample_shape))
     except ValueError as exc:
         raise CommandError(f"{args.checkpoint} does not fit --dataset {args.dataset}: {exc}") from None
-    result = evaluate(checkpoint.model, data, loss_fn=CrossEntropyLoss(), batch_size=args.batch_size)
+    result = evaluate(checkpoint.model, data, loss_fn=CrossEntropyLoss(), batch_size=args.batch_size,
+                      top_k=args.top_k)
     correct = round(result["accuracy"] * result["n"])
     print(f"{checkpoint.model.name} from {args.checkpoint} (epoch {checkpoint.epoch}) on {data.source}, "
           f"backend {backend}")
     print(f"accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}")
+    if args.top_k is not None:
+        print(f"top-{args.top_k} accuracy: {100 * result['top_k_accuracy']:.2f}%")
+    print(_confusion_table(result["confusion"], result["per_class_accuracy"]))
     return 0
+
+
+def _confusion_table(confusion: np.ndarray, per_class: np.ndarray, limit: int = 20) -> str:
+    """The confusion matrix (rows: true class, columns: predicted) with each class's accuracy, for up to
+    ``limit`` classes; beyond that the per-class accuracies only."""
+    classes = confusion.shape[0]
+    accuracy = ["-" if np.isnan(a) else f"{100 * a:.1f}%" for a in per_class]
+    if classes > limit:
+        return "per-class accuracy: " + ", ".join(f"{k}: {a}" for k, a in enumerate(accuracy))
+    width = max(len(f"{confusion.max():,}"), len(str(classes - 1)), 3)
+    lines = ["confusion matrix (rows: true class, columns: predicted), with each class's accuracy:",
+             "true " + " ".join(f"{k:>{width}}" for k in range(classes)) + "  accuracy"]
+    for k in range(classes):
+        lines.append(f"{k:>4} " + " ".join(f"{v:>{width},}" for v in confusion[k]) + f"  {accuracy[k]:>8}")
+    return "\n".join(lines)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -482,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(evaluate)
     evaluate.add_argument("--split", choices=("test", "train"), default="test")
     evaluate.add_argument("--batch-size", type=_positive_int, default=1000)
+    evaluate.add_argument("--top-k", type=_positive_int, metavar="K",
+                          help="also report how often the true class is among the K most likely")
     _add_backend_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 

@@ -177,6 +177,40 @@ def _correct(logits: Any, labels: Any, threshold: float | None = None) -> Any:
     return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))     # int32: JAX has no int64 by default
 
 
+def _classes(logits: Any, labels: Any, threshold: float | None) -> tuple[Any, Any, int]:
+    """(predicted class, true class, number of classes) per sample, as :func:`_correct` decides them."""
+    xp = array_namespace(logits)
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        truth = xp.reshape(xp.astype(labels, logits.dtype), (-1,)) >= 0.5
+        predicted = logits[:, 0] > (0.0 if threshold is None else threshold)
+        return xp.astype(predicted, xp.int32), xp.astype(truth, xp.int32), 2
+    truth = xp.argmax(labels, axis=1) if labels.ndim == 2 else labels
+    return xp.argmax(logits, axis=1), truth, int(logits.shape[1])
+
+
+def _confusion(logits: Any, labels: Any, threshold: float | None = None) -> Any:
+    """The batch's K x K confusion counts (rows: the true class), an int32 array on the device: one product of
+    the one-hot true and predicted classes (exact: counts are at most the batch size)."""
+    xp = array_namespace(logits)
+    predicted, truth, classes = _classes(logits, labels, threshold)
+    row = xp.arange(classes, device=device(logits))
+    one_hot = [xp.astype(xp.expand_dims(xp.astype(c, row.dtype), axis=1) == row, logits.dtype)
+               for c in (truth, predicted)]
+    return xp.astype(xp.round(one_hot[0].T @ one_hot[1]), xp.int32)
+
+
+def _in_top_k(logits: Any, labels: Any, k: int) -> Any:
+    """How many samples have their true class among the ``k`` largest outputs (ties counted in its favour), a
+    0-d int32 array on the device."""
+    xp = array_namespace(logits)
+    truth = xp.argmax(labels, axis=1) if labels.ndim == 2 else labels
+    row = xp.arange(logits.shape[1], device=device(logits))
+    one_hot = xp.astype(xp.expand_dims(xp.astype(truth, row.dtype), axis=1) == row, logits.dtype)
+    true_output = xp.sum(logits * one_hot, axis=1, keepdims=True)
+    above = xp.sum(xp.astype(logits > true_output, xp.int32), axis=1)
+    return xp.sum(xp.astype(above < k, xp.int32))
+
+
 def decision_threshold(model: Any, loss_fn: Any = None) -> float:
     """Where a one-output model's prediction turns positive: the loss's (0.5 for probabilities, BCELoss; 0 for
     logits, BCEWithLogitsLoss), else 0.5 after a final Sigmoid and 0 otherwise."""

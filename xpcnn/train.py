@@ -15,7 +15,7 @@ from . import parallel as _parallel
 from .data import Dataset
 from .nn import Module
 from .callbacks import Callback
-from .step import TrainStep, _correct, decision_threshold
+from .step import TrainStep, _confusion, _correct, _in_top_k, decision_threshold
 
 __all__ = ["History", "TrainingDivergedError", "epoch_order", "evaluate", "fit"]
 
@@ -258,33 +258,54 @@ def _data_parallel_step(ctx, model, loss_fn, optimizer, x, y, count) -> tuple[An
 
 
 def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
-             distributed: Any = None) -> dict[str, float]:
-    """``{"accuracy", "n"}`` of ``model`` on ``data`` in eval mode, and ``"loss"`` (the mean) when ``loss_fn``
-    is given. Sums stay on the device; one read-back at the end. ``distributed``: each rank evaluates its
-    shard of ``data`` and the sums are all-reduced."""
+             distributed: Any = None, top_k: int | None = None) -> dict[str, Any]:
+    """``model`` on ``data`` in eval mode: ``"accuracy"``, ``"n"``, ``"confusion"`` (a K x K integer NumPy array,
+    rows the true class, columns the predicted one; 2 x 2 for a one-output binary classifier),
+    ``"per_class_accuracy"`` (a NumPy array, NaN for a class with no sample), and ``"loss"`` (the mean) when
+    ``loss_fn`` is given, ``"top_k_accuracy"`` with ``top_k`` (the true class among the k largest outputs). Sums
+    stay on the device; read back once at the end. ``distributed``: each rank evaluates its shard of ``data`` and
+    the sums are all-reduced."""
     data = _as_dataset(data, "data")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"evaluate: top_k must be a positive integer; got {top_k!r}")
     if isinstance(model, Module):
         model = _parallel.shard(model)            # every core for big batches, as in fit
     was_training = getattr(model, "training", False)
     threshold = decision_threshold(model, loss_fn)
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, confusion, top = 0.0, None, 0
     part = (0, 1) if distributed is None else (distributed.rank, distributed.size)
     try:
         for x, y in data.batches(batch_size, part=part):
             if not x.shape[0]:
                 continue                                     # this rank's share of a small last batch
             logits = model(x)
-            correct = correct + _correct(logits, y, threshold)
+            batch = _confusion(logits, y, threshold)
+            confusion = batch if confusion is None else confusion + batch
             if loss_fn is not None:
                 total_loss = total_loss + loss_fn(logits, y) * int(x.shape[0])
+            if top_k is not None:
+                top = top + _in_top_k(logits, y, top_k)
     finally:
         model.train(was_training)
-    loss_sum, right = _read_back(total_loss, correct)
+    if confusion is None:                                   # no sample here: the classes from the model
+        classes = model.check_input((1, *data.sample_shape))[0] if hasattr(model, "check_input") else 0
+        confusion = np.zeros((max(classes, 2) if classes == 1 else classes,) * 2, np.int64)
+    counts = np.asarray(_backend.to_numpy(confusion), np.int64)
+    loss_sum = float(_backend.to_numpy(total_loss)) if loss_fn is not None and not isinstance(total_loss, float) \
+        else float(total_loss)
+    top = int(_backend.to_numpy(top)) if top_k is not None else 0
     if distributed is not None:
-        loss_sum, right = (float(v) for v in distributed.allreduce(np.asarray([loss_sum, right], np.float64)))
+        reduced = distributed.allreduce(np.concatenate([[loss_sum, top], counts.ravel()]).astype(np.float64))
+        loss_sum, top = float(reduced[0]), int(round(reduced[1]))
+        counts = np.rint(reduced[2:]).astype(np.int64).reshape(counts.shape)
     n = max(len(data), 1)
-    result = {"accuracy": right / n, "n": len(data)}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.diagonal(counts) / counts.sum(axis=1)
+    result = {"accuracy": int(np.trace(counts)) / n, "n": len(data), "confusion": counts,
+              "per_class_accuracy": per_class}
     if loss_fn is not None:
         result["loss"] = loss_sum / n
+    if top_k is not None:
+        result["top_k_accuracy"] = top / n
     return result

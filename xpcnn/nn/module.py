@@ -378,6 +378,35 @@ class Module:
         self._last = Pending(cache, run, y.dtype) if self.training else None
         return y
 
+    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities for the inputs ``x`` (the model's normalized floats, (N, ...), any backend or NumPy)
+        as a NumPy array: (N, K) softmax probabilities, or for a one-output model (N, 1) sigmoid probabilities; a
+        model that ends in Softmax or Sigmoid already gives them as they are. Runs in batches of ``batch_size`` in
+        eval mode, and leaves the model in the mode it was in."""
+        from .. import functional as F
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be a positive integer; got {batch_size!r}")
+        params = [*self.parameters(), *self.buffers()]
+        x = x if hasattr(x, "shape") else np.asarray(x)
+        if params:                                   # onto the model's backend and device (as is if there already)
+            x = _backend.asarray_like(x, params[0].data)
+        modules = self.modules()
+        last = type(modules[-1]).__name__ if modules else ""
+        was_training = self.training
+        self.eval()
+        try:
+            parts = []
+            n = int(x.shape[0])
+            for start in range(0, n, batch_size):
+                y = self(x[start:min(start + batch_size, n), ...])
+                if last not in ("Softmax", "Sigmoid"):
+                    y = F.sigmoid(y) if y.shape[1] == 1 else F.softmax(y)
+                parts.append(_backend.to_numpy(y))
+        finally:
+            self.train(was_training)
+        return np.concatenate(parts) if parts else np.zeros((0, *self._trace_shapes(tuple(x.shape[1:]))[id(self)]))
+
     def _check_input(self, x: Any) -> Any:
         """Refuse, in the user's own terms (NCHW), inputs that could only fail deep inside or be misread."""
         if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
