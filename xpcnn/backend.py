@@ -116,7 +116,8 @@ def _cuda_index(device: str) -> int:
 
 
 def _load_torch(device: str | None) -> Backend:
-    torch = _import("torch", "torch", "PyTorch is not installed (`pip install torch`)")
+    torch = _import("torch", "torch", "PyTorch is not installed (`pip install torch==2.13.0`, a CPU build; "
+                                      "see pytorch.org for CUDA builds)")
     if device in (None, ""):
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

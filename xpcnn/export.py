@@ -162,7 +162,7 @@ def torch_state_dict(model: Module) -> dict:
     try:
         import torch
     except ImportError:
-        raise ImportError("torch_state_dict needs PyTorch: pip install torch") from None
+        raise ImportError("torch_state_dict needs PyTorch: pip install torch==2.13.0 (a CPU build)") from None
     state = {name: torch.from_numpy(np.array(_backend.to_numpy(value))) for name, value in model.state_dict().items()}
     for name, module in model.named_modules():
         if isinstance(module, BatchNorm2D):
