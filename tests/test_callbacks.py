@@ -105,7 +105,9 @@ def test_model_checkpoint_best_only_and_csv_logger(tmp_path):
     log = CSVLogger(tmp_path / "log.csv")
     _fit(_small_model(), _data(128), epochs=3, callbacks=[script, best, every, log])
     assert [p.name for p in best.saved] == ["best.npz", "best.npz"]          # epochs 1 and 2, not 3
-    assert xpcnn.load(tmp_path / "best.npz").epoch == 2
+    best_checkpoint = xpcnn.load(tmp_path / "best.npz")
+    assert best_checkpoint.epoch == 2 and best_checkpoint.extra["logs"]["val_loss"] == 0.4
+    assert set(best_checkpoint.extra["normalization"]) == {"mean", "std"}        # the training data's, for predict
     assert sorted(p.name for p in every.saved) == ["epoch-1.npz", "epoch-2.npz", "epoch-3.npz"]
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"] and {"loss", "accuracy", "val_loss", "lr"} <= set(rows[0])

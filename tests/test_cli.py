@@ -367,3 +367,24 @@ def test_evaluate_prints_the_confusion_matrix_and_top_k(tmp_path, capsys):
     assert counts.sum() == 2000 and [row.split()[0] for row in rows] == [str(k) for k in range(10)]
     accuracy = float(re.search(r"accuracy: ([\d.]+)% \(", out).group(1))
     assert abs(100 * np.trace(counts) / 2000 - accuracy) < 0.01
+
+
+def test_predict_uses_the_recorded_normalization_or_refuses_without_one(tmp_path, capsys):
+    """A checkpoint from `xpcnn train` records its training data's statistics; one saved from Python without them
+    is refused unless --mean and --std are given."""
+    from xpcnn import cli
+
+    path = tmp_path / "trained.npz"
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--checkpoint", str(path)]) == 0
+    assert xpcnn.load(path).extra["normalization"] == {"mean": [xpcnn.data.MEAN], "std": [xpcnn.data.STD]}
+    np.save(tmp_path / "digit.npy", xpcnn.data.load_bundled("test")[0][0])
+    capsys.readouterr()
+    assert cli.main(["predict", "--checkpoint", str(path), str(tmp_path / "digit.npy")]) == 0
+    with_recorded = capsys.readouterr().out
+    bare = xpcnn.save(tmp_path / "bare.npz", xpcnn.load(path).model)
+    assert cli.main(["predict", "--checkpoint", str(bare), str(tmp_path / "digit.npy")]) == 2
+    assert "does not record how its training images were normalized; give --mean and --std" in capsys.readouterr().err
+    assert cli.main(["predict", "--checkpoint", str(bare), str(tmp_path / "digit.npy"), "--mean", "0.1307", "--std",
+                     "0.3081"]) == 0
+    assert capsys.readouterr().out == with_recorded
+    assert cli.main(["predict", "--checkpoint", str(bare), str(tmp_path / "digit.npy"), "--mean", "0.5"]) == 2

@@ -98,8 +98,8 @@ def test_dataset_batches_on_every_backend(B):
     name, _, device = B.name.partition(":")
     images, labels = data.load_bundled("test")
     with xpcnn.use_backend(name, device or None):
-        ds = data.Dataset.from_numpy(images[:100], labels[:100])
-    assert len(ds) == 100 and ds.sample_shape == (1, 28, 28)
+        ds = data.Dataset.from_numpy(images[:100], labels[:100], mean=data.MEAN, std=data.STD)
+    assert len(ds) == 100 and ds.sample_shape == (1, 28, 28) and (ds.mean, ds.std) == ((data.MEAN,), (data.STD,))
     host = data.normalize(images[:100])
     assert abs(host.mean()) < 0.2 and host.dtype == np.float32
     order = np.random.default_rng(0).permutation(100)
@@ -117,8 +117,8 @@ def test_unknown_names_are_refused():
         data.load_bundled("val")
     with pytest.raises(ValueError, match="dataset must be one of bundled, mnist, fashion-mnist, cifar10; got 'cifar'"):
         data.load_dataset("cifar")
-    with pytest.raises(TypeError, match="uint8"):
-        data.normalize(np.zeros((1, 28, 28)))
+    with pytest.raises(TypeError, match="normalize: images must be uint8 pixels 0..255 or floats; got int64"):
+        data.normalize(np.zeros((1, 28, 28), np.int64))
 
 
 def test_copy_of_full_set_in_data_dir_is_found(tmp_path):
@@ -261,3 +261,34 @@ def test_read_images_is_a_library_function_with_data_errors(tmp_path):
     np.save(tmp_path / "light.npy", np.full((1, 28, 28), 255, np.uint8))
     with pytest.warns(UserWarning, match="background looks light"):
         read_images(str(tmp_path / "light.npy"), (1, 28, 28))
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NCHW", "NHWC"])
+def test_own_arrays_in_any_layout_are_normalized_with_their_own_statistics(layout):
+    """uint8 or floats, (N, H, W), (N, C, H, W) or (N, H, W, C): (N, C, H, W) floats with zero mean and unit std per
+    channel, and the statistics kept on the dataset (on the [0, 1] scale for uint8)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (50, 3, 8, 8), dtype=np.uint8)
+    pixels[:, 1] //= 2                                            # channels with different statistics
+    given = {"NHW": pixels[:, 0], "NCHW": pixels, "NHWC": np.moveaxis(pixels, 1, 3)}[layout]
+    channels = 1 if layout == "NHW" else 3
+    for images in (given, given.astype(np.float64) / 255):        # uint8, and floats already on [0, 1]
+        ds = data.Dataset.from_numpy(images, np.arange(50) % 4)
+        x = xpcnn.to_numpy(ds.images)
+        assert x.shape == (50, channels, 8, 8) and x.dtype == np.float32
+        np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+        np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1, rtol=1e-4)
+        expected = pixels[:, :channels].astype(np.float64) / 255
+        np.testing.assert_allclose(ds.mean, expected.mean(axis=(0, 2, 3)), rtol=1e-6)
+        np.testing.assert_allclose(ds.std, expected.std(axis=(0, 2, 3)), rtol=1e-6)
+    held = data.Dataset.from_numpy(given, np.arange(50) % 4).split(0.2)[1]
+    assert held.mean == ds.mean and held.std == ds.std
+
+
+def test_given_statistics_and_an_explicit_layout_are_used():
+    images = np.full((4, 2, 5, 3), 128, np.uint8)                 # NHWC: H=2, W=5, C=3
+    ds = data.Dataset.from_numpy(images, np.zeros(4, np.int64), mean=0.5, std=0.25, layout="NHWC")
+    assert ds.sample_shape == (3, 2, 5) and ds.mean == (0.5,) * 3 and ds.std == (0.25,) * 3
+    np.testing.assert_allclose(xpcnn.to_numpy(ds.images), (128 / 255 - 0.5) / 0.25, atol=1e-6)
+    with pytest.raises(ValueError, match="layout must be None, 'NCHW' or 'NHWC'; got 'HWC'"):
+        data.Dataset.from_numpy(images, np.zeros(4, np.int64), layout="HWC")

@@ -28,6 +28,7 @@ class Callback:
     model: Any = None
     optimizer: Any = None
     stop_training: bool = False
+    normalization: dict | None = None     # the training Dataset's {"mean", "std"}, set by fit when it has them
 
     def on_train_begin(self, model: Any, optimizer: Any) -> None:
         self.model, self.optimizer, self.stop_training = model, optimizer, False
@@ -108,7 +109,8 @@ class EarlyStopping(_Monitor):
 
 class ModelCheckpoint(_Monitor):
     """Save a checkpoint (model and optimizer, atomically, see :func:`xpcnn.save`) after every epoch, or with
-    ``save_best_only`` after each epoch that improves ``monitor``. ``path`` may hold ``{epoch}`` and any metric,
+    ``save_best_only`` after each epoch that improves ``monitor``; with the epoch's metrics and the training
+    data's normalization in its ``extra`` (``xpcnn predict`` reads it). ``path`` may hold ``{epoch}`` and any metric,
     formatted like ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``."""
 
     def __init__(self, path: str | os.PathLike, monitor: str = "val_loss", save_best_only: bool = False,
@@ -130,8 +132,11 @@ class ModelCheckpoint(_Monitor):
                 return
             self.best = value
         path = self.path.format(**{**logs, "epoch": epoch})
+        extra = {"logs": dict(logs)}
+        if self.normalization is not None:
+            extra["normalization"] = self.normalization         # for xpcnn predict
         self.saved.append(save(path, self.model, self.optimizer, epoch=epoch,
-                               step=getattr(self.optimizer, "steps", 0), extra={"logs": dict(logs)}))
+                               step=getattr(self.optimizer, "steps", 0), extra=extra))
 
 
 class CSVLogger(Callback):

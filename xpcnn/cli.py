@@ -211,13 +211,14 @@ def _train(args: argparse.Namespace) -> int:
         f"seed {args.seed}{ranks}", flush=True)
 
     saved = {"epoch": start_epoch if args.resume else None}
+    normalization = {"mean": list(train_data.mean), "std": list(train_data.std)}    # for predict
 
     def save_checkpoint(epoch: int, logs: dict) -> None:
         if args.checkpoint:
             try:
                 save(args.checkpoint, model, optimizer, epoch=epoch, step=optimizer.steps,
                      extra={"history": history.as_dict(), "seed": args.seed, "dataset": args.dataset,
-                            "batch_size": args.batch_size})
+                            "batch_size": args.batch_size, "normalization": normalization})
             except OSError as exc:      # a full disk, say: the previous checkpoint is whole (atomic writes)
                 raise _SaveFailed(f"could not write the checkpoint of epoch {epoch} to {args.checkpoint}: "
                                   f"{exc.strerror or exc}") from None
@@ -375,12 +376,12 @@ def _predict(args: argparse.Namespace) -> int:
     model = checkpoint.model.eval()
     dtype = precision(model)
     shape = tuple(model.input_shape or (1, 28, 28))
-    stats = DATASETS.get(checkpoint.extra.get("dataset", "bundled"), DATASETS["bundled"])
+    mean, std = _normalization(args, checkpoint, DATASETS)
     for path in args.images:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                pixels = read_images(path, shape, args.invert, stats.mean, stats.std)
+                pixels = read_images(path, shape, args.invert, mean, std)
         except (DataError, ImportError) as exc:
             raise CommandError(str(exc)) from None
         for warning in caught:
@@ -395,6 +396,24 @@ def _predict(args: argparse.Namespace) -> int:
             others = ", ".join(f"{k}: {row[k]:.3f}" for k in top[1:])
             print(f"{label}: {top[0]} (probability {row[top[0]]:.3f}; next {others})")
     return 0
+
+
+def _normalization(args: argparse.Namespace, checkpoint, datasets: dict) -> tuple:
+    """How the checkpoint's training images were normalized: --mean/--std if given, else what the checkpoint
+    recorded (its statistics, or its built-in dataset's); a checkpoint that says nothing is refused."""
+    if (args.mean is None) != (args.std is None):
+        raise CommandError("give --mean and --std together (one value, or one per channel)")
+    if args.mean is not None:
+        return tuple(args.mean), tuple(args.std)
+    recorded = checkpoint.extra.get("normalization")
+    if isinstance(recorded, dict) and {"mean", "std"} <= set(recorded):
+        return tuple(recorded["mean"]), tuple(recorded["std"])
+    if checkpoint.extra.get("dataset") in datasets:
+        spec = datasets[checkpoint.extra["dataset"]]
+        return spec.mean, spec.std
+    raise CommandError(f"{args.checkpoint} does not record how its training images were normalized; give --mean "
+                       f"and --std (per channel, pixels on the [0, 1] scale; the training Dataset's .mean and .std), "
+                       f"e.g. --mean 0.1307 --std 0.3081 for MNIST")
 
 
 # --------------------------------------------------------------------------- parser
@@ -518,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an image file Pillow reads (converted to the model's channels, resized) or .npy")
     predict.add_argument("--invert", action="store_true",
                          help="for dark digits on a light background (MNIST digits are light on dark)")
+    predict.add_argument("--mean", type=float, nargs="+", metavar="M",
+                         help="the training images' mean (per channel, on the [0, 1] scale), for a checkpoint that "
+                              "does not record it")
+    predict.add_argument("--std", type=float, nargs="+", metavar="S", help="their std, as --mean")
     _add_backend_options(predict)
     predict.set_defaults(run=_predict)
     return parser

@@ -167,6 +167,8 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     hooked = [c for c in callbacks if isinstance(c, Callback)] if ctx is None or ctx.is_root else []
     for callback in hooked:
         callback.on_train_begin(model, optimizer)
+        if getattr(train_data, "mean", None) is not None:
+            callback.normalization = {"mean": list(train_data.mean), "std": list(train_data.std)}
     try:
         for epoch in range(start_epoch, epochs):
             model.train()

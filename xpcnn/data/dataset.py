@@ -39,36 +39,77 @@ DATASETS = {
 
 
 def normalize(images: np.ndarray, dtype: str = "float32", mean: Any = MEAN, std: Any = STD) -> np.ndarray:
-    """uint8 images (N, H, W) or (N, C, H, W) -> (N, C, H, W) floats, scaled to [0, 1] then standardized
-    with ``mean`` and ``std`` (one value, or one per channel; MNIST's by default)."""
+    """Images (N, H, W) or (N, C, H, W) -> (N, C, H, W) floats standardized with ``mean`` and ``std`` (one value,
+    or one per channel; MNIST's by default). uint8 pixels are scaled to [0, 1] first; floating ones are taken
+    as they are."""
     images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"normalize: images must be uint8 pixels 0..255; got {images.dtype}")
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(f"normalize: images must be uint8 pixels 0..255 or floats; got {images.dtype}")
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4:
         raise ValueError(f"normalize: images must be (N, H, W) or (N, C, H, W); got shape {images.shape}")
     shape = (1, -1, 1, 1)
-    scaled = images.astype(dtype) / np.asarray(255, dtype)
+    scaled = images.astype(dtype) / np.asarray(255, dtype) if images.dtype == np.uint8 else images.astype(dtype)
     return (scaled - np.asarray(mean, dtype).reshape(shape)) / np.asarray(std, dtype).reshape(shape)
 
 
-class Dataset:
-    """Images (N, C, H, W) and integer labels (N,) on one backend, moved there once; batches are taken there."""
+def channels_first(images: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """(N, H, W), (N, C, H, W) or (N, H, W, C) images as (N, C, H, W). ``layout``: "NCHW" or "NHWC" for 4-D
+    arrays; None guesses NHWC when the last axis has 1, 3 or 4 entries and the second does not, else NCHW."""
+    images = np.asarray(images)
+    if layout not in (None, "NCHW", "NHWC"):
+        raise ValueError(f"layout must be None, 'NCHW' or 'NHWC'; got {layout!r}")
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W), (N, C, H, W) or (N, H, W, C); got shape {images.shape}")
+    if layout is None:
+        layout = "NHWC" if images.shape[3] in (1, 3, 4) and images.shape[1] not in (1, 3, 4) else "NCHW"
+    return np.moveaxis(images, 3, 1) if layout == "NHWC" else images
 
-    def __init__(self, images: Any, labels: Any, source: str = "arrays"):
+
+def statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (N, C, H, W) images, uint8 on the [0, 1] scale (a constant channel's std is
+    taken as 1)."""
+    values = np.asarray(images, np.float64) / (255.0 if np.asarray(images).dtype == np.uint8 else 1.0)
+    mean = values.mean(axis=(0, 2, 3))
+    std = values.std(axis=(0, 2, 3))
+    return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
+
+
+class Dataset:
+    """Images (N, C, H, W) and labels on one backend, moved there once; batches are taken there. ``mean`` and
+    ``std`` (one value per channel, or None) record how the images were normalized, to treat new images alike."""
+
+    def __init__(self, images: Any, labels: Any, source: str = "arrays", mean: Any = None, std: Any = None):
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"Dataset: {images.shape[0]} images but {labels.shape[0]} labels")
         self.images, self.labels, self.source = images, labels, source
+        self.mean, self.std = mean, std
 
     @classmethod
     def from_numpy(cls, images: np.ndarray, labels: np.ndarray, dtype: str = "float32", source: str = "arrays",
-                   mean: Any = MEAN, std: Any = STD):
-        """uint8 arrays, normalized on the host, then put on the current backend in one transfer. ``labels``
-        are class indices (N,) or one-hot / probability targets (N, K) (kept as floats)."""
+                   mean: Any = None, std: Any = None, layout: str | None = None) -> "Dataset":
+        """Your own arrays as a Dataset on the current backend, normalized on the host, then moved in one transfer.
+
+        ``images``: uint8 pixels (scaled to [0, 1] first) or floats, shaped (N, H, W), (N, C, H, W) or
+        (N, H, W, C) (``layout`` "NCHW" or "NHWC"; None guesses, see :func:`channels_first`). ``mean`` and
+        ``std`` (one value or one per channel, on the [0, 1] scale for uint8): the normalization; None uses these
+        images' own per-channel statistics. Either way they are kept as ``dataset.mean`` and ``dataset.std``
+        (normalize a test set or new images with the training set's). ``labels``: class indices (N,) or one-hot /
+        probability targets (N, K) (kept as floats)."""
+        images = channels_first(images, layout)
+        if mean is None or std is None:
+            own_mean, own_std = statistics(images)
+            mean = own_mean if mean is None else mean
+            std = own_std if std is None else std
+        channels = images.shape[1]
+        mean, std = (tuple(float(v) for v in np.broadcast_to(np.asarray(a, np.float64), (channels,)))
+                     for a in (mean, std))
         labels = np.asarray(labels)
         labels = labels.astype(np.int64) if labels.ndim == 1 else labels.astype(dtype)
-        return cls(_backend.asarray(normalize(images, dtype, mean, std)), _backend.asarray(labels), source)
+        return cls(_backend.asarray(normalize(images, dtype, mean, std)), _backend.asarray(labels), source, mean, std)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -94,7 +135,7 @@ class Dataset:
         for rows, label in ((np.flatnonzero(~held), "rest"), (np.flatnonzero(held), "held out")):
             index = _backend.asarray_like(rows, self.labels)
             part = Dataset(xp.take(self.images, index, axis=0), xp.take(self.labels, index, axis=0),
-                           f"{self.source} ({label}: {len(rows):,} of {n:,})")
+                           f"{self.source} ({label}: {len(rows):,} of {n:,})", self.mean, self.std)
             parts.append(part)
         return parts[0], parts[1]
 
