@@ -20,8 +20,9 @@ from xpcnn import distributed, nn
 
 def train(optimizer: str, dtype: str, ctx):
     images, labels = xpcnn.data.load_bundled("train")
-    data = xpcnn.data.Dataset.from_numpy(images[:600], labels[:600], dtype=dtype)
-    test = xpcnn.data.Dataset.from_numpy(images[600:850], labels[600:850], dtype=dtype)
+    mnist = {"mean": xpcnn.data.MEAN, "std": xpcnn.data.STD}       # as load_dataset("bundled"), the reference's
+    data = xpcnn.data.Dataset.from_numpy(images[:600], labels[:600], dtype=dtype, **mnist)
+    test = xpcnn.data.Dataset.from_numpy(images[600:850], labels[600:850], dtype=dtype, **mnist)
     model = xpcnn.models.lenet5(seed=0, dtype=dtype)
     if optimizer == "sgd":
         opt = xpcnn.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)

@@ -388,3 +388,26 @@ def test_predict_uses_the_recorded_normalization_or_refuses_without_one(tmp_path
                      "0.3081"]) == 0
     assert capsys.readouterr().out == with_recorded
     assert cli.main(["predict", "--checkpoint", str(bare), str(tmp_path / "digit.npy"), "--mean", "0.5"]) == 2
+
+
+def test_validate_holds_out_training_data_instead_of_scoring_the_test_split(tmp_path):
+    from xpcnn import cli
+
+    path = tmp_path / "m.npz"
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--validate", "--checkpoint", str(path)]) == 0
+    history = xpcnn.load(path).extra["history"]
+    assert len(history["val_accuracy"]) == 1
+    test = xpcnn.evaluate(xpcnn.load(path).model, xpcnn.data.load_dataset("bundled", "test"))
+    held = xpcnn.evaluate(xpcnn.load(path).model, xpcnn.data.load_dataset("bundled", "train").split(0.1)[1])
+    assert history["val_accuracy"][0] == pytest.approx(held["accuracy"]) != test["accuracy"]
+
+
+def test_a_run_without_checkpoint_says_nothing_was_saved_and_help_shows_defaults(capsys):
+    from xpcnn import cli
+
+    assert cli.main(["train", "--epochs", "1", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("nothing was saved: add --checkpoint PATH")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "train up to this epoch (default 5)" in text and "images per step (default 32;" in text

@@ -239,3 +239,34 @@ def test_evaluate_top_k_accuracy():
     assert xpcnn.evaluate(model, data, top_k=1)["top_k_accuracy"] == xpcnn.evaluate(model, data)["accuracy"]
     with pytest.raises(ValueError, match="evaluate: top_k must be a positive integer; got 0"):
         xpcnn.evaluate(model, data, top_k=0)
+
+
+def test_per_epoch_lines_go_through_the_xpcnn_logger(caplog):
+    """Applications redirect or silence fit's lines with logging (pytest's capture is such a configuration)."""
+    import logging
+
+    model = xpcnn.models.lenet5(seed=0)
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.01)
+    with caplog.at_level(logging.INFO, logger="xpcnn"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, _subset(64), epochs=2, batch_size=32)
+    lines = [r.getMessage() for r in caplog.records if r.name == "xpcnn"]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "accuracy" in lines[0]
+    caplog.clear()
+    logging.getLogger("xpcnn").setLevel(logging.WARNING)
+    try:
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, _subset(64), epochs=1, batch_size=32)
+    finally:
+        logging.getLogger("xpcnn").setLevel(logging.NOTSET)
+    assert not [r for r in caplog.records if r.name == "xpcnn"]
+
+
+def test_per_epoch_lines_are_printed_without_any_logging_setup(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import xpcnn\nfrom xpcnn import nn\nm = xpcnn.models.lenet5()\n"
+              "d = xpcnn.data.Dataset.from_numpy(*[a[:64] for a in xpcnn.data.load_bundled('train')])\n"
+              "xpcnn.fit(m, nn.CrossEntropyLoss(), xpcnn.optim.SGD(m.parameters(), lr=0.01), d, epochs=2)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/2: loss" in done.stdout and "epoch 2/2: loss" in done.stdout, (done.stdout, done.stderr)

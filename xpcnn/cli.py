@@ -162,6 +162,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import History, TrainingDivergedError, evaluate, fit
 
     plot = _plot_path(args.plot)
+    if args.validate and args.val_split is None:
+        args.val_split = 0.1              # scoring the test split every epoch would leak it into model selection
     if args.early_stop is not None and args.val_split is None:
         raise CommandError("--early-stop watches the val loss of a held-out part of the training data: give "
                            "--val-split too (e.g. --val-split 0.1)")
@@ -232,7 +234,7 @@ def _train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         fit(model, loss_fn, optimizer, train_data, epochs=args.epochs, batch_size=args.batch_size,
-            validation_data=test_data if args.validate else None, callbacks=[*callbacks, save_checkpoint],
+            callbacks=[*callbacks, save_checkpoint],
             validation_split=args.val_split, scheduler=schedule,
             seed=args.seed, start_epoch=start_epoch, history=history, progress=not args.quiet,
             augment=random_crop_flip if args.augment else None, distributed=ctx, compile=args.compile)
@@ -272,6 +274,9 @@ def _train(args: argparse.Namespace) -> int:
         say(f"checkpoint: {args.checkpoint} (epoch {saved['epoch']})")
     say(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}; "
           f"trained in {seconds:.1f}s on {backend}")
+    if not args.checkpoint:
+        say("nothing was saved: add --checkpoint PATH (.npz or .safetensors) to keep the model for evaluate, "
+            "predict, export or --resume")
     return 0
 
 
@@ -480,21 +485,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=[m for m in MODELS if m != "seed_binary"],
                        help="the network (default lenet5; with --resume the checkpoint's)")
     _add_data_options(train)
-    train.add_argument("--epochs", type=_positive_int, default=5)
-    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--epochs", type=_positive_int, default=5, help="train up to this epoch (default 5)")
+    train.add_argument("--batch-size", type=_positive_int, default=32,
+                       help="images per step (default 32; with --distributed the global batch)")
     train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default 0.01)")
-    train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="(default sgd)")
     train.add_argument("--momentum", type=_momentum, help="SGD momentum in [0, 1) (default 0.9; SGD only)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=0.0)
     train.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
                        help="learning-rate schedule over the epochs (default cosine)")
-    train.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
+    train.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order (default 0)")
     train.add_argument("--dtype", choices=("float32", "float64"),
                        help="precision of weights and data (default float32; with --resume the checkpoint's)")
     train.add_argument("--checkpoint", metavar="PATH", help="save a checkpoint (.npz or .safetensors) after each epoch")
     train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint up to --epochs")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (needs matplotlib)")
-    train.add_argument("--validate", action="store_true", help="evaluate on the test split after every epoch")
+    train.add_argument("--validate", action="store_true",
+                       help="score a held-out 10%% of the training data after every epoch (--val-split 0.1; the "
+                            "test split is scored once, at the end, never used to choose)")
     train.add_argument("--val-split", type=_fraction, metavar="F",
                        help="hold out this fraction of the training data (chosen by --seed) and score it after "
                             "every epoch as val loss and accuracy")

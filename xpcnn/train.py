@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,37 @@ def _as_dataset(data: Any, name: str) -> Dataset:
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The shuffled order of epoch ``epoch``: a function of (seed, epoch) alone, so a resumed run repeats it."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+LOG = logging.getLogger("xpcnn")          # fit's per-epoch lines: redirect or silence them through logging
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes records between progress bars (tqdm.write): fit's output where the application set up no logging."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record))
+
+
+_HANDLER = _TqdmHandler()
+
+
+def _say(line: str) -> None:
+    """One line of fit's output, at INFO on the ``xpcnn`` logger. Where the application has configured no logging
+    (no handler on the root logger or on ``xpcnn``), it is printed as before, between the progress bars; once it
+    has, the line goes to its handlers instead."""
+    configured = bool(logging.getLogger().handlers) or any(h is not _HANDLER for h in LOG.handlers)
+    if configured and _HANDLER in LOG.handlers:
+        LOG.removeHandler(_HANDLER)
+        LOG.propagate = True
+    elif not configured and _HANDLER not in LOG.handlers:
+        LOG.addHandler(_HANDLER)
+        LOG.propagate = False                    # printed once, by our handler
+        if LOG.level == logging.NOTSET:
+            LOG.setLevel(logging.INFO)
+    LOG.info(line)
 
 
 READ_BACK_EVERY = 10     # steps between reading the running loss back to the host (a GPU stall each time)
@@ -219,7 +251,7 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
                 line = (f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, accuracy {100 * logs['accuracy']:.2f}%")
                 if validation_data is not None:
                     line += f", val loss {logs['val_loss']:.4f}, val accuracy {100 * logs['val_accuracy']:.2f}%"
-                tqdm.write(line + f", lr {logs['lr']:.4g}, {seconds:.1f}s, {logs['images_per_s']:,.0f} img/s")
+                _say(line + f", lr {logs['lr']:.4g}, {seconds:.1f}s, {logs['images_per_s']:,.0f} img/s")
             stop = False
             if ctx is None or ctx.is_root:
                 for callback in callbacks:
@@ -230,7 +262,7 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
                 stop = float(ctx.allreduce(np.asarray([float(stop)]))[0]) > 0     # rank 0 decides for all
             if stop:
                 if progress:
-                    tqdm.write(f"training stopped by a callback after epoch {epoch + 1}")
+                    _say(f"training stopped by a callback after epoch {epoch + 1}")
                 break
     finally:
         for callback in hooked:
