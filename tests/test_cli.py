@@ -411,3 +411,69 @@ def test_a_run_without_checkpoint_says_nothing_was_saved_and_help_shows_defaults
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "train up to this epoch (default 5)" in text and "images per step (default 32;" in text
+
+
+def _stripes_npz(path, test=True):
+    """Your own arrays: NHWC uint8 RGB 16x16 images of horizontal (0) or vertical (1) stripes, or a third class."""
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        labels = rng.integers(0, 3, n)
+        stripes = (np.arange(16) // 2 % 2).astype(np.float64)
+        patterns = [stripes[:, None] * np.ones(16), np.ones(16)[:, None] * stripes, np.full((16, 16), 0.5)]
+        x = np.stack([patterns[k][:, :, None] * np.ones(3) for k in labels]) + rng.normal(0, 0.2, (n, 16, 16, 3))
+        return np.clip(x * 255, 0, 255).astype(np.uint8), labels
+
+    x, y = images(300)
+    arrays = {"x_train": x, "y_train": y}
+    if test:
+        arrays["x_test"], arrays["y_test"] = images(60)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_train_evaluate_and_predict_on_your_own_npz(tmp_path, capsys):
+    """--data FILE.npz: any layout, classes from the labels, a model that fits the images (resnet8 for 16x16 RGB),
+    normalized with x_train's statistics, which the checkpoint records for predict."""
+    from xpcnn import cli
+
+    data = _stripes_npz(tmp_path / "stripes.npz")
+    path = tmp_path / "model.npz"
+    assert cli.main(["train", "--data", str(data), "--epochs", "3", "--quiet", "--lr", "0.05", "--checkpoint",
+                     str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"resnet8 (77,587 parameters) on {data} (train) (300 train images / 60 test images)" in out, out
+    assert float(re.search(r"test accuracy: ([\d.]+)%", out).group(1)) > 90
+    checkpoint = xpcnn.load(path)
+    assert checkpoint.model.input_shape == (3, 16, 16) and checkpoint.extra["dataset"] == str(data)
+    x_train = np.load(data)["x_train"].astype(np.float64) / 255
+    np.testing.assert_allclose(checkpoint.extra["normalization"]["mean"], x_train.mean(axis=(0, 1, 2)), rtol=1e-6)
+    assert cli.main(["evaluate", "--checkpoint", str(path), "--data", str(data)]) == 0
+    assert "accuracy: " in capsys.readouterr().out
+    np.save(tmp_path / "one.npy", np.moveaxis(np.load(data)["x_test"][:1], 3, 1))        # (1, 3, 16, 16) uint8
+    assert cli.main(["predict", "--checkpoint", str(path), str(tmp_path / "one.npy")]) == 0
+    assert re.search(r"one.npy: \d \(probability", capsys.readouterr().out)
+    assert cli.main(["train", "--data", str(data), "--epochs", "5", "--quiet", "--lr", "0.05",
+                     "--resume", str(path)]) == 0                                  # the same file: resumes
+    capsys.readouterr()
+    assert cli.main(["train", "--data", str(data), "--dataset", "mnist"]) == 2
+    assert "give --data FILE.npz or --dataset/--data-dir, not both" in capsys.readouterr().err
+
+
+def test_own_npz_without_test_split_and_malformed_files(tmp_path, capsys):
+    from xpcnn import cli
+
+    data = _stripes_npz(tmp_path / "train_only.npz", test=False)
+    assert cli.main(["train", "--data", str(data), "--epochs", "1", "--quiet", "--checkpoint",
+                     str(tmp_path / "m.npz")]) == 0
+    assert "has no x_test/y_test, so no test accuracy" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "m.npz"), "--data", str(data)]) == 2
+    assert "has no x_test/y_test; evaluate --split train, or add them" in capsys.readouterr().err
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 8, 8), np.uint8))
+    assert cli.main(["train", "--data", str(tmp_path / "bad.npz"), "--epochs", "1"]) == 2
+    assert "no array named 'x_train' (found images; it needs x_train, y_train" in capsys.readouterr().err
+    np.savez(tmp_path / "labels.npz", x_train=np.zeros((2, 8, 8), np.uint8), y_train=np.array([0.5, 1.0]))
+    assert cli.main(["train", "--data", str(tmp_path / "labels.npz"), "--epochs", "1"]) == 2
+    assert "y_train must be integer class indices of shape (2,); got float64" in capsys.readouterr().err
+    assert cli.main(["train", "--data", str(tmp_path / "missing.npz"), "--epochs", "1"]) == 2
+    assert "missing.npz: no such file" in capsys.readouterr().err

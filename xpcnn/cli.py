@@ -72,13 +72,26 @@ def _select_backend(args: argparse.Namespace):
 
 
 def _load_data(args: argparse.Namespace, split: str):
-    from .data import DataError, DataNotFoundError, load_dataset
+    """The split of --data FILE.npz (None for a test split the file lacks) or of --dataset."""
+    from .data import DataError, DataNotFoundError, load_arrays, load_dataset
 
     try:
+        if args.data:
+            return load_arrays(args.data, split, dtype=args.dtype or "float32")
         return load_dataset(args.dataset, split, data_dir=args.data_dir, download=not args.no_download,
                             dtype=args.dtype)
     except (DataNotFoundError, DataError) as exc:
         raise CommandError(str(exc)) from None
+
+
+def _resolve_data(args: argparse.Namespace) -> None:
+    """--data or --dataset (the bundled subset by default); args.dataset names what was chosen, the file's path
+    for --data (checkpoints record it, and a resume must use the same)."""
+    if args.data:
+        if args.dataset or args.data_dir:
+            raise CommandError("give --data FILE.npz or --dataset/--data-dir, not both")
+        args.dataset = args.data
+    args.dataset = args.dataset or "bundled"
 
 
 def _load_checkpoint(path: str, model=None, optimizer=None):
@@ -162,6 +175,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import History, TrainingDivergedError, evaluate, fit
 
     plot = _plot_path(args.plot)
+    _resolve_data(args)
     if args.validate and args.val_split is None:
         args.val_split = 0.1              # scoring the test split every epoch would leak it into model selection
     if args.early_stop is not None and args.val_split is None:
@@ -187,8 +201,12 @@ def _train(args: argparse.Namespace) -> int:
         if start_epoch >= args.epochs:
             raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {start_epoch} epochs; "
                                f"ask for more with --epochs (got {args.epochs})")
-    model = checkpoint.model if checkpoint else models.build_for(args.model or "lenet5", train_data.sample_shape,
-                                                                  args.seed, args.dtype)
+    if checkpoint:
+        model = checkpoint.model
+    else:
+        default = "lenet5" if train_data.sample_shape == (1, 28, 28) else "resnet8"     # resnet8 fits any size
+        classes = _classes(train_data, test_data) if args.data else 10
+        model = models.build_for(args.model or default, train_data.sample_shape, args.seed, args.dtype, classes)
     optimizer = optim.build(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     if checkpoint and checkpoint.optimizer_state is not None:
         try:
@@ -206,8 +224,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.compile and not compiled:
         raise CommandError(f"--compile needs a backend with a compiler (jax); got {backend}")
     ranks = "" if ctx is None else f", {ctx.size} ranks (data-parallel, global batch {args.batch_size})"
+    tested = f"{len(test_data):,} test images" if test_data is not None else "no test split"
     say(f"xpcnn train: {model.name} ({n_params:,} parameters) on {train_data.source} "
-        f"({len(train_data):,} train / {len(test_data):,} test images)")
+        f"({len(train_data):,} train images / {tested})")
     say(f"backend {backend}{' (compiled steps)' if compiled else ''}, {args.dtype}; {optimizer!r}, "
         f"schedule {args.schedule}, batch {args.batch_size}, epochs {start_epoch + 1}..{args.epochs}, "
         f"seed {args.seed}{ranks}", flush=True)
@@ -257,6 +276,12 @@ def _train(args: argparse.Namespace) -> int:
             say(f"early stop after epoch {callback.stopped_epoch}: no val loss below {callback.best:.4f} (epoch "
                 f"{callback.best_epoch}) for {max(args.early_stop, 1)} epochs; epoch {callback.best_epoch}'s weights "
                 f"are kept")
+    if test_data is None:
+        if args.checkpoint:
+            say(f"checkpoint: {args.checkpoint} (epoch {saved['epoch']})")
+        say(f"trained in {seconds:.1f}s on {backend}; {args.data} has no x_test/y_test, so no test accuracy")
+        _say_if_unsaved(args, say)
+        return 0
     result = evaluate(model, test_data, loss_fn=loss_fn, distributed=ctx)
     correct = round(result["accuracy"] * result["n"])
     if not math.isfinite(result["loss"]):
@@ -274,10 +299,19 @@ def _train(args: argparse.Namespace) -> int:
         say(f"checkpoint: {args.checkpoint} (epoch {saved['epoch']})")
     say(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss {result['loss']:.4f}; "
           f"trained in {seconds:.1f}s on {backend}")
+    _say_if_unsaved(args, say)
+    return 0
+
+
+def _say_if_unsaved(args: argparse.Namespace, say) -> None:
     if not args.checkpoint:
         say("nothing was saved: add --checkpoint PATH (.npz or .safetensors) to keep the model for evaluate, "
             "predict, export or --resume")
-    return 0
+
+
+def _classes(*datasets) -> int:
+    """The number of classes the labels of ``datasets`` (None skipped) need: the largest class index + 1."""
+    return max(int(_backend.to_numpy(d.labels).max()) + 1 for d in datasets if d is not None and len(d))
 
 
 class _SaveFailed(Exception):
@@ -311,14 +345,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .nn import CrossEntropyLoss
     from .train import evaluate
 
+    _resolve_data(args)
     backend = _select_backend(args)
     checkpoint = _load_checkpoint(args.checkpoint)
     args.dtype = precision(checkpoint.model)
     data = _load_data(args, args.split)
+    if data is None:
+        raise CommandError(f"--data {args.data} has no x_test/y_test; evaluate --split train, or add them")
+    option = f"--data {args.data}" if args.data else f"--dataset {args.dataset}"
     try:
         checkpoint.model.check_input((1, *data.sample_shape))
     except ValueError as exc:
-        raise CommandError(f"{args.checkpoint} does not fit --dataset {args.dataset}: {exc}") from None
+        raise CommandError(f"{args.checkpoint} does not fit {option}: {exc}") from None
     result = evaluate(checkpoint.model, data, loss_fn=CrossEntropyLoss(), batch_size=args.batch_size,
                       top_k=args.top_k)
     correct = round(result["accuracy"] * result["n"])
@@ -457,7 +495,10 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=("bundled", "mnist", "fashion-mnist", "cifar10"), default="bundled",
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="your own arrays: x_train, y_train and optionally x_test, y_test (uint8 or float images "
+                             "(N, H, W), NCHW or NHWC; integer labels), normalized with x_train's statistics")
+    parser.add_argument("--dataset", choices=("bundled", "mnist", "fashion-mnist", "cifar10"), default=None,
                         help="bundled: the 10,000/2,000-image MNIST subset shipped with xpcnn; mnist, fashion-mnist, "
                              "cifar10: the full sets (from --data-dir, XPCNN_DATA_DIR, ~/.cache/xpcnn/NAME or a "
                              "download)")

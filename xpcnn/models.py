@@ -145,10 +145,14 @@ def build(name: str, **kwargs) -> BatchShards:
     return MODELS[name](**kwargs)
 
 
-def build_for(name: str, sample_shape: tuple, seed: int = 0, dtype: str = "float32") -> BatchShards:
-    """A model by name for samples of ``sample_shape`` (C, H, W): the ResNets take their input channels and
-    image size from it; the others are built for their own input (and check it against the data when run)."""
+def build_for(name: str, sample_shape: tuple, seed: int = 0, dtype: str = "float32",
+              num_classes: int = 10) -> BatchShards:
+    """A model by name for samples of ``sample_shape`` (C, H, W) and ``num_classes`` classes: the ResNets take
+    their input channels and image size from it; the others are built for their own input (and check it against
+    the data when run)."""
     kwargs = {"seed": seed, "dtype": dtype}
+    if name in MODELS and "num_classes" in inspect.signature(MODELS[name]).parameters:
+        kwargs["num_classes"] = num_classes
     if name in MODELS and "in_channels" in inspect.signature(MODELS[name]).parameters:
         kwargs.update(in_channels=sample_shape[0], image_size=sample_shape[1])
     return build(name, **kwargs)

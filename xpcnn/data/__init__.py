@@ -7,8 +7,8 @@
 """
 
 from .cifar import CIFAR10, CIFAR10_SHA256, load_cifar10, read_cifar10_archive
-from .dataset import (DATASETS, MEAN, STD, Dataset, channels_first, load_dataset, normalize, random_crop_flip,
-                      statistics)
+from .dataset import (DATASETS, MEAN, STD, Dataset, channels_first, load_arrays, load_dataset, normalize,
+                      random_crop_flip, statistics)
 from .files import DataError, DataNotFoundError, Source, cache_dir
 from .mnist import (
     BUNDLED_SHA256,
@@ -29,7 +29,8 @@ from .mnist import (
 __all__ = [
     "BUNDLED_SHA256", "CIFAR10", "CIFAR10_SHA256", "DATASETS", "DataError", "DataNotFoundError", "Dataset",
     "FASHION_MNIST", "FASHION_MNIST_SHA256", "FILES", "MEAN", "MIRRORS", "MNIST", "MNIST_SHA256", "STD", "Source",
-    "cache_dir", "channels_first", "download_mnist", "find_mnist", "load_bundled", "load_cifar10", "load_dataset",
+    "cache_dir", "channels_first", "download_mnist", "find_mnist", "load_arrays", "load_bundled", "load_cifar10",
+    "load_dataset",
     "load_fashion_mnist", "load_mnist", "normalize", "random_crop_flip", "read_cifar10_archive", "read_idx",
     "statistics",
 ]

@@ -191,3 +191,42 @@ def load_dataset(name: str = "bundled", split: str = "train", data_dir: str | os
         images, labels = spec.load(split, folder, download=False)
         title = f"{spec.title} from {folder}"
     return Dataset.from_numpy(images, labels, dtype, title, spec.mean, spec.std)
+
+
+def load_arrays(path: str | os.PathLike, split: str = "train", dtype: str = "float32") -> Dataset | None:
+    """Your own arrays from an ``.npz`` file as a :class:`Dataset`: ``x_train`` and ``y_train``, and optionally
+    ``x_test`` and ``y_test`` (None for the test split when they are absent). Images are uint8 or floats in any
+    layout :meth:`Dataset.from_numpy` takes; labels integer class indices (N,). Both splits are normalized with the
+    training images' statistics. A missing file, key or a malformed array is a DataError naming it."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be one of train, test; got {split!r}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise _files.DataNotFoundError(f"--data {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise _files.DataError(f"--data {path}: not a readable .npz archive ({exc})") from None
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise _files.DataError(f"--data {path}: no array named {key!r} (found {', '.join(sorted(arrays)) or 'none'}"
+                                   f"; it needs x_train, y_train and optionally x_test, y_test)")
+    if split == "test" and ("x_test" not in arrays or "y_test" not in arrays):
+        return None
+    for x_key, y_key in (("x_train", "y_train"), (f"x_{split}", f"y_{split}")):
+        images, labels = arrays[x_key], arrays[y_key]
+        if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+            raise _files.DataError(f"--data {path}: {x_key} must hold uint8 or floating pixels; got {images.dtype}")
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.shape[0] != images.shape[0]:
+            raise _files.DataError(f"--data {path}: {y_key} must be integer class indices of shape "
+                                   f"({images.shape[0]},); got {labels.dtype} of shape {labels.shape}")
+        if labels.size and labels.min() < 0:
+            raise _files.DataError(f"--data {path}: {y_key} holds negative class indices")
+        if images.ndim == 4 and not np.all(np.isfinite(images)):
+            raise _files.DataError(f"--data {path}: {x_key} holds NaN or infinite values")
+    try:
+        mean, std = statistics(channels_first(arrays["x_train"]))
+        images = channels_first(arrays[f"x_{split}"])
+    except ValueError as exc:
+        raise _files.DataError(f"--data {path}: {exc}") from None
+    return Dataset.from_numpy(images, arrays[f"y_{split}"], dtype, f"{path} ({split})", mean, std)
