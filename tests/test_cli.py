@@ -477,3 +477,22 @@ def test_own_npz_without_test_split_and_malformed_files(tmp_path, capsys):
     assert "y_train must be integer class indices of shape (2,); got float64" in capsys.readouterr().err
     assert cli.main(["train", "--data", str(tmp_path / "missing.npz"), "--epochs", "1"]) == 2
     assert "missing.npz: no such file" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_your_own_layers_gets_one_line_saying_how_to_load_it(tmp_path, capsys):
+    from xpcnn import cli
+    from xpcnn import nn
+
+    class Doubler(nn.Module):
+        def _forward(self, x, run):
+            return 2 * x, None
+
+        def _backward(self, dy, cache, run, input_grad):
+            return 2 * dy
+
+    path = xpcnn.save(tmp_path / "own.npz", nn.Sequential(nn.Flatten(), nn.Linear(784, 10), Doubler(),
+                                                           input_shape=(1, 28, 28)))
+    assert cli.main(["evaluate", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown layer type 'Doubler'" in err and "xpcnn.load(path, model=your_model)" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

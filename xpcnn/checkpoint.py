@@ -301,7 +301,8 @@ def _model(path: pathlib.Path, meta: dict, model: Module | None) -> Module:
     try:
         return shard(from_config(meta.get("model")))      # fast on every core, as the models xpcnn builds
     except ValueError as exc:
-        raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}") from None
+        raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}. A model with layers of "
+                              f"your own loads in Python: xpcnn.load(path, model=your_model)") from None
 
 
 def _saved_precision(path: pathlib.Path, arrays: dict) -> str | None:
