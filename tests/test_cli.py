@@ -452,7 +452,11 @@ def test_train_evaluate_and_predict_on_your_own_npz(tmp_path, capsys):
     assert "accuracy: " in capsys.readouterr().out
     np.save(tmp_path / "one.npy", np.moveaxis(np.load(data)["x_test"][:1], 3, 1))        # (1, 3, 16, 16) uint8
     assert cli.main(["predict", "--checkpoint", str(path), str(tmp_path / "one.npy")]) == 0
-    assert re.search(r"one.npy: \d \(probability", capsys.readouterr().out)
+    recorded = capsys.readouterr().out
+    assert re.search(r"one.npy: \d \(probability", recorded)
+    bare = xpcnn.save(tmp_path / "bare.npz", checkpoint.model)                 # no normalization recorded
+    assert cli.main(["predict", "--checkpoint", str(bare), str(tmp_path / "one.npy"), "--data", str(data)]) == 0
+    assert capsys.readouterr().out == recorded                                 # x_train's statistics again
     assert cli.main(["train", "--data", str(data), "--epochs", "5", "--quiet", "--lr", "0.05",
                      "--resume", str(path)]) == 0                                  # the same file: resumes
     capsys.readouterr()

@@ -77,7 +77,7 @@ def _load_data(args: argparse.Namespace, split: str):
 
     try:
         if args.data:
-            return load_arrays(args.data, split, dtype=args.dtype or "float32")
+            return load_arrays(args.data, split, dtype=getattr(args, "dtype", None) or "float32")
         return load_dataset(args.dataset, split, data_dir=args.data_dir, download=not args.no_download,
                             dtype=args.dtype)
     except (DataNotFoundError, DataError) as exc:
@@ -442,12 +442,18 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _normalization(args: argparse.Namespace, checkpoint, datasets: dict) -> tuple:
-    """How the checkpoint's training images were normalized: --mean/--std if given, else what the checkpoint
-    recorded (its statistics, or its built-in dataset's); a checkpoint that says nothing is refused."""
+    """How the checkpoint's training images were normalized: --mean/--std if given, or the statistics of --data's
+    x_train, else what the checkpoint recorded (its statistics, or its built-in dataset's); a checkpoint that says
+    nothing is refused."""
     if (args.mean is None) != (args.std is None):
         raise CommandError("give --mean and --std together (one value, or one per channel)")
     if args.mean is not None:
+        if args.data:
+            raise CommandError("give --data or --mean/--std, not both")
         return tuple(args.mean), tuple(args.std)
+    if args.data:                                  # the statistics its training images were normalized with
+        train = _load_data(args, "train")
+        return train.mean, train.std
     recorded = checkpoint.extra.get("normalization")
     if isinstance(recorded, dict) and {"mean", "std"} <= set(recorded):
         return tuple(recorded["mean"]), tuple(recorded["std"])
@@ -590,6 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the training images' mean (per channel, on the [0, 1] scale), for a checkpoint that "
                               "does not record it")
     predict.add_argument("--std", type=float, nargs="+", metavar="S", help="their std, as --mean")
+    predict.add_argument("--data", metavar="FILE.npz", help="take the normalization from this file's x_train, as "
+                                                              "train --data did")
     _add_backend_options(predict)
     predict.set_defaults(run=_predict)
     return parser
