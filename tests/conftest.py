@@ -13,6 +13,7 @@ import xpcnn
 from helpers import ArrayBackend
 
 REQUIRED = {name.strip() for name in os.environ.get("XPCNN_TEST_REQUIRE", "").split(",") if name.strip()}
+UNAVAILABLE = " unavailable: "          # in the reason of every skip for a backend this machine cannot run
 BACKEND_PARAMS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "cupy", "jax"]
 
 
@@ -30,7 +31,7 @@ def make_backend(param: str) -> ArrayBackend:
     except xpcnn.BackendUnavailableError as exc:
         if name in REQUIRED:
             pytest.fail(f"backend {name} is required here (XPCNN_TEST_REQUIRE) but unavailable: {exc}")
-        pytest.skip(f"{name} unavailable: {exc}")
+        pytest.skip(f"{name}{UNAVAILABLE}{exc}")
     return ArrayBackend(param, backend.xp, backend.device)
 
 
@@ -38,6 +39,17 @@ def make_backend(param: str) -> ArrayBackend:
 def B(request) -> ArrayBackend:
     """Each backend in turn (skipped with the reason when unavailable)."""
     return make_backend(request.param)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A backend that cannot run here skips every test of it with one reason: report them all at this file, so that
+    ``pytest -ra`` prints that reason once with its count instead of once per test function."""
+    outcome = yield
+    report = outcome.get_result()
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3 and UNAVAILABLE in str(longrepr[2]):
+        report.longrepr = ("tests/conftest.py", make_backend.__code__.co_firstlineno, longrepr[2])
 
 
 def pytest_report_header(config):

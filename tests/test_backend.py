@@ -266,3 +266,16 @@ def test_a_model_moves_to_jax_and_back_and_its_checkpoint_loads_both_ways(tmp_pa
     with xpcnn.use_backend("jax"):
         again = xpcnn.load(tmp_path / "jax.npz").model.eval()
     assert type(again.parameters()[0].data).__module__.startswith("jax")
+
+
+def test_an_unavailable_backend_is_reported_once_by_pytest_ra(tmp_path):
+    """`pytest -ra` prints each unavailable backend's reason once, with its count, not once per test function."""
+    tests = pathlib.Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, "-m", "pytest", "-ra", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+                           str(tests / "test_activation.py")], capture_output=True, text=True, timeout=600,
+                          cwd=tests.parent)
+    assert done.returncode == 0, done.stdout[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED") and " unavailable: " in line]
+    reasons = [line.split(": ", 1)[1] for line in lines]
+    assert len(reasons) == len(set(reasons)), lines               # one line per reason
+    assert all(line.split()[2].startswith("tests/conftest.py:") for line in lines), lines

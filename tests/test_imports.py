@@ -58,3 +58,14 @@ def test_the_package_has_no_import_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+def test_the_package_ships_its_license_changelog_and_type_marker():
+    import importlib.resources
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert "MIT License" in (root / "LICENSE").read_text()
+    assert 'license = "MIT"' in (root / "pyproject.toml").read_text()
+    assert (root / "CHANGELOG.md").read_text().startswith("# Changelog")
+    assert importlib.resources.files("xpcnn").joinpath("py.typed").is_file()
+    assert '"xpcnn" = ["py.typed"]' in (root / "pyproject.toml").read_text()
