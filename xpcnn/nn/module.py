@@ -414,7 +414,9 @@ class Module:
         xp = array_namespace(x)
         if not xp.isdtype(x.dtype, "real floating"):
             raise TypeError(f"{self.name}: inputs must be floating-point; got {x.dtype} of shape {tuple(x.shape)} "
-                            f"(for uint8 images use xpcnn.data.normalize, or xp.astype(x, xp.float32) / 255)")
+                            f"(normalize uint8 images as the training images were: xpcnn.data.Dataset.from_numpy, "
+                            f"or xpcnn.data.normalize(images, mean=data.mean, std=data.std) with the training "
+                            f"Dataset's statistics)")
         first = next(self.named_parameters(), None)
         if first is not None and first[1].data.dtype != x.dtype:
             wanted = dtype_name(first[1].data)
