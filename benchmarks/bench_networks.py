@@ -86,6 +86,17 @@ def torch_twin(torch, model: nn.Module, device):
     return net
 
 
+def with_statistics(model: nn.Module, seed: int = 7) -> nn.Module:
+    """``model`` in eval mode with BatchNorm running statistics drawn far from their initial (0, 1), so that the
+    eval-mode normalization shows in its outputs (an exporter or a converter that lost a buffer would)."""
+    rng = np.random.default_rng(seed)
+    for name, buffer in model.named_buffers():
+        values = (rng.uniform(0.5, 2.0, buffer.shape) if name.endswith("running_var")
+                  else rng.normal(0, 0.5, buffer.shape))
+        buffer.data = xpcnn.asarray(values.astype(np.float32))
+    return model.eval()
+
+
 def forward_flops(model: nn.Module) -> float:
     """Multiply-adds x 2 of one image's forward pass through the convolutions and dense layers."""
     shapes = model._trace_shapes(model.input_shape)

@@ -16,21 +16,11 @@ import tempfile
 import numpy as np
 
 import xpcnn
-from bench_networks import _calls
+from bench_networks import _calls, with_statistics
 from harness import compare, machine
 
 NETWORKS = {"lenet5": ("LeNet-5", lambda: xpcnn.models.lenet5(seed=0)),
             "resnet8": ("ResNet-8 (1x28x28)", lambda: xpcnn.models.resnet8(seed=0))}
-
-
-def _prepared(build):
-    model = build()
-    rng = np.random.default_rng(7)
-    for name, buffer in model.named_buffers():
-        values = rng.uniform(0.5, 2.0, buffer.shape) if name.endswith("running_var") else rng.normal(0, 0.5,
-                                                                                                        buffer.shape)
-        buffer.data = xpcnn.asarray(values.astype(np.float32))
-    return model.eval()
 
 
 def run(networks=tuple(NETWORKS), batches=(1, 256), blocks=5, seconds_per_block=0.5) -> list[dict]:
@@ -41,7 +31,7 @@ def run(networks=tuple(NETWORKS), batches=(1, 256), blocks=5, seconds_per_block=
     with xpcnn.use_backend("numpy"), tempfile.TemporaryDirectory() as folder:
         for network in networks:
             title, build = NETWORKS[network]
-            model = _prepared(build)
+            model = with_statistics(build())
             path = xpcnn.export_onnx(model, f"{folder}/{network}.onnx")
             nodes = len(onnx.load(str(path)).graph.node)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

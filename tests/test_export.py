@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -10,6 +11,9 @@ import pytest
 
 import xpcnn
 from xpcnn import nn
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+from bench_networks import with_statistics  # noqa: E402
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
@@ -34,16 +38,6 @@ def _every_layer(seed=0):
         input_shape=(3, 16, 16), name="every_layer")
 
 
-def _with_statistics(model):
-    """Running statistics far from BatchNorm's initial (0, 1), so that the eval-mode normalization matters."""
-    rng = np.random.default_rng(7)
-    for name, buffer in model.named_buffers():
-        values = rng.uniform(0.5, 2.0, buffer.shape) if name.endswith("running_var") else rng.normal(0, 0.5,
-                                                                                                        buffer.shape)
-        buffer.data = xpcnn.asarray(values.astype(np.float32))
-    return model.eval()
-
-
 MODELS = {
     "lenet5": lambda: xpcnn.models.lenet5(seed=0),
     "resnet8": lambda: xpcnn.models.resnet8(seed=0),
@@ -57,7 +51,7 @@ MODELS = {
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_onnxruntime_runs_the_export_to_xpcnn_outputs(name, tmp_path):
-    model = _with_statistics(MODELS[name]())
+    model = with_statistics(MODELS[name]())
     path = xpcnn.export_onnx(model, tmp_path / f"{name}.onnx")
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)

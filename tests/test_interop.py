@@ -12,19 +12,10 @@ import xpcnn
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0, the CPU build)")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
-from bench_networks import torch_twin  # noqa: E402
+from bench_networks import torch_twin, with_statistics  # noqa: E402
 
 MODELS = {"lenet5": lambda seed: xpcnn.models.lenet5(seed=seed),
           "resnet8": lambda seed: xpcnn.models.resnet8(seed=seed)}
-
-
-def _statistics(model, seed):
-    """BatchNorm running statistics away from (0, 1), so that a lost buffer shows."""
-    rng = np.random.default_rng(seed)
-    for name, buffer in model.named_buffers():
-        low = 0.5 if name.endswith("running_var") else -0.5
-        buffer.data = xpcnn.asarray(rng.uniform(low, low + 1.5, buffer.shape).astype(np.float32))
-    return model.eval()
 
 
 def _outputs_agree(model, net):
@@ -37,10 +28,10 @@ def _outputs_agree(model, net):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_torch_state_dict_loads_strictly_with_its_batchnorm_counters(name):
-    net = torch_twin(torch, _statistics(MODELS[name](1), 1), "cpu")     # another model's weights, in torch
+    net = torch_twin(torch, with_statistics(MODELS[name](1), 1), "cpu")     # another model's weights, in torch
     state = net.state_dict()
     assert any(key.endswith("num_batches_tracked") for key in state) == (name == "resnet8")
-    model = _statistics(MODELS[name](0), 0)
+    model = with_statistics(MODELS[name](0), 0)
     model.load_state_dict(state)                                        # strict: the counters are ignored
     _outputs_agree(model, net)
     with pytest.raises(KeyError, match=r"unexpected \['extra.weight'\]"):
@@ -49,8 +40,8 @@ def test_a_torch_state_dict_loads_strictly_with_its_batchnorm_counters(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_torch_state_dict_loads_into_torch_strictly(name):
-    model = _statistics(MODELS[name](0), 0)
-    net = torch_twin(torch, _statistics(MODELS[name](1), 1), "cpu")
+    model = with_statistics(MODELS[name](0), 0)
+    net = torch_twin(torch, with_statistics(MODELS[name](1), 1), "cpu")
     net.load_state_dict(xpcnn.export.torch_state_dict(model))         # strict by default in torch
     _outputs_agree(model, net)
 

@@ -232,14 +232,13 @@ def _train(args: argparse.Namespace) -> int:
         f"seed {args.seed}{ranks}", flush=True)
 
     saved = {"epoch": start_epoch if args.resume else None}
-    normalization = {"mean": list(train_data.mean), "std": list(train_data.std)}    # for predict
 
     def save_checkpoint(epoch: int, logs: dict) -> None:
         if args.checkpoint:
             try:
                 save(args.checkpoint, model, optimizer, epoch=epoch, step=optimizer.steps,
                      extra={"history": history.as_dict(), "seed": args.seed, "dataset": args.dataset,
-                            "batch_size": args.batch_size, "normalization": normalization})
+                            "batch_size": args.batch_size, "normalization": train_data.normalization()})
             except OSError as exc:      # a full disk, say: the previous checkpoint is whole (atomic writes)
                 raise _SaveFailed(f"could not write the checkpoint of epoch {epoch} to {args.checkpoint}: "
                                   f"{exc.strerror or exc}") from None

@@ -164,17 +164,13 @@ class TrainStep:
 
 
 def _correct(logits: Any, labels: Any, threshold: float | None = None) -> Any:
-    """Number of correct predictions, left on the device (0-d integer array). ``labels`` are class indices
-    (N,) or one-hot / probability targets (N, K), whose largest entry is the class. A model with one output is a
-    binary classifier: its prediction is output > ``threshold`` (see :func:`decision_threshold`), its label the
-    target rounded (labels (N,) or (N, 1))."""
+    """Number of correct predictions, left on the device (0-d int32 array; JAX has no int64 by default).
+    ``labels`` are class indices (N,) or one-hot / probability targets (N, K), whose largest entry is the class.
+    A model with one output is a binary classifier: its prediction is output > ``threshold`` (see
+    :func:`decision_threshold`), its label the target rounded (labels (N,) or (N, 1))."""
     xp = array_namespace(logits)
-    if logits.ndim == 2 and logits.shape[1] == 1 and threshold is not None:
-        truth = xp.reshape(xp.astype(labels, logits.dtype), (-1,)) >= 0.5
-        return xp.sum(xp.astype((logits[:, 0] > threshold) == truth, xp.int32))
-    if labels.ndim == 2:
-        labels = xp.argmax(labels, axis=1)
-    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))     # int32: JAX has no int64 by default
+    predicted, truth, _ = _classes(logits, labels, threshold)
+    return xp.sum(xp.astype(predicted == truth, xp.int32))
 
 
 def _classes(logits: Any, labels: Any, threshold: float | None) -> tuple[Any, Any, int]:
@@ -188,15 +184,20 @@ def _classes(logits: Any, labels: Any, threshold: float | None) -> tuple[Any, An
     return xp.argmax(logits, axis=1), truth, int(logits.shape[1])
 
 
+def _one_hot(classes: Any, count: int, like: Any) -> Any:
+    """(N, count) rows with 1 at each sample's class, in ``like``'s floating dtype and device."""
+    xp = array_namespace(like)
+    row = xp.arange(count, device=device(like))
+    return xp.astype(xp.expand_dims(xp.astype(classes, row.dtype), axis=1) == row, like.dtype)
+
+
 def _confusion(logits: Any, labels: Any, threshold: float | None = None) -> Any:
     """The batch's K x K confusion counts (rows: the true class), an int32 array on the device: one product of
     the one-hot true and predicted classes (exact: counts are at most the batch size)."""
     xp = array_namespace(logits)
     predicted, truth, classes = _classes(logits, labels, threshold)
-    row = xp.arange(classes, device=device(logits))
-    one_hot = [xp.astype(xp.expand_dims(xp.astype(c, row.dtype), axis=1) == row, logits.dtype)
-               for c in (truth, predicted)]
-    return xp.astype(xp.round(one_hot[0].T @ one_hot[1]), xp.int32)
+    product = _one_hot(truth, classes, logits).T @ _one_hot(predicted, classes, logits)
+    return xp.astype(xp.round(product), xp.int32)
 
 
 def _in_top_k(logits: Any, labels: Any, k: int) -> Any:
@@ -204,9 +205,7 @@ def _in_top_k(logits: Any, labels: Any, k: int) -> Any:
     0-d int32 array on the device."""
     xp = array_namespace(logits)
     truth = xp.argmax(labels, axis=1) if labels.ndim == 2 else labels
-    row = xp.arange(logits.shape[1], device=device(logits))
-    one_hot = xp.astype(xp.expand_dims(xp.astype(truth, row.dtype), axis=1) == row, logits.dtype)
-    true_output = xp.sum(logits * one_hot, axis=1, keepdims=True)
+    true_output = xp.sum(logits * _one_hot(truth, logits.shape[1], logits), axis=1, keepdims=True)
     above = xp.sum(xp.astype(logits > true_output, xp.int32), axis=1)
     return xp.sum(xp.astype(above < k, xp.int32))
 

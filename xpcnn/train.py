@@ -94,11 +94,12 @@ READ_BACK_EVERY = 10     # steps between reading the running loss back to the ho
 
 
 def _read_back(total: Any, correct: Any) -> tuple[float, int]:
-    """The running loss sum and correct count in ONE device-to-host transfer."""
+    """The running loss sum and a count (either may be a number: nothing summed) in ONE device-to-host transfer."""
     if isinstance(total, float):                         # nothing was summed (no batch)
         return float(total), int(round(float(correct)))
     xp = array_namespace(total)
-    both = _backend.to_numpy(xp.stack([total, xp.astype(correct, total.dtype)]))
+    count = xp.asarray(correct, dtype=total.dtype, device=device(total))
+    both = _backend.to_numpy(xp.stack([total, count]))
     return float(both[0]), int(round(float(both[1])))
 
 
@@ -199,8 +200,7 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     hooked = [c for c in callbacks if isinstance(c, Callback)] if ctx is None or ctx.is_root else []
     for callback in hooked:
         callback.on_train_begin(model, optimizer)
-        if getattr(train_data, "mean", None) is not None:
-            callback.normalization = {"mean": list(train_data.mean), "std": list(train_data.std)}
+        callback.normalization = train_data.normalization()
     try:
         for epoch in range(start_epoch, epochs):
             model.train()
@@ -297,8 +297,8 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
     rows the true class, columns the predicted one; 2 x 2 for a one-output binary classifier),
     ``"per_class_accuracy"`` (a NumPy array, NaN for a class with no sample), and ``"loss"`` (the mean) when
     ``loss_fn`` is given, ``"top_k_accuracy"`` with ``top_k`` (the true class among the k largest outputs). Sums
-    stay on the device; read back once at the end. ``distributed``: each rank evaluates its shard of ``data`` and
-    the sums are all-reduced."""
+    stay on the device and are read back at the end: the counts in one transfer, the loss with the top-k count in
+    another. ``distributed``: each rank evaluates its shard of ``data`` and the sums are all-reduced."""
     data = _as_dataset(data, "data")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"evaluate: top_k must be a positive integer; got {top_k!r}")
@@ -324,11 +324,9 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
         model.train(was_training)
     if confusion is None:                                   # no sample here: the classes from the model
         classes = model.check_input((1, *data.sample_shape))[0] if hasattr(model, "check_input") else 0
-        confusion = np.zeros((max(classes, 2) if classes == 1 else classes,) * 2, np.int64)
+        confusion = np.zeros((2 if classes == 1 else classes,) * 2, np.int64)      # one output: binary
     counts = np.asarray(_backend.to_numpy(confusion), np.int64)
-    loss_sum = float(_backend.to_numpy(total_loss)) if loss_fn is not None and not isinstance(total_loss, float) \
-        else float(total_loss)
-    top = int(_backend.to_numpy(top)) if top_k is not None else 0
+    loss_sum, top = _read_back(total_loss, top)
     if distributed is not None:
         reduced = distributed.allreduce(np.concatenate([[loss_sum, top], counts.ravel()]).astype(np.float64))
         loss_sum, top = float(reduced[0]), int(round(reduced[1]))

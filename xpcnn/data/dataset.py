@@ -111,6 +111,10 @@ class Dataset:
         labels = labels.astype(np.int64) if labels.ndim == 1 else labels.astype(dtype)
         return cls(_backend.asarray(normalize(images, dtype, mean, std)), _backend.asarray(labels), source, mean, std)
 
+    def normalization(self) -> dict | None:
+        """``{"mean": [...], "std": [...]}`` as checkpoints record it for ``xpcnn predict``; None if unknown."""
+        return None if self.mean is None else {"mean": list(self.mean), "std": list(self.std)}
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
