@@ -155,8 +155,12 @@ def test_batchnorm2d_layer_train_and_eval_match_pytorch():
 def test_batchnorm2d_validates_its_arguments():
     with pytest.raises(ValueError, match="BatchNorm2D: num_features must be >= 1; got 0"):
         nn.BatchNorm2D(0)
-    with pytest.raises(ValueError, match="BatchNorm2D: eps must be a number > 0"):
-        nn.BatchNorm2D(3, eps=0)
+    for eps in (0, float("inf"), float("nan"), True, "1e-5"):
+        with pytest.raises(ValueError, match="BatchNorm2D: eps must be a finite number > 0"):
+            nn.BatchNorm2D(3, eps=eps)
+    for momentum in (True, False, -0.1, 1.5, None):
+        with pytest.raises(ValueError, match=r"BatchNorm2D: momentum must be a number in \[0, 1\]"):
+            nn.BatchNorm2D(3, momentum=momentum)
     with pytest.raises(ValueError, match="BatchNorm2D: dtype must be one of float32, float64; got 'int32'"):
         nn.BatchNorm2D(3, dtype="int32")
     assert nn.BatchNorm2D(3, affine=False).parameters() == []

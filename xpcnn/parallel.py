@@ -42,7 +42,7 @@ from array_api_compat import array_namespace, is_numpy_array
 from . import settings as _settings
 from . import thresholds
 from .functional import layout as _layout
-from .nn.module import Module, Pending, Run, add_gradient, check_gradient, set_buffer
+from .nn.module import Module, Run, add_gradient, check_gradient, set_buffer
 
 __all__ = ["BARRIER_TIMEOUT_S", "BatchShards", "ShardTimeoutError", "limit_threads", "shard", "shard_sizes",
            "threads", "tune_allocator", "usable_cores"]
@@ -201,17 +201,20 @@ class BatchShards(Module):
     def _backward(self, dy, cache, run, input_grad):
         return self.module._backward(dy, cache, run, input_grad)
 
+    def _root(self) -> Module:
+        return self.module._root()             # one lock for the model, wrapped or not
+
     # -- the public pair, sharded where it pays
-    def forward(self, x: Any) -> Any:
+    def _run_public(self, x: Any, training: bool) -> tuple[Any, Any, Run]:
         settings = _settings.get()
         if settings.tune_malloc and not _allocator_tried and is_numpy_array(x):
             tune_allocator()
         n = self._plan(x, settings)
         if n < 2 or not _busy.acquire(blocking=False):      # busy: another sharded call owns the cores
-            return super().forward(x)
+            return super()._run_public(x, training)
         try:
             with _one_blas_thread():
-                return self._sharded_forward(x, n)
+                return self._sharded_forward(x, n, training)
         finally:
             _busy.release()
 
@@ -236,13 +239,13 @@ class BatchShards(Module):
             self._elements[sample_shape] = sum(math.prod(s) for s in shapes.values()) / max(1, len(shapes))
         return self._elements[sample_shape]
 
-    def _sharded_forward(self, x: Any, n: int) -> Any:
+    def _sharded_forward(self, x: Any, n: int, training: bool) -> tuple[Any, Any, Run]:
         xp = self._check_input(x)
         layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
         sizes = shard_sizes(x.shape[0], n)
         group = _Group(n, BARRIER_TIMEOUT_S)
         grads = tuple(_Gradients() for _ in range(n))
-        runs = tuple(Run(layout, self.training, accumulate=grads[i].add, update=set_buffer if i == 0 else _ignore,
+        runs = tuple(Run(layout, training, accumulate=grads[i].add, update=set_buffer if i == 0 else _ignore,
                          reduce=functools.partial(group.sum, i)) for i in range(n))
 
         def work(i, part):
@@ -251,13 +254,11 @@ class BatchShards(Module):
 
         outs = _run_shards(group, work, _split(x, sizes))
         y = xp.concat([y for y, _ in outs], axis=0)
-        cache = ShardedCache(tuple(c for _, c in outs), grads, sizes)
-        self._last = Pending(cache, runs[0], y.dtype) if self.training else None
-        return y
+        return y, ShardedCache(tuple(c for _, c in outs), grads, sizes), runs[0]
 
-    def backward(self, dy: Any, input_grad: bool | None = None) -> Any:
+    def _public_backward(self, dy: Any, input_grad: bool | None) -> Any:
         if self._last is None or not isinstance(self._last.cache, ShardedCache):
-            return super().backward(dy, input_grad)
+            return super()._public_backward(dy, input_grad)
         pending, wanted = self._take_pending(dy, input_grad)
         cache = pending.cache
         if tuple(dy.shape[:1]) != (sum(cache.sizes),):

@@ -103,19 +103,20 @@ class TrainStep:
     def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
         """One step on the batch ``(x, y)``: ``(mean loss, number of correct predictions)``, 0-d arrays on the
         device."""
-        if not self.model.training:
-            self.model.train()
-        new, parts, loss, correct = self._function(self.state(), x, y)
-        opt = self.optimizer
-        if self._updates:
-            opt.steps += 1
-            opt._scatter(new.params, parts)        # the parts come out of the step: no slicing out here
-            opt.state = new.optimizer
-        for buffer, value in zip(self.buffers, new.buffers):
-            buffer.data = value
-        for (module, name), value in zip(self.counters, new.counters):
-            setattr(module, name, value)
-        opt.zero_grad()
+        with self.model.using():        # other threads' calls of the model wait: they never see a step half done
+            if not self.model.training:
+                self.model.train()
+            new, parts, loss, correct = self._function(self.state(), x, y)
+            opt = self.optimizer
+            if self._updates:
+                opt.steps += 1
+                opt._scatter(new.params, parts)        # the parts come out of the step: no slicing out here
+                opt.state = new.optimizer
+            for buffer, value in zip(self.buffers, new.buffers):
+                buffer.data = value
+            for (module, name), value in zip(self.counters, new.counters):
+                setattr(module, name, value)
+            opt.zero_grad()
         return loss, correct
 
     def _pure(self, state: StepState, x: Any, y: Any) -> tuple[StepState, list, Any, Any]:

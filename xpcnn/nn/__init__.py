@@ -24,11 +24,12 @@ from .layers import (
     Tanh,
 )
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from .module import LAYERS, Buffer, Module, Parameter, Run, from_config
+from .module import LAYERS, Buffer, ModelInUseError, Module, Parameter, Run, from_config
 from .normalization import BatchNorm2D
 
 __all__ = [
     "AvgPool2D", "BCELoss", "BCEWithLogitsLoss", "BatchNorm2D", "Buffer", "Conv2D", "CrossEntropyLoss", "Dropout",
-    "Flatten", "GlobalAvgPool2D", "LAYERS", "LeakyReLU", "Linear", "MSELoss", "MaxPool2D", "Module", "ModuleList", "Parameter",
+    "Flatten", "GlobalAvgPool2D", "LAYERS", "LeakyReLU", "Linear", "MSELoss", "MaxPool2D", "ModelInUseError", "Module",
+    "ModuleList", "Parameter",
     "ReLU", "Residual", "Run", "Sequential", "Sigmoid", "Softmax", "Tanh", "from_config",
 ]

@@ -15,15 +15,24 @@ refused: use :class:`~xpcnn.nn.ModuleList`). Computation has two levels:
   :mod:`xpcnn.functional.layout`) and runs its children in it. The cache of the last training-mode call is
   kept for the public ``backward``. A layer gives the same answers alone and inside any container.
 
-The base class knows nothing of threads: splitting a batch over the CPU cores is a wrapper
-(:class:`xpcnn.parallel.BatchShards`) that runs the same ``_forward``/``_backward`` on each shard with a
-:class:`Run` of its own.
+Splitting a batch over the CPU cores is a wrapper (:class:`xpcnn.parallel.BatchShards`) that runs the same
+``_forward``/``_backward`` on each shard with a :class:`Run` of its own.
+
+Threads: each public call (``model(x)``, ``model.infer(x)``, ``model.backward(dy)``, a summary's trace) holds the
+model's lock (:meth:`Module.using`), so calls from several threads take turns instead of interleaving.
+:meth:`Module.infer` and everything built on it (:func:`xpcnn.evaluate`, :meth:`Module.predict`) leave the model's
+mode and its pending backward alone, so other threads may evaluate a model while one thread trains it. One model
+trains in one thread at a time: a ``backward`` whose pending forward another thread replaced is a
+:class:`ModelInUseError`, never a gradient of someone else's batch. To train one model from several threads, hold
+``with model.using():`` around each whole step (:class:`xpcnn.TrainStep`, and so :func:`xpcnn.fit`, do).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -33,7 +42,7 @@ from array_api_compat import array_namespace
 from .. import backend as _backend
 from ..functional import layout as _layout
 
-__all__ = ["Buffer", "LAYERS", "Module", "Parameter", "Run", "add_gradient", "flatten", "from_config", "set_buffer",
+__all__ = ["Buffer", "LAYERS", "Module", "ModelInUseError", "Parameter", "Run", "add_gradient", "flatten", "from_config", "set_buffer",
            "unflatten"]
 
 DTYPES = ("float32", "float64")
@@ -152,9 +161,9 @@ class Run:
     def call(self, module: "Module", x: Any) -> tuple[Any, Any]:
         """How a container runs a child: its ``_forward``, recorded while a summary traces shapes."""
         if self.trace is None:
-            return module._forward(x, self)
+            return _pair(module, module._forward(x, self))
         try:
-            y, cache = module._forward(x, self)
+            y, cache = _pair(module, module._forward(x, self))
         except (ValueError, TypeError) as exc:
             if not hasattr(exc, "xpcnn_module"):
                 exc.xpcnn_module = module        # the innermost module that refused the input
@@ -164,11 +173,35 @@ class Run:
 
 
 class Pending(NamedTuple):
-    """What a training-mode public call keeps for the public ``backward``."""
+    """What a training-mode public call keeps for the public ``backward``, and the thread that made it."""
 
     cache: Any
     run: Run
     dtype: Any
+    thread: int = 0
+
+
+def _library(x: Any) -> str:
+    """The array library of ``x`` by its backend name (numpy, torch, jax, cupy, array_api_strict)."""
+    name = array_namespace(x).__name__
+    return next((lib for lib in ("jax", "torch", "cupy", "array_api_strict", "numpy") if lib in name), name)
+
+
+def _pair(module: "Module", out: Any) -> tuple[Any, Any]:
+    """``_forward``'s result, which must be ``(y, cache)``."""
+    if not (isinstance(out, tuple) and len(out) == 2):
+        got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+        raise TypeError(f"{type(module).__name__}._forward must return (y, cache), the output and what its _backward "
+                        f"needs (None if nothing); got {got}")
+    return out
+
+
+class ModelInUseError(RuntimeError):
+    """A model was used from two threads in a way that cannot both succeed (see :meth:`Module.using`)."""
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
 
 
 def precision(model: "Module") -> str:
@@ -203,12 +236,22 @@ class Module:
         super().__init_subclass__(**kwargs)
         if cls.__module__.startswith("xpcnn.nn") and not cls.__name__.startswith("_"):
             LAYERS[cls.__name__] = cls
+        own = {name for name in ("forward", "backward") if getattr(cls, name) is not getattr(Module, name)}
+        if own and cls._forward is Module._forward:
+            raise TypeError(f"{cls.__name__} overrides {' and '.join(sorted(own))}() the PyTorch way; an xpcnn module "
+                            f"implements _forward(self, x, run) -> (y, cache) and _backward(self, dy, cache, run, "
+                            f"input_grad) -> dx (run children with run.call(child, x)), and the public "
+                            f"forward/backward call them. See xpcnn.nn.Module's docstring")
 
     def __init__(self, **config: Any):
         self._config = config          # constructor arguments, for checkpoints and summaries
         self._last = None              # the Pending of the last training-mode public call
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name not in ("_config", "_last") and "_config" not in self.__dict__:
+            raise TypeError(f"{type(self).__name__}.__init__ must call super().__init__(...) before it sets "
+                            f"attributes (setting {name!r}); pass the constructor's arguments to it, e.g. "
+                            f"super().__init__(in_features=in_features), so the module can be rebuilt")
         _refuse_hidden_modules(self, name, value)
         object.__setattr__(self, name, value)
 
@@ -278,9 +321,11 @@ class Module:
         A PyTorch ``state_dict`` of the same structure loads as it is: its BatchNorm layers'
         ``num_batches_tracked`` counters, which xpcnn has no use for (its BatchNorm always averages with
         ``momentum``), are ignored, even with ``strict``."""
+        if not isinstance(state, dict):
+            raise TypeError(f"load_state_dict: state must be a dict of arrays by name; got {type(state).__name__}")
         slots = {**dict(self.named_parameters()), **dict(self.named_buffers())}
-        state = {name: value for name, value in state.items()
-                 if name in slots or name.rpartition(".")[2] != "num_batches_tracked"}
+        state = {name: value if hasattr(value, "shape") else np.asarray(value) for name, value in state.items()
+                 if name in slots or name.rpartition(".")[2] != "num_batches_tracked"}     # lists: as arrays
         missing, unexpected = sorted(set(slots) - set(state)), sorted(set(state) - set(slots))
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}")
@@ -357,12 +402,30 @@ class Module:
         for module in self.modules():
             module._last = None
 
+    # -- threads
+    def _root(self) -> "Module":
+        """The module whose lock guards this one's calls (a wrapper's: the wrapped model)."""
+        return self
+
+    def using(self) -> threading.RLock:
+        """The lock every public call of this model holds while it runs (re-entrant). Hold it around a whole
+        training step to train one model from several threads (``with model.using(): ...``), or to read or
+        change its arrays while another thread trains it."""
+        root = self._root()
+        lock = _LOCKS.get(root)
+        if lock is None:
+            with _LOCKS_LOCK:
+                lock = _LOCKS.setdefault(root, threading.RLock())
+        return lock
+
     # -- computation
     def _forward(self, x: Any, run: Run) -> tuple[Any, Any]:
-        raise NotImplementedError(f"{type(self).__name__} has no _forward(x, run)")
+        raise NotImplementedError(f"{type(self).__name__} has no _forward(x, run): implement _forward(self, x, run) "
+                                  f"returning (y, cache) and _backward(self, dy, cache, run, input_grad) returning dx")
 
     def _backward(self, dy: Any, cache: Any, run: Run, input_grad: bool) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} has no _backward(dy, cache, run, input_grad)")
+        raise NotImplementedError(f"{type(self).__name__} has no _backward(dy, cache, run, input_grad): implement it "
+                                  f"(returning the input gradient) to train this module")
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
@@ -370,13 +433,38 @@ class Module:
     def forward(self, x: Any) -> Any:
         """The output for ``x`` ((N, C, H, W) or (N, features)); in training mode the cache is kept for
         :meth:`backward`."""
+        return self._public(x, self.training)
+
+    def infer(self, x: Any) -> Any:
+        """The eval-mode output for ``x`` (running statistics, no dropout), leaving the module's mode and any
+        pending backward as they are: safe while another thread trains the model."""
+        return self._public(x, False, keep=False)
+
+    def _public(self, x: Any, training: bool, keep: bool = True) -> Any:
+        with self.using():
+            try:
+                y, cache, run = self._run_public(x, training)
+            except RecursionError:
+                self.modules()           # a module cycle says so; any other recursion is re-raised as it was
+                raise
+            if keep:
+                self._keep(cache, run, y.dtype, training)
+            return y
+
+    def _run_public(self, x: Any, training: bool) -> tuple[Any, Any, Run]:
         xp = self._check_input(x)
         layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
-        run = Run(layout, self.training)
-        y, cache = self._forward(_layout.from_nchw(x, xp, layout), run)
-        y = _layout.to_nchw(y, xp, layout)
-        self._last = Pending(cache, run, y.dtype) if self.training else None
-        return y
+        run = Run(layout, training)
+        y, cache = _pair(self, self._forward(_layout.from_nchw(x, xp, layout), run))
+        return _layout.to_nchw(y, xp, layout), cache, run
+
+    def _keep(self, cache: Any, run: Run, dtype: Any, training: bool) -> None:
+        """After a public ``forward``: in training mode its cache is kept for :meth:`backward` (replacing another
+        thread's is noted, so that thread's backward says why it has none); in eval mode any is dropped."""
+        me = threading.get_ident()
+        if training and self._last is not None and self._last.thread != me:
+            self._displaced = self._last.thread
+        self._last = Pending(cache, run, dtype, me) if training else None
 
     def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """Class probabilities for the inputs ``x`` (the model's normalized floats, (N, ...), any backend or NumPy)
@@ -393,18 +481,13 @@ class Module:
             x = _backend.asarray_like(x, params[0].data)
         modules = self.modules()
         last = type(modules[-1]).__name__ if modules else ""
-        was_training = self.training
-        self.eval()
-        try:
-            parts = []
-            n = int(x.shape[0])
-            for start in range(0, n, batch_size):
-                y = self(x[start:min(start + batch_size, n), ...])
-                if last not in ("Softmax", "Sigmoid"):
-                    y = F.sigmoid(y) if y.shape[1] == 1 else F.softmax(y)
-                parts.append(_backend.to_numpy(y))
-        finally:
-            self.train(was_training)
+        parts = []
+        n = int(x.shape[0])
+        for start in range(0, n, batch_size):
+            y = self.infer(x[start:min(start + batch_size, n), ...])
+            if last not in ("Softmax", "Sigmoid"):
+                y = F.sigmoid(y) if y.shape[1] == 1 else F.softmax(y)
+            parts.append(_backend.to_numpy(y))
         return np.concatenate(parts) if parts else np.zeros((0, *self._trace_shapes(tuple(x.shape[1:]))[id(self)]))
 
     def _check_input(self, x: Any) -> Any:
@@ -418,6 +501,11 @@ class Module:
                             f"or xpcnn.data.normalize(images, mean=data.mean, std=data.std) with the training "
                             f"Dataset's statistics)")
         first = next(self.named_parameters(), None)
+        if first is not None and type(first[1].data) is not type(x) and array_namespace(first[1].data) is not xp:
+            held, given = _library(first[1].data), _library(x)
+            raise TypeError(f"{self.name} has {held} parameters; got a {given} input. Move the input to {held} "
+                            f"(xpcnn.backend.asarray_like(x, next(iter(model.parameters())).data)), or the model to "
+                            f"{given} (model.to({given!r})); xpcnn.fit and xpcnn.evaluate move NumPy data themselves")
         if first is not None and first[1].data.dtype != x.dtype:
             wanted = dtype_name(first[1].data)
             raise TypeError(f"{self.name} has {wanted} parameters; got {x.dtype} inputs (convert them with "
@@ -432,6 +520,10 @@ class Module:
         call, and return the gradient for its input when ``input_grad`` is true (default: True for layers,
         False for Sequential, as training needs none and it costs a col2im). A first layer with parameters
         skips computing it."""
+        with self.using():
+            return self._public_backward(dy, input_grad)
+
+    def _public_backward(self, dy: Any, input_grad: bool | None) -> Any:
         pending, wanted = self._take_pending(dy, input_grad)
         xp = array_namespace(dy)
         layout = pending.run.layout
@@ -440,10 +532,19 @@ class Module:
 
     def _take_pending(self, dy: Any, input_grad: bool | None) -> tuple[Pending, bool]:
         """The last training-mode call's :class:`Pending` (then forgotten), after checking ``dy`` against it;
-        and whether the input gradient is wanted."""
-        if self._last is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called without a training-mode forward before it")
+        and whether the input gradient is wanted. Called holding :meth:`using`."""
+        me = threading.get_ident()
         pending = self._last
+        if pending is None or pending.thread != me:
+            if pending is not None or self.__dict__.get("_displaced") == me:
+                self._displaced = None
+                raise ModelInUseError(
+                    f"{type(self).__name__}.backward in thread {threading.current_thread().name!r}: another thread ran "
+                    f"a training-mode forward of this model after this thread's, so the pending backward is not this "
+                    f"thread's. One model trains in one thread at a time: train it from one thread, or hold "
+                    f"'with model.using():' around each whole step (forward, backward, optimizer step); evaluate from "
+                    f"other threads with xpcnn.evaluate, model.predict or model.infer, which leave training alone")
+            raise RuntimeError(f"{type(self).__name__}.backward called without a training-mode forward before it")
         if not hasattr(dy, "dtype"):
             raise TypeError(f"{type(self).__name__}.backward: dy must be an array; got {type(dy).__name__}")
         if dy.dtype != pending.dtype:
@@ -456,6 +557,10 @@ class Module:
     def _trace_shapes(self, sample_shape: tuple) -> dict[int, tuple]:
         """Each module's output shape for one sample, by running an empty batch through it in eval mode. The
         trace goes into its own :class:`Run`: no module's mode or pending backward is touched."""
+        with self.using():
+            return self._trace(sample_shape)
+
+    def _trace(self, sample_shape: tuple) -> dict[int, tuple]:
         params = [*self.parameters(), *self.buffers()]
         like = params[0].data if params else _backend.asarray(np.zeros(1, np.float32))
         layout = self.run_layout if len(sample_shape) in (1, 3) else "NCHW"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import functional as F
+from .. import init as _init
 from ..functional._checks import as_int
 from .module import Module, check_dtype, make_buffer, make_parameter
 
 __all__ = ["BatchNorm2D"]
+
+
+def _number(value) -> bool:
+    """A real number, not a bool (True would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class BatchNorm2D(Module):
@@ -27,16 +35,16 @@ class BatchNorm2D(Module):
                  dtype: str = "float32"):
         super().__init__(num_features=num_features, eps=eps, momentum=momentum, affine=affine)
         channels = as_int("BatchNorm2D", "num_features", num_features, 1)
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"BatchNorm2D: eps must be a number > 0; got {eps!r}")
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+        if not (_number(eps) and 0 < eps < math.inf):
+            raise ValueError(f"BatchNorm2D: eps must be a finite number > 0; got {eps!r}")
+        if not (_number(momentum) and 0 <= momentum <= 1):
             raise ValueError(f"BatchNorm2D: momentum must be a number in [0, 1]; got {momentum!r}")
         check_dtype("BatchNorm2D", dtype)
         self.eps, self.momentum = float(eps), float(momentum)
-        self.weight = make_parameter(np.ones(channels), dtype) if affine else None
-        self.bias = make_parameter(np.zeros(channels), dtype) if affine else None
-        self.running_mean = make_buffer(np.zeros(channels), dtype)
-        self.running_var = make_buffer(np.ones(channels), dtype)
+        self.weight = make_parameter(_init.filled((channels,), 1), dtype) if affine else None
+        self.bias = make_parameter(_init.filled((channels,), 0), dtype) if affine else None
+        self.running_mean = make_buffer(_init.filled((channels,), 0), dtype)
+        self.running_var = make_buffer(_init.filled((channels,), 1), dtype)
 
     def check_state(self, arrays):
         var = arrays.get("running_var")
