@@ -238,9 +238,46 @@ def test_an_array_declaring_a_huge_shape_is_refused_before_it_is_decompressed(tm
                 dst.writestr(info, src.read(info))
     reads = []
     monkeypatch.setattr(checkpoint._Npz, "read", lambda self, key: reads.append(key))
-    with pytest.raises(xpcnn.CheckpointError, match=r"does not fit the model"):
+    with pytest.raises(xpcnn.CheckpointError, match=r"param/0.weight is compressed; xpcnn writes checkpoints "
+                                                    r"uncompressed"):
         xpcnn.load(bomb)
+    stored = tmp_path / "stored.npz"
+    with zipfile.ZipFile(bomb) as src, zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(xpcnn.CheckpointError, match=r"param/0.weight declares shape \(400000000,\) of float32, but "
+                                                    r"its member holds 1,000 bytes of data"):
+        xpcnn.load(stored)
     assert reads == []
+
+
+def test_a_configuration_edited_to_ask_for_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    """A 32 KB file whose configuration declares Linear(100000, 100000) (74.5 GiB in float64; the digests
+    recomputed): refused while the model is built, having allocated no more than the file holds."""
+    import tracemalloc
+
+    model, _ = _trained(1)
+    path = xpcnn.save(tmp_path / "ck.npz", model)
+
+    def huge(meta):
+        meta["model"]["layers"][-1].update(in_features=100_000, out_features=100_000)
+
+    crafted = _crafted(path, tmp_path / "huge.npz", edit_meta=huge)
+    tracemalloc.start()
+    try:
+        with pytest.raises(xpcnn.CheckpointError, match=r"its model configuration asks for more than the file "
+                                                        r"holds: an array of shape \(100000, 100000\)"):
+            xpcnn.load(crafted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB allocated for a {crafted.stat().st_size:,}-byte file"
+    for layer in ({"type": "BatchNorm2D", "num_features": 10**9},
+                  {"type": "Conv2D", "in_channels": 1, "out_channels": 6, "kernel_size": 5, "bias": "untied",
+                   "input_size": [10**6, 10**6]}):
+        crafted = _crafted(path, tmp_path / "huge.npz", edit_meta=lambda m: m["model"]["layers"].insert(0, layer))
+        with pytest.raises(xpcnn.CheckpointError, match="asks for more than the file holds"):
+            xpcnn.load(crafted)
 
 
 def test_checkpoint_files_follow_the_umask(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pathlib
 import zipfile
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import backend as _backend
+from . import init as _init
 from .atomic import write_atomic
 from .nn import Module, from_config
 from .parallel import shard
@@ -101,24 +103,26 @@ def save(path: str | os.PathLike, model: Module, optimizer: Any = None, *, epoch
     """
     path = check_path(path)
     arrays: dict[str, np.ndarray] = {}
-    for kind, named in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, slot in named:
-            host = _backend.to_numpy(slot.data)
-            if not np.all(np.isfinite(host)):
-                raise ValueError(f"refusing to save a checkpoint: {'parameter' if kind == 'param' else kind} "
-                                 f"{name} holds NaN or Inf values")
-            arrays[f"{kind}/{name}"] = host
-    optim_meta = None
-    if optimizer is not None:
-        state = optimizer.state_dict()
-        for i, entry in enumerate(state.pop("state")):
-            for key, value in entry.items():
-                arrays[f"optim/{i}/{key}"] = _backend.to_numpy(value)
-        optim_meta = state
+    with model.using():                  # one consistent state, even while another thread trains the model
+        for kind, named in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
+            for name, slot in named:
+                host = _backend.to_numpy(slot.data)
+                if not np.all(np.isfinite(host)):
+                    raise ValueError(f"refusing to save a checkpoint: {'parameter' if kind == 'param' else kind} "
+                                     f"{name} holds NaN or Inf values")
+                arrays[f"{kind}/{name}"] = host
+        optim_meta = None
+        if optimizer is not None:
+            state = optimizer.state_dict()
+            for i, entry in enumerate(state.pop("state")):
+                for key, value in entry.items():
+                    arrays[f"optim/{i}/{key}"] = _backend.to_numpy(value)
+            optim_meta = state
+        module_state = {name: s for name, m in model.named_modules() if (s := m.get_extra_state()) is not None}
     meta = {
         "format": FORMAT, "version": VERSION, "model": model.config(), "epoch": int(epoch), "step": int(step),
         "rng_state": rng_state, "extra": extra or {}, "optimizer": optim_meta,
-        "module_state": {name: s for name, m in model.named_modules() if (s := m.get_extra_state()) is not None},
+        "module_state": module_state,
         "sha256": {key: _digest(value) for key, value in arrays.items()},
     }
     meta["meta_sha256"] = _meta_digest(meta)
@@ -154,16 +158,24 @@ class _Npz:
             return np.lib.format.read_array(member, allow_pickle=False).tobytes().decode()
 
     def shapes(self) -> dict[str, tuple]:
+        """Each array's shape from its header, which must declare exactly the bytes its member holds (stored, as
+        xpcnn writes them): so the shapes are bounded by the file's size."""
         out = {}
         for key, info in self.members.items():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"array {key} is compressed; xpcnn writes checkpoints uncompressed")
             with self.zip.open(info) as member:
                 version = np.lib.format.read_magic(member)
                 read_header = _NPY_HEADERS.get(version)
                 if read_header is None:
                     raise CheckpointError(f"array {key} has .npy format version {version}, which xpcnn never writes")
                 shape, _, dtype = read_header(member)
+                header = member.tell()
             if dtype.hasobject:
                 raise CheckpointError(f"array {key} holds Python objects; checkpoints never do")
+            if header + math.prod(shape) * dtype.itemsize != info.file_size:
+                raise CheckpointError(f"array {key} declares shape {tuple(shape)} of {dtype}, but its member holds "
+                                      f"{info.file_size - header:,} bytes of data")
             out[key] = tuple(shape)
         return out
 
@@ -234,11 +246,12 @@ def load(path: str | os.PathLike, model: Module | None = None, optimizer: Any = 
     try:
         reader = _open(path)
         meta = _check_meta(path, reader.meta_text())
+        shapes = reader.shapes()              # from the headers: the configuration may ask for no more than these
         rebuilt = model is None
-        model = _model(path, meta, model)
+        model = _model(path, meta, model, sum(math.prod(shape) for key, shape in shapes.items()
+                                              if key.startswith(("param/", "buffer/"))))
         slots = {**{f"param/{n}": p for n, p in model.named_parameters()},
                  **{f"buffer/{n}": b for n, b in model.named_buffers()}}
-        shapes = reader.shapes()
         _check_shapes(path, meta, model, slots, shapes)
         arrays = {key: reader.read(key) for key in shapes}
     except (CheckpointError, FileNotFoundError, ImportError):
@@ -295,11 +308,18 @@ def _check_module_states(path: pathlib.Path, model: Module, arrays: dict) -> Non
             raise CheckpointError(f"{path}: {prefix or 'the model'}: {exc}") from None
 
 
-def _model(path: pathlib.Path, meta: dict, model: Module | None) -> Module:
+def _model(path: pathlib.Path, meta: dict, model: Module | None, held: int) -> Module:
+    """``model``, or the one the configuration describes, built within the ``held`` elements the file's arrays
+    hold: a configuration edited to ask for more is refused before its arrays are made."""
     if model is not None:
         return model
     try:
-        return shard(from_config(meta.get("model")))      # fast on every core, as the models xpcnn builds
+        with _init.allocation_limit(held, f"which is all the file's parameters and buffers hold"):
+            built = from_config(meta.get("model"))
+        return shard(built)                                # fast on every core, as the models xpcnn builds
+    except _init.AllocationLimitError as exc:
+        raise CheckpointError(f"{path}: its model configuration asks for more than the file holds: {exc}; the "
+                              f"configuration was edited, or the file is not what it claims") from None
     except ValueError as exc:
         raise CheckpointError(f"{path}: its model configuration cannot be rebuilt: {exc}. A model with layers of "
                               f"your own loads in Python: xpcnn.load(path, model=your_model)") from None

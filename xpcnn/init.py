@@ -6,13 +6,15 @@ move it to the backend. One seed therefore gives bit-identical initial weights o
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from contextvars import ContextVar
+from typing import Callable, Iterator
 
 import numpy as np
 
 __all__ = [
-    "INITIALIZERS", "default_rng", "get", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+    "INITIALIZERS", "AllocationLimitError", "allocation_limit", "default_rng", "filled", "get", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
     "manual_seed", "notebook_normal", "zeros",
 ]
 
@@ -64,10 +66,59 @@ INITIALIZERS: dict[str, Callable] = {
 
 
 def get(name: str | Callable) -> Callable:
-    """An initializer by name (or a callable ``(shape, fan_in, fan_out, rng) -> ndarray`` as is)."""
+    """An initializer by name (or a callable ``(shape, fan_in, fan_out, rng) -> ndarray``), drawing within the
+    current :func:`allocation_limit`."""
     if callable(name):
-        return name
+        chosen = name
+    else:
+        try:
+            chosen = INITIALIZERS[name]
+        except KeyError:
+            raise ValueError(f"init must be one of {', '.join(INITIALIZERS)}; got {name!r}") from None
+
+    def draw(shape, fan_in, fan_out, rng):
+        _spend(shape)
+        return chosen(shape, fan_in, fan_out, rng)
+
+    return draw
+
+
+def filled(shape, value: float) -> np.ndarray:
+    """An array of ``value`` (a bias's zeros, BatchNorm's ones), within the current :func:`allocation_limit`."""
+    _spend(shape)
+    return np.full(shape, float(value))
+
+
+class AllocationLimitError(ValueError):
+    """Building a module asked for more elements than :func:`allocation_limit` allows."""
+
+
+class _Limit:
+    def __init__(self, elements: int, what: str):
+        self.left, self.total, self.what = elements, elements, what
+
+
+_limit: ContextVar[_Limit | None] = ContextVar("xpcnn_allocation_limit", default=None)
+
+
+@contextlib.contextmanager
+def allocation_limit(elements: int, what: str = "the limit") -> Iterator[None]:
+    """Modules built inside may create parameters and buffers of ``elements`` elements in all; one more is an
+    :class:`AllocationLimitError`, raised before the array is made. How a checkpoint's configuration is rebuilt:
+    it may ask for no more than the file holds (``what`` says so in the error)."""
+    token = _limit.set(_Limit(int(elements), what))
     try:
-        return INITIALIZERS[name]
-    except KeyError:
-        raise ValueError(f"init must be one of {', '.join(INITIALIZERS)}; got {name!r}") from None
+        yield
+    finally:
+        _limit.reset(token)
+
+
+def _spend(shape) -> None:
+    limit = _limit.get()
+    if limit is None:
+        return
+    count = math.prod(int(n) for n in shape)
+    if count > limit.left:
+        raise AllocationLimitError(f"an array of shape {tuple(shape)} ({count:,} elements) would take the model past "
+                                   f"{limit.total:,} elements, {limit.what}")
+    limit.left -= count

@@ -55,9 +55,9 @@ class Conv2D(Module):
                 raise ValueError("Conv2D: bias='untied' needs input_size=(H, W) to size one bias per output position")
             h, w = F._checks.pair("Conv2D", "input_size", input_size, 1)
             geometry = F.conv.conv_geometry("Conv2D", (1, in_channels, h, w), self.weight.shape, **self.hyper)
-            self.bias = make_parameter(np.zeros((out_channels, *geometry.out_hw)), dtype)
+            self.bias = make_parameter(_init.filled((out_channels, *geometry.out_hw), 0), dtype)
         elif bias:
-            self.bias = make_parameter(np.zeros(out_channels), dtype)
+            self.bias = make_parameter(_init.filled((out_channels,), 0), dtype)
         else:
             self.bias = None
 
@@ -97,7 +97,7 @@ class Linear(Module):
         rng = rng or _init.default_rng()
         self.weight = make_parameter(
             _init.get(init)((out_features, in_features), in_features, out_features, rng), dtype)
-        self.bias = make_parameter(np.zeros(out_features), dtype) if bias else None
+        self.bias = make_parameter(_init.filled((out_features,), 0), dtype) if bias else None
 
     def _forward(self, x, run):
         bias = None if self.bias is None else self.bias.data
