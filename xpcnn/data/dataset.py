@@ -205,12 +205,13 @@ def load_arrays(path: str | os.PathLike, split: str = "train", dtype: str = "flo
     if split not in ("train", "test"):
         raise ValueError(f"split must be one of train, test; got {split!r}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        arrays = _files.read_npz(path)
     except FileNotFoundError:
         raise _files.DataNotFoundError(f"--data {path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise _files.DataError(f"--data {path}: not a readable .npz archive ({exc})") from None
+    except _files.DataError as exc:
+        raise _files.DataError(f"--data {exc}") from None
+    except OSError as exc:
+        raise _files.DataError(f"--data {path}: cannot be read ({exc})") from None
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise _files.DataError(f"--data {path}: no array named {key!r} (found {', '.join(sorted(arrays)) or 'none'}"

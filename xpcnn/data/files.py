@@ -10,16 +10,23 @@ and the search order the same for every dataset, without one more dependency.)
 from __future__ import annotations
 
 import hashlib
+import http.client
+import math
 import os
 import pathlib
+import time
 import urllib.request
+import zipfile
 from dataclasses import dataclass
-from typing import Callable
+from typing import IO, Callable
+
+import numpy as np
 
 from .. import settings as _settings
 from ..atomic import replacing
 
-__all__ = ["DataError", "DataNotFoundError", "Source", "cache_dir", "download", "find", "sha256_file"]
+__all__ = ["DataError", "DataNotFoundError", "Source", "cache_dir", "download", "find", "read_npy", "read_npz",
+           "sha256_file"]
 
 
 class DataError(ValueError):
@@ -32,8 +39,8 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Source:
-    """A dataset's files: ``files`` maps each name to its published SHA-256; ``check(path, sha256)``
-    verifies one file (raising DataError); ``raw_ok``: the file may also be found decompressed (without
+    """A dataset's files: ``files`` maps each name to its published SHA-256; ``check(path, name)``
+    verifies the file ``name`` held at ``path`` (raising DataError); ``raw_ok``: the file may also be found decompressed (without
     .gz), when ``check`` hashes decompressed content."""
 
     name: str                       # the --dataset name, also the cache folder
@@ -42,6 +49,7 @@ class Source:
     mirrors: tuple[str, ...]
     check: Callable[[pathlib.Path, str], None]
     raw_ok: bool = False
+    limits: dict[str, int] | None = None    # the most bytes each file may have: a download stops beyond it
 
     def file_in(self, directory: pathlib.Path, name: str) -> pathlib.Path | None:
         for candidate in (directory / name, directory / name.removesuffix(".gz")) if self.raw_ok else (directory / name,):
@@ -70,37 +78,61 @@ def cache_dir(name: str = "mnist") -> pathlib.Path:
     return pathlib.Path.home() / ".cache" / "xpcnn" / name
 
 
+DOWNLOAD_GRACE_S = 60.0        # a download may always take this long ...
+DOWNLOAD_MIN_RATE = 20_000     # ... plus one second per this many bytes of the file's limit; then it is abandoned
+
+
 def download(source: Source, destination: str | os.PathLike, mirrors: tuple[str, ...] | None = None,
              progress: bool = True) -> None:
-    """Fetch the source's missing files into ``destination`` (verified, each written atomically);
-    raises OSError listing every mirror's failure if a file cannot be had."""
-    from tqdm.auto import tqdm
-
+    """Fetch the source's missing files into ``destination`` (verified, each written atomically); raises OSError
+    listing every mirror's failure if a file cannot be had. A response is read no further than the file's size
+    limit (``source.limits``) and for no longer than ``DOWNLOAD_GRACE_S`` plus the limit at ``DOWNLOAD_MIN_RATE``
+    bytes per second, so an endless or trickling mirror is abandoned for the next one."""
     destination = pathlib.Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    for name, expected in source.files.items():
+    for name in source.files:
         if source.file_in(destination, name):
             continue
+        limit = (source.limits or {}).get(name)
         errors = []
         for mirror in mirrors or source.mirrors:
             url = f"{mirror}{name}"
             try:
                 # a hidden partial file: never mistaken for the real one, renamed only once verified
-                with replacing(destination / name, suffix=".part" + pathlib.Path(name).suffix) as temp, \
-                        open(temp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False,
-                              disable=None if progress else True) as bar:     # None: off when not a terminal
-                        while chunk := response.read(1 << 16):
-                            out.write(chunk)
-                            bar.update(len(chunk))
-                    out.flush()
-                    source.check(temp, expected)
+                with replacing(destination / name, suffix=".part" + pathlib.Path(name).suffix) as temp:
+                    _fetch(url, temp, name, limit, progress)
+                    source.check(temp, name)
                 break
-            except (OSError, DataError) as exc:
-                errors.append(f"{url}: {exc}")
+            except (OSError, DataError, http.client.HTTPException) as exc:
+                errors.append(f"{url}: {type(exc).__name__ + ': ' if isinstance(exc, http.client.HTTPException) else ''}"
+                              f"{exc}")
         else:
             raise OSError(f"could not download {name}:\n  " + "\n  ".join(errors))
+
+
+def _fetch(url: str, temp: pathlib.Path, name: str, limit: int | None, progress: bool) -> None:
+    """``url`` into ``temp``, within ``limit`` bytes and the deadline (OSError beyond either)."""
+    from tqdm.auto import tqdm
+
+    start = time.monotonic()
+    deadline = start + DOWNLOAD_GRACE_S + (limit or 0) / DOWNLOAD_MIN_RATE
+    with open(temp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        if limit is not None and total is not None and total > limit:
+            raise OSError(f"the server announces {total:,} bytes; {name} is at most {limit:,}")
+        written = 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False,
+                  disable=None if progress else True) as bar:     # None: off when not a terminal
+            while chunk := response.read1(1 << 16):         # what has arrived: a trickle cannot stall it
+                written += len(chunk)
+                if limit is not None and written > limit:
+                    raise OSError(f"sent more than {limit:,} bytes; {name} is at most that: not the expected file")
+                if time.monotonic() > deadline:
+                    raise OSError(f"too slow: {written:,} bytes in {time.monotonic() - start:.0f} s, past the "
+                                  f"deadline for {limit or 0:,} bytes at {DOWNLOAD_MIN_RATE:,} bytes/s; abandoned")
+                out.write(chunk)
+                bar.update(len(chunk))
+        out.flush()
 
 
 def find(source: Source, data_dir: str | os.PathLike | None = None, download_missing: bool = True,
@@ -131,3 +163,63 @@ def find(source: Source, data_dir: str | os.PathLike | None = None, download_mis
         "--data-dir DIR (Python: data_dir=DIR) or XPCNN_DATA_DIR=DIR, or copy them to " + str(cache) + ". "
         "Without them, --dataset bundled trains on the MNIST subset that ships with xpcnn."
     )
+
+
+# --------------------------------------------------------------------------- arrays of your own
+def _memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _npy(handle: IO[bytes], available: int, where: str) -> np.ndarray:
+    """The .npy array in ``handle`` (at its start), whose content is ``available`` bytes long. Its header must
+    declare exactly the bytes that follow it, no Python objects, and no more than this machine's memory: a small
+    file claiming gigabytes is refused before anything is allocated."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} (1.0 and 2.0 are read)")
+        shape, _, dtype = read_header(handle)
+    except ValueError as exc:
+        raise DataError(f"{where}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds Python objects, which xpcnn never loads (save plain numbers)")
+    declared, held = math.prod(shape) * dtype.itemsize, available - handle.tell()
+    if declared != held:
+        raise DataError(f"{where}: its header declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but "
+                        f"{held:,} bytes follow it; the file is truncated or not what it claims")
+    memory = _memory()
+    if memory is not None and declared > memory:
+        raise DataError(f"{where}: holds {declared / 2**30:,.1f} GiB of {dtype}, more than this machine's "
+                        f"{memory / 2**30:,.1f} GiB of memory")
+    handle.seek(0)
+    return np.lib.format.read_array(handle, allow_pickle=False)
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """A .npy file's array, its header checked against the file's size first (see ``_npy``)."""
+    path = pathlib.Path(path)
+    with open(path, "rb") as handle:
+        return _npy(handle, os.fstat(handle.fileno()).st_size, str(path))
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An .npz archive's arrays by name, each member's header checked against its size first; DataError for
+    anything that is not a plain array archive."""
+    path = pathlib.Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays = {}
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    arrays[info.filename.removesuffix(".npy")] = _npy(member, info.file_size,
+                                                                      f"{path}: {info.filename}")
+            return arrays
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None

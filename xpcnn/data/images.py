@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from .dataset import MEAN, STD, normalize
-from .files import DataError
+from .files import DataError, read_npy
 
 __all__ = ["read_images"]
 
@@ -24,22 +24,11 @@ def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, me
     if not file.is_file():
         raise DataError(f"image {path} does not exist" + (" (it is a directory)" if file.is_dir() else ""))
     if file.suffix.lower() == ".npy":
-        try:
-            pixels = np.load(file, allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        pixels = read_npy(file)
     else:
-        try:
-            from PIL import Image, UnidentifiedImageError
-        except ImportError:
-            raise ImportError("reading image files needs Pillow: pip install pillow (or .npy arrays)") from None
-        try:
-            with Image.open(file) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
-                pixels = np.asarray(image)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(f"{path}: not an image Pillow can read ({type(exc).__name__}: {exc})") from None
-        pixels = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)[None]
+        pixels = _picture(file, channels, height, width)
+    if pixels.size == 0:
+        raise DataError(f"{path}: holds no images (shape {pixels.shape})")
     if pixels.ndim == 2:
         pixels = pixels[None]
     if pixels.ndim == 3 and channels == 1:
@@ -65,3 +54,44 @@ def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, me
                           "background (MNIST): pass invert=True (--invert) if this is a dark drawing on white",
                           UserWarning, stacklevel=2)
     return normalize(pixels, "float32", MEAN if mean is None else mean, STD if std is None else std)
+
+
+def _picture(file: pathlib.Path, channels: int, height: int, width: int) -> np.ndarray:
+    """A picture as uint8 pixels (1, C, H, W) the way a viewer shows it: turned upright by its EXIF orientation
+    (phone photos), 16-bit pixels scaled to 8 bits (not clipped), and a transparent background filled with the
+    shade that contrasts with the drawing (an RGBA digit stays visible)."""
+    try:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+    except ImportError:
+        raise ImportError("reading image files needs Pillow: pip install pillow (or .npy arrays)") from None
+    try:
+        with Image.open(file) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                deep = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.round(deep * (255 / 65535)).clip(0, 255).astype(np.uint8), "L")
+            elif image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")
+            if image.mode in ("RGBA", "LA", "PA"):
+                image = _flatten_alpha(image.convert("RGBA"))
+            image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
+            pixels = np.asarray(image)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{file}: too many pixels to read safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{file}: not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+    return pixels[None, None] if channels == 1 else np.moveaxis(pixels, -1, 0)[None]
+
+
+def _flatten_alpha(image):
+    """An RGBA picture on an opaque background: white under a dark drawing, black under a light one (the
+    drawing is where it is opaque), as a viewer shows it on a contrasting page."""
+    from PIL import Image
+
+    rgba = np.asarray(image, dtype=np.float64)
+    alpha = rgba[..., 3:] / 255
+    shade = rgba[..., :3].mean(axis=-1, keepdims=True)
+    drawing = float((shade * alpha).sum() / max(alpha.sum(), 1e-9))
+    background = 255.0 if drawing < 128 else 0.0
+    flat = rgba[..., :3] * alpha + background * (1 - alpha)
+    return Image.fromarray(np.round(flat).astype(np.uint8), "RGB")
