@@ -74,6 +74,16 @@ def test_bad_device_is_refused_at_selection():
         xpcnn.set_backend("numpy", device="cuda:0")
 
 
+def test_a_torch_device_this_build_lacks_is_refused_at_selection():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    if torch.backends.mps.is_available():
+        pytest.skip("this torch can use mps: nothing to refuse")
+    with pytest.raises(xpcnn.BackendUnavailableError, match=r"device 'mps' was requested for torch, but this torch "
+                                                            r"build cannot use it \(.*\); use 'cpu'"):
+        xpcnn.set_backend("torch", device="mps")
+    xpcnn.set_backend("numpy")
+
+
 def test_use_backend_restores_previous():
     xpcnn.set_backend("numpy")
     pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
@@ -129,6 +139,8 @@ def test_a_bad_setting_names_the_variable_what_it_takes_and_what_came():
 
     for env, message in (({"XPCNN_THREADS": "0"}, "XPCNN_THREADS must be a whole number >= 1 (1: no batch shards); "
                                                    "got '0'"),
+                         ({"XPCNN_THREADS": "\u00b2"}, "XPCNN_THREADS must be a whole number >= 1 (1: no batch shards); "
+                                                       "got '\u00b2'"),
                          ({"XPCNN_TUNE_MALLOC": "no"}, "XPCNN_TUNE_MALLOC must be 0 or 1; got 'no'")):
         with pytest.raises(settings.SettingsError, match=re.escape(message)):
             settings.read(env)

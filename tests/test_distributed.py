@@ -20,6 +20,7 @@ from xpcnn import distributed
 
 HERE = pathlib.Path(__file__).resolve().parent
 JOB = HERE / "mpi_job.py"
+FULL_MNIST = HERE.parents[1] / "shared" / "data" / "mnist"
 
 
 def _mpiexec() -> str | None:
@@ -150,3 +151,70 @@ def test_a_launch_under_mpi_is_recognised(monkeypatch):
     assert not distributed.launched_by_mpi()
     monkeypatch.setenv("PMI_SIZE", "2")
     assert distributed.launched_by_mpi()
+
+
+def _mpmd(*rank_args, timeout=120, env_per_rank=None):
+    """One rank per argument list (mpiexec's ``A : B`` form), each ``python -m xpcnn train ...``."""
+    command = [_mpiexec()]
+    for i, args in enumerate(rank_args):
+        if i:
+            command.append(":")
+        command += ["-n", "1"]
+        for key, value in ((env_per_rank or {}).get(i) or {}).items():
+            command += ["-env", key, value]
+        command += [sys.executable, "-m", "xpcnn", "train", "--epochs", "1", "--quiet", "--distributed", *args]
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout)
+    return done, time.monotonic() - start
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank0, rank1, words", [
+    ([], ["--seed", "1", "--lr", "0.1"], "rank 1 has --lr 0.1 (rank 0: 0.01), --seed 1 (rank 0: 0)"),
+    ([], ["--batch-size", "64"], "rank 1 has --batch-size 64 (rank 0: 32)"),
+    ([], ["--epochs", "2"], "rank 1 has --epochs 2 (rank 0: 1)"),
+    ([], ["--dtype", "float64"], "rank 1 has --dtype 'float64' (rank 0: 'float32')"),
+    ([], ["--optimizer", "adam"], "rank 1 has --optimizer 'adam' (rank 0: 'sgd')"),
+], ids=["seed-lr", "batch-size", "epochs", "dtype", "optimizer"])
+def test_ranks_given_different_settings_stop_together_with_one_error(rank0, rank1, words):
+    """Each once hung, ended in a raw MPI error ("Message truncated") or, worse, trained on silently."""
+    done, seconds = _mpmd(rank0, rank1)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("xpcnn train: error: the ranks were given different settings:") == 1, done.stderr
+    assert words in done.stderr and "Start every rank with the same settings" in done.stderr
+    assert seconds < 60
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank1, env, words", [
+    ([], {"XPCNN_THREADS": "two"}, "XPCNN_THREADS must be a whole number >= 1"),          # before MPI starts
+    (["--dataset", "mnist", "--no-download", "--data-dir", "/nonexistent"], None, "MNIST files not found"),
+], ids=["bad-setting-on-one-rank", "dataset-missing-on-one-rank"])
+def test_an_error_met_by_one_rank_alone_ends_the_whole_job(tmp_path, rank1, env, words):
+    rank0 = rank1[:-1] + [str(FULL_MNIST)] if "--data-dir" in rank1 else []
+    if rank0 and not FULL_MNIST.is_dir():
+        pytest.skip(f"full MNIST not found at {FULL_MNIST}")
+    done, seconds = _mpmd(rank0, rank1, env_per_rank={1: env})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in done.stderr
+    assert seconds < 60, "the other rank waited for the one that stopped"
+
+
+class _FakeComm:
+    """allgather as if each rank had passed the given values."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def allgather(self, value):
+        return [value, *self.values[1:]]
+
+
+def test_check_same_names_every_rank_and_setting_that_differs():
+    same = {"seed": "0", "lr": "0.1"}
+    ctx = distributed.Context(_FakeComm([None, same, same]), 0, 3, 0, 3)
+    ctx.check_same({"seed": 0, "lr": 0.1})         # values are compared as printed: repr
+    ctx = distributed.Context(_FakeComm([None, {"seed": "0", "lr": "0.1"}, {"seed": "2", "lr": "0.1"}]), 0, 3, 0, 3)
+    with pytest.raises(distributed.SettingsMismatch, match=r"the ranks were given different fit settings: rank 2 has "
+                                                           r"seed 2 \(rank 0: 0\)\. Start every rank"):
+        ctx.check_same({"seed": 0, "lr": 0.1}, "fit settings")

@@ -107,10 +107,15 @@ def _load_cupy(device: str | None) -> Backend:
     return Backend("cupy", xp, cupy.cuda.Device(index), cupy.__version__)
 
 
+def _whole(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _cuda_index(device: str) -> int:
     text = str(device).strip().lower()
     text = text[len("cuda:"):] if text.startswith("cuda:") else text
-    if not text.isdigit():
+    if not _whole(text):
         raise ValueError(f"device for the cupy backend must look like '0' or 'cuda:0'; got {device!r}")
     return int(text)
 
@@ -123,11 +128,16 @@ def _load_torch(device: str | None) -> Backend:
     else:
         text = str(device).strip()
         try:
-            dev = torch.device(f"cuda:{text}" if text.isdigit() else text)
+            dev = torch.device(f"cuda:{text}" if _whole(text) else text)
         except RuntimeError as exc:
             raise ValueError(f"device for the torch backend must be like 'cpu', 'cuda' or 'cuda:1'; got {device!r}") from exc
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"device {device!r} was requested for torch, but torch sees no CUDA device")
+        try:
+            torch.empty(0, device=dev)               # a device type this build lacks (mps, xpu, ...) says so here
+        except (RuntimeError, AssertionError) as exc:
+            raise BackendUnavailableError(f"device {device!r} was requested for torch, but this torch build cannot "
+                                          f"use it ({str(exc).splitlines()[0].split('. ')[0][:160]}); use 'cpu' or a device it has") from None
     import array_api_compat.torch as xp
 
     return Backend("torch", xp, dev, torch.__version__)
@@ -159,7 +169,7 @@ def _load_jax(device: str | None) -> Backend:
         except RuntimeError as exc:
             raise BackendUnavailableError(f"device {device!r} was requested for jax, but jax has no {platform} "
                                           f"devices here ({exc})") from None
-        if not (index or "0").isdigit() or int(index or 0) >= len(found):
+        if not _whole(index or "0") or int(index or 0) >= len(found):
             raise ValueError(f"device for the jax backend must be like 'cpu', 'cpu:0' or 'gpu:1' (here: "
                              f"{', '.join(str(d) for d in jax.devices())}); got {device!r}")
         dev = found[int(index or 0)]

@@ -22,9 +22,10 @@ EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 class CommandError(Exception):
     """A problem to report in one line, with an exit status, instead of a traceback."""
 
-    def __init__(self, message: str, status: int = EXIT_USAGE):
+    def __init__(self, message: str, status: int = EXIT_USAGE, collective: bool = False):
         super().__init__(message)
         self.status = status
+        self.collective = collective     # met by every rank of a distributed run alike (rank 0 alone says it)
 
 
 # --------------------------------------------------------------------------- info
@@ -194,6 +195,14 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint = _load_checkpoint(args.resume)
     _check_train_options(args, checkpoint)
     args.dtype = args.dtype or "float32"          # a resumed run has the checkpoint's by now
+    if ctx is not None:
+        from .distributed import SettingsMismatch
+
+        try:
+            ctx.check_same({f"--{name.replace('_', '-')}": getattr(args, name) for name in _SAME_ON_EVERY_RANK},
+                           "settings")
+        except SettingsMismatch as exc:
+            raise CommandError(str(exc), collective=True) from None
     train_data, test_data = _load_data(args, "train"), _load_data(args, "test")
     if checkpoint:
         start_epoch = checkpoint.epoch
@@ -264,6 +273,10 @@ def _train(args: argparse.Namespace) -> int:
     except _SaveFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         _report_checkpoint(args, saved["epoch"])
+        if ctx is not None:                   # rank 0 alone saves: the others wait for it at a barrier
+            from .distributed import abort
+
+            abort(EXIT_FAILED)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was left half-written.", file=sys.stderr)
@@ -311,6 +324,11 @@ def _say_if_unsaved(args: argparse.Namespace, say) -> None:
 def _classes(*datasets) -> int:
     """The number of classes the labels of ``datasets`` (None skipped) need: the largest class index + 1."""
     return max(int(_backend.to_numpy(d.labels).max()) + 1 for d in datasets if d is not None and len(d))
+
+
+# what every rank of a distributed run must be given alike (checked with one allgather at start-up)
+_SAME_ON_EVERY_RANK = ("model", "dataset", "data", "batch_size", "epochs", "dtype", "seed", "lr", "optimizer",
+                       "momentum", "weight_decay", "schedule", "augment", "val_split", "early_stop", "compile")
 
 
 class _SaveFailed(Exception):
@@ -608,8 +626,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except CommandError as exc:
-        print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
+        distributed = getattr(args, "distributed", False)
+        if not (exc.collective and distributed and _rank() != 0):
+            print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
+        if distributed and not exc.collective:     # met by this rank alone: the others must not wait for it
+            from .distributed import abort
+
+            abort(exc.status)
         return exc.status
+
+
+def _rank() -> int:
+    from .distributed import current
+
+    ctx = current()
+    return 0 if ctx is None else ctx.rank
 
 
 if __name__ == "__main__":

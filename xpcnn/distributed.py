@@ -28,7 +28,13 @@ from . import parallel as _parallel
 from . import settings as _settings
 from .nn.module import flatten, unflatten
 
-__all__ = ["Context", "init", "launched_by_mpi", "shard"]
+__all__ = ["Context", "SettingsMismatch", "abort", "current", "init", "launched_by_mpi", "shard"]
+
+_current: "Context | None" = None        # the job this process joined (init), for abort()
+
+
+class SettingsMismatch(ValueError):
+    """The ranks of one job were given different settings (raised on every rank alike)."""
 
 
 def launched_by_mpi() -> bool:
@@ -77,11 +83,26 @@ class Context:
         self.comm.Bcast(host, root=0)
         return host if isinstance(flat, np.ndarray) else _backend.asarray_like(host, flat)
 
+    def check_same(self, settings: dict, what: str = "settings") -> None:
+        """Every rank must have been given the same ``settings`` (name -> a printable value): one allgather,
+        and on every rank alike a :class:`SettingsMismatch` naming each rank and setting that differs from rank
+        0's, so no rank goes on alone and none waits forever."""
+        every = self.comm.allgather({key: repr(value) for key, value in settings.items()})
+        lines = []
+        for rank, other in enumerate(every[1:], start=1):
+            diff = [f"{key} {other.get(key, '(none)')} (rank 0: {every[0].get(key, '(none)')})"
+                    for key in sorted(set(other) | set(every[0])) if other.get(key) != every[0].get(key)]
+            if diff:
+                lines.append(f"rank {rank} has " + ", ".join(diff))
+        if lines:
+            raise SettingsMismatch(f"the ranks were given different {what}: " + "; ".join(lines) + ". Start every "
+                                   f"rank with the same settings")
+
     def sync_model(self, model: Any) -> None:
-        """Check every rank has the same parameter and buffer shapes (a clear error naming the ranks and
-        arrays that differ), then give every rank rank 0's values."""
+        """Check every rank has the same parameter and buffer shapes and dtypes (a clear error naming the ranks
+        and arrays that differ), then give every rank rank 0's values."""
         slots = [*model.named_parameters(), *model.named_buffers()]
-        shapes = [(name, tuple(slot.shape)) for name, slot in slots]
+        shapes = [(name, tuple(slot.shape), str(slot.data.dtype)) for name, slot in slots]
         every = self.comm.allgather(shapes)
         if any(other != every[0] for other in every):
             lines = []
@@ -100,6 +121,28 @@ class Context:
         """Rank 0's ``.data`` of every slot (parameters, buffers) on every rank, in one broadcast."""
         if slots:
             unflatten(self.broadcast(flatten([s.data for s in slots])), slots)
+
+
+def current() -> Context | None:
+    """The job this process joined with :func:`init`, or None."""
+    return _current
+
+
+def abort(status: int) -> None:
+    """End the whole job with ``status`` when this rank must stop alone (an error only it met): the other ranks
+    would otherwise wait for it forever, in their next collective or, before :func:`init`, in MPI's own start-up.
+    Nothing happens outside a job of several ranks."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm = _current.comm if _current is not None else None
+    if comm is None:
+        try:
+            from mpi4py import MPI          # joins the job the others are starting (a job of 1 if none), to end it
+        except ImportError:
+            return
+        comm = MPI.COMM_WORLD
+    if comm.Get_size() > 1:
+        comm.Abort(status)
 
 
 def _abort_on_exception(comm) -> None:
@@ -136,9 +179,11 @@ def init(comm: Any = None) -> Context:
         raise ImportError("distributed training needs mpi4py and an MPI: pip install -e '.[mpi]' from a checkout "
                           "of xpcnn (mpi4py plus the self-contained mpich wheel), or pip install mpi4py against "
                           f"your cluster's MPI ({exc})") from exc
+    global _current
     comm = comm or MPI.COMM_WORLD
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     context = Context(comm, comm.Get_rank(), comm.Get_size(), local.Get_rank(), local.Get_size())
+    _current = context
     _abort_on_exception(comm)
     threads, cores = _blas_threads(), os.cpu_count() or 1
     _parallel.limit_threads(max(1, cores // context.local_size))     # batch shards: the node's cores, shared

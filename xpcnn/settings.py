@@ -43,6 +43,11 @@ class Settings:
     blas_threads: int | None = None   # what OPENBLAS/OMP/MKL_NUM_THREADS asks for, None when unset
 
 
+def _whole(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _fail(variable: str, expected: str, text: str) -> SettingsError:
     return SettingsError(f"{variable} must be {expected}; got {text!r}")
 
@@ -53,7 +58,7 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
     text = {key: (env.get(name) or "").strip() for key, name in ENV.items()}
     threads = None
     if text["threads"]:
-        if not text["threads"].isdigit() or int(text["threads"]) < 1:
+        if not _whole(text["threads"]) or int(text["threads"]) < 1:
             raise _fail(ENV["threads"], "a whole number >= 1 (1: no batch shards)", text["threads"])
         threads = int(text["threads"])
     if text["tune_malloc"] not in ("", "0", "1"):
@@ -61,8 +66,8 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
     mpi = False
     for name in _MPI_SIZES:
         value = (env.get(name) or "").strip()
-        mpi = mpi or (value.isdigit() and int(value) > 1)
-    blas = next((int(v) for name in _BLAS_THREADS if (v := (env.get(name) or "").strip()).isdigit()), None)
+        mpi = mpi or (_whole(value) and int(value) > 1)
+    blas = next((int(v) for name in _BLAS_THREADS if _whole(v := (env.get(name) or "").strip())), None)
     return Settings(backend=text["backend"].lower() or "numpy", device=text["device"] or None, threads=threads,
                     tune_malloc=text["tune_malloc"] != "0", data_dir=text["data_dir"] or None, mpi_launched=mpi,
                     blas_threads=blas)

@@ -46,12 +46,19 @@ class History:
         return asdict(self)
 
 
-def _as_dataset(data: Any, name: str) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
+def _as_dataset(data: Any, name: str, model: Any = None) -> Dataset:
+    """``data`` as a Dataset on the backend and device of ``model``'s parameters (NumPy arrays given to a torch or
+    jax model are moved there once, as Keras does)."""
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return Dataset(data[0], data[1])
-    raise TypeError(f"{name} must be an xpcnn.data.Dataset or a pair (images, labels); got {type(data).__name__}")
+        data = Dataset(data[0], data[1])
+    if not isinstance(data, Dataset):
+        raise TypeError(f"{name} must be an xpcnn.data.Dataset or a pair (images, labels); got {type(data).__name__}")
+    first = next(iter(model.parameters()), None) if isinstance(model, Module) else None
+    if first is not None:
+        images, labels = (_backend.asarray_like(a, first.data) for a in (data.images, data.labels))
+        if images is not data.images or labels is not data.labels:
+            data = Dataset(images, labels, data.source, data.mean, data.std)
+    return data
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -168,13 +175,13 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     if isinstance(model, Module):
         model = _parallel.shard(model)
 
-    train_data = _as_dataset(train_data, "train_data")
+    train_data = _as_dataset(train_data, "train_data", model)
     if validation_split is not None:
         if validation_data is not None:
             raise ValueError("fit: give validation_data or validation_split, not both")
         train_data, validation_data = train_data.split(validation_split, seed=seed)
     if validation_data is not None:
-        validation_data = _as_dataset(validation_data, "validation_data")
+        validation_data = _as_dataset(validation_data, "validation_data", model)
     callbacks = list(callbacks)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
@@ -193,8 +200,14 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
         raise ValueError("fit: compile=True cannot be combined with distributed= (data-parallel steps all-reduce "
                          "the gradient between backward and update, and run eagerly); pass compile=None or False")
     train_step = TrainStep(model, loss_fn, optimizer, compile=compile) if ctx is None else None
-    if ctx is not None:
-        ctx.sync_model(model)                  # same shapes (or a clear error) and rank 0's values everywhere
+    if ctx is not None:                        # the same run on every rank, or the same error on every rank
+        ctx.check_same({"epochs": epochs, "batch_size": batch_size, "seed": seed, "start_epoch": start_epoch,
+                        "train samples": len(train_data), "sample shape": train_data.sample_shape,
+                        "optimizer": type(optimizer).__name__, "lr": optimizer.lr,
+                        "hyper-parameters": getattr(optimizer, "hyper", None), "optimizer steps": optimizer.steps,
+                        "validation samples": None if validation_data is None else len(validation_data)},
+                       "fit settings")
+        ctx.sync_model(model)                  # same shapes and dtypes (or a clear error), rank 0's values everywhere
         progress = progress and ctx.is_root
     part = (0, 1) if ctx is None else (ctx.rank, ctx.size)
     hooked = [c for c in callbacks if isinstance(c, Callback)] if ctx is None or ctx.is_root else []
@@ -299,29 +312,25 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
     ``loss_fn`` is given, ``"top_k_accuracy"`` with ``top_k`` (the true class among the k largest outputs). Sums
     stay on the device and are read back at the end: the counts in one transfer, the loss with the top-k count in
     another. ``distributed``: each rank evaluates its shard of ``data`` and the sums are all-reduced."""
-    data = _as_dataset(data, "data")
+    data = _as_dataset(data, "data", model)
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"evaluate: top_k must be a positive integer; got {top_k!r}")
     if isinstance(model, Module):
         model = _parallel.shard(model)            # every core for big batches, as in fit
-    was_training = getattr(model, "training", False)
     threshold = decision_threshold(model, loss_fn)
-    model.eval()
+    call = model.infer if isinstance(model, Module) else model      # eval mode; the model's own mode left alone
     total_loss, confusion, top = 0.0, None, 0
     part = (0, 1) if distributed is None else (distributed.rank, distributed.size)
-    try:
-        for x, y in data.batches(batch_size, part=part):
-            if not x.shape[0]:
-                continue                                     # this rank's share of a small last batch
-            logits = model(x)
-            batch = _confusion(logits, y, threshold)
-            confusion = batch if confusion is None else confusion + batch
-            if loss_fn is not None:
-                total_loss = total_loss + loss_fn(logits, y) * int(x.shape[0])
-            if top_k is not None:
-                top = top + _in_top_k(logits, y, top_k)
-    finally:
-        model.train(was_training)
+    for x, y in data.batches(batch_size, part=part):
+        if not x.shape[0]:
+            continue                                     # this rank's share of a small last batch
+        logits = call(x)
+        batch = _confusion(logits, y, threshold)
+        confusion = batch if confusion is None else confusion + batch
+        if loss_fn is not None:
+            total_loss = total_loss + loss_fn(logits, y) * int(x.shape[0])
+        if top_k is not None:
+            top = top + _in_top_k(logits, y, top_k)
     if confusion is None:                                   # no sample here: the classes from the model
         classes = model.check_input((1, *data.sample_shape))[0] if hasattr(model, "check_input") else 0
         confusion = np.zeros((2 if classes == 1 else classes,) * 2, np.int64)      # one output: binary
