@@ -500,3 +500,27 @@ def test_a_checkpoint_of_your_own_layers_gets_one_line_saying_how_to_load_it(tmp
     err = capsys.readouterr().err
     assert "unknown layer type 'Doubler'" in err and "xpcnn.load(path, model=your_model)" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_resume_takes_the_learning_settings_from_the_checkpoint_and_refuses_others(tmp_path, capsys):
+    """--resume without --lr once trained on at the default 0.01 (not the run's own), and the banner showed the
+    end of the saved schedule; now the optimizer, lr, momentum, weight decay and schedule come from the
+    checkpoint, and a different one given is refused."""
+    from xpcnn import cli
+
+    path = str(tmp_path / "run.npz")
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--optimizer", "adam", "--lr", "0.002", "--weight-decay",
+                     "0.001", "--schedule", "cosine", "--checkpoint", path]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--epochs", "2", "--quiet", "--resume", path, "--checkpoint", path]) == 0
+    out = capsys.readouterr().out
+    assert "Adam(lr=0.001, " in out and "weight_decay=0.001" in out and "schedule cosine" in out, out
+    assert "note: the cosine schedule now spans 2 epochs instead of the saved run's 1: epoch 2 trains at lr 0.001" in out
+    saved = xpcnn.load(path).extra["training"]
+    assert saved == {"optimizer": "adam", "lr": 0.002, "momentum": None, "weight_decay": 0.001, "schedule": "cosine"}
+    for args, words in ((("--lr", "0.01"), "was trained with --lr 0.002; got 0.01. A resumed run continues the "
+                                           "saved one with its --lr (drop it)"),
+                        (("--optimizer", "sgd"), "was trained with --optimizer adam; got sgd"),
+                        (("--schedule", "none"), "was trained with --schedule cosine; got none")):
+        assert cli.main(["train", "--epochs", "3", "--quiet", "--resume", path, *args]) == 2
+        assert words in capsys.readouterr().err

@@ -135,6 +135,27 @@ def _plot_path(path: str | None) -> pathlib.Path | None:
     return plot
 
 
+# how a run learns: taken from the checkpoint on --resume when not given, refused there when given otherwise
+TRAINING_DEFAULTS = {"optimizer": "sgd", "lr": 0.01, "momentum": None, "weight_decay": 0.0, "schedule": "cosine"}
+
+
+def _resolve_training(args: argparse.Namespace, checkpoint) -> None:
+    """Fill the optimizer settings not given: from the checkpoint being resumed (which records them), else the
+    defaults. A given one that differs from the checkpoint's is refused: the resumed run continues the saved one."""
+    saved = checkpoint.extra.get("training", {}) if checkpoint is not None else {}
+    for key, default in TRAINING_DEFAULTS.items():
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, saved.get(key, default))
+        elif key in saved and saved[key] != given:
+            option = "--" + key.replace("_", "-")
+            raise CommandError(f"--resume {args.resume} was trained with {option} {saved[key]}; got {given}. A resumed "
+                               f"run continues the saved one with its {option} (drop it); to train on with another, "
+                               f"load the checkpoint in Python (xpcnn.load) and make a new optimizer")
+    if args.optimizer == "sgd" and args.momentum is None:
+        args.momentum = 0.9
+
+
 def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
     """Refuse options that would be ignored or would break the promise of an exact resume."""
     from .checkpoint import ResumeConflict, check_path, check_resume
@@ -142,6 +163,7 @@ def _check_train_options(args: argparse.Namespace, checkpoint) -> None:
     if args.data_dir and args.dataset == "bundled":
         raise CommandError("--data-dir is for --dataset mnist, fashion-mnist or cifar10; the bundled subset ships "
                            "with xpcnn")
+    _resolve_training(args, checkpoint)
     if args.momentum is not None and args.optimizer != "sgd":
         raise CommandError(f"--momentum is for --optimizer sgd; {args.optimizer} has none (its betas are fixed)")
     if args.checkpoint:
@@ -223,6 +245,12 @@ def _train(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CommandError(f"--resume {args.resume}: {exc} (use the same --optimizer)") from None
     schedule = optim.schedule(args.schedule, optimizer, args.epochs, base_lr=args.lr)
+    if schedule is not None:
+        schedule.set_epoch(start_epoch)        # the rate the first epoch trains at, not where the saved run ended
+        spanned = checkpoint.extra.get("epochs") if checkpoint else None
+        if spanned is not None and spanned != args.epochs:
+            say(f"note: the {args.schedule} schedule now spans {args.epochs} epochs instead of the saved run's "
+                f"{spanned}: epoch {start_epoch + 1} trains at lr {optimizer.lr:.3g}")
     loss_fn = nn.CrossEntropyLoss()
     try:
         model.check_input((1, *train_data.sample_shape))
@@ -247,7 +275,8 @@ def _train(args: argparse.Namespace) -> int:
             try:
                 save(args.checkpoint, model, optimizer, epoch=epoch, step=optimizer.steps,
                      extra={"history": history.as_dict(), "seed": args.seed, "dataset": args.dataset,
-                            "batch_size": args.batch_size, "normalization": train_data.normalization()})
+                            "batch_size": args.batch_size, "normalization": train_data.normalization(),
+                            "epochs": args.epochs, "training": {key: getattr(args, key) for key in TRAINING_DEFAULTS}})
             except OSError as exc:      # a full disk, say: the previous checkpoint is whole (atomic writes)
                 raise _SaveFailed(f"could not write the checkpoint of epoch {epoch} to {args.checkpoint}: "
                                   f"{exc.strerror or exc}") from None
@@ -552,12 +581,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, default=5, help="train up to this epoch (default 5)")
     train.add_argument("--batch-size", type=_positive_int, default=32,
                        help="images per step (default 32; with --distributed the global batch)")
-    train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default 0.01)")
-    train.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="(default sgd)")
-    train.add_argument("--momentum", type=_momentum, help="SGD momentum in [0, 1) (default 0.9; SGD only)")
-    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0)
-    train.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine",
-                       help="learning-rate schedule over the epochs (default cosine)")
+    train.add_argument("--lr", type=_positive_float,
+                       help="learning rate (default 0.01; with --resume the checkpoint's)")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS), help="(default sgd; with --resume the checkpoint's)")
+    train.add_argument("--momentum", type=_momentum,
+                       help="SGD momentum in [0, 1) (default 0.9; SGD only; with --resume the checkpoint's)")
+    train.add_argument("--weight-decay", type=_non_negative_float,
+                       help="(default 0; with --resume the checkpoint's)")
+    train.add_argument("--schedule", choices=("cosine", "step", "none"),
+                       help="learning-rate schedule over the epochs (default cosine; with --resume the checkpoint's)")
     train.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order (default 0)")
     train.add_argument("--dtype", choices=("float32", "float64"),
                        help="precision of weights and data (default float32; with --resume the checkpoint's)")
