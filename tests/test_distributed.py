@@ -189,11 +189,16 @@ def test_ranks_given_different_settings_stop_together_with_one_error(rank0, rank
 @pytest.mark.parametrize("rank1, env, words", [
     ([], {"XPCNN_THREADS": "two"}, "XPCNN_THREADS must be a whole number >= 1"),          # before MPI starts
     (["--dataset", "mnist", "--no-download", "--data-dir", "/nonexistent"], None, "MNIST files not found"),
-], ids=["bad-setting-on-one-rank", "dataset-missing-on-one-rank"])
+    (["--checkpoint", "/proc/no/such/run.npz"], None, "--checkpoint /proc/no/such/run.npz: cannot write there"),
+], ids=["bad-setting-on-one-rank", "dataset-missing-on-one-rank", "checkpoint-unwritable-on-one-rank"])
 def test_an_error_met_by_one_rank_alone_ends_the_whole_job(tmp_path, rank1, env, words):
-    rank0 = rank1[:-1] + [str(FULL_MNIST)] if "--data-dir" in rank1 else []
-    if rank0 and not FULL_MNIST.is_dir():
-        pytest.skip(f"full MNIST not found at {FULL_MNIST}")
+    rank0 = []
+    if "--data-dir" in rank1:
+        if not FULL_MNIST.is_dir():
+            pytest.skip(f"full MNIST not found at {FULL_MNIST}")
+        rank0 = rank1[:-1] + [str(FULL_MNIST)]
+    if "--checkpoint" in rank1:
+        rank0 = ["--checkpoint", str(tmp_path / "run.npz")]
     done, seconds = _mpmd(rank0, rank1, env_per_rank={1: env})
     assert done.returncode == 2, done.stdout + done.stderr
     assert words in done.stderr
