@@ -12,6 +12,10 @@ import pytest
 import xpcnn
 from helpers import ArrayBackend
 
+# the suite runs on the size rules alone: a user's measured routes (xpcnn tune) must not change what it checks,
+# and it writes nothing under ~/.cache (tests of the tuner set XPCNN_TUNE themselves)
+os.environ["XPCNN_TUNE"] = "0"
+
 REQUIRED = {name.strip() for name in os.environ.get("XPCNN_TEST_REQUIRE", "").split(",") if name.strip()}
 UNAVAILABLE = " unavailable: "          # in the reason of every skip for a backend this machine cannot run
 BACKEND_PARAMS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "cupy", "jax"]

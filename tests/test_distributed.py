@@ -174,7 +174,7 @@ def _mpmd(*rank_args, timeout=120, env_per_rank=None):
     ([], ["--batch-size", "64"], "rank 1 has --batch-size 64 (rank 0: 32)"),
     ([], ["--epochs", "2"], "rank 1 has --epochs 2 (rank 0: 1)"),
     ([], ["--dtype", "float64"], "rank 1 has --dtype 'float64' (rank 0: 'float32')"),
-    ([], ["--optimizer", "adam"], "rank 1 has --optimizer 'adam' (rank 0: 'sgd')"),
+    ([], ["--optimizer", "adam"], "--optimizer 'adam' (rank 0: 'sgd')"),
 ], ids=["seed-lr", "batch-size", "epochs", "dtype", "optimizer"])
 def test_ranks_given_different_settings_stop_together_with_one_error(rank0, rank1, words):
     """Each once hung, ended in a raw MPI error ("Message truncated") or, worse, trained on silently."""

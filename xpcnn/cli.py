@@ -55,10 +55,65 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print(f"batch shards: up to {count} per model call on the numpy backend, for big enough batches "
               f"({_settings.ENV['threads']}; 1 turns them off)")
+    try:
+        from . import tuning
+
+        tune = tuning.mode()
+    except _settings.SettingsError as exc:
+        print(f"convolution routes: ERROR: {exc}")
+        status = EXIT_FAILED
+    else:
+        measured = len(tuning.entries()) if tune != "off" else 0
+        print(f"convolution routes: {_TUNE_MODES[tune]}; {measured} shapes measured on this machine in "
+              f"{tuning.cache_path()} ('xpcnn tune' measures and lists them)")
     print("backends here:")
     for name, state in _backend.available_backends().items():
         print(f"  {name:<17} {state}")
     return status
+
+
+_TUNE_MODES = {"off": "size rules only (XPCNN_TUNE=0)",
+               "cached": "measured where measured, else size rules (XPCNN_TUNE=1 also measures new shapes)",
+               "measure": "measuring new shapes on first use (XPCNN_TUNE=1)"}
+
+
+# --------------------------------------------------------------------------- tune
+_TUNE_INPUTS = {"lenet5": (1, 28, 28), "resnet8": (3, 32, 32)}
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """Measure the convolution routes of the given models' training steps on this machine, keep the fastest
+    (:mod:`xpcnn.tuning`), and list every shape measured here with the time of each route."""
+    from . import models, nn, tuning
+
+    backend = _select_backend(args)
+    if backend.name != "numpy":
+        raise CommandError(f"tune measures the numpy backend (a GPU library's timings need its own "
+                           f"synchronization); got {backend.name}")
+    if tuning.mode() == "off":
+        raise CommandError("XPCNN_TUNE=0 turns measured routes off; unset it to tune")
+    if not args.list:
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for name in args.model:
+            shape = _TUNE_INPUTS.get(name, (1, 28, 28))
+            for batch in args.batch_size:
+                model = models.build_for(name, shape, 0, args.dtype)
+                loss_fn = nn.CrossEntropyLoss()
+                x = rng.standard_normal((batch, *shape)).astype(args.dtype)
+                with tuning.measuring():         # one training step's forward and backward, as fit runs them
+                    loss_fn(model(x), rng.integers(0, 10, batch))
+                    model.backward(loss_fn.backward())
+                print(f"measured {name} at batch {batch} ({time.perf_counter() - start:.1f} s so far)", flush=True)
+    table = tuning.entries()
+    print(f"{len(table)} convolution shapes measured on this machine ({tuning.machine()['cpu']}), in "
+          f"{tuning.cache_path()}:")
+    for key, entry in sorted(table.items()):
+        chosen = "/".join(entry["route"])
+        changed = "" if entry.get("rule") == entry["route"] else f" (size rules: {'/'.join(entry.get('rule', []))})"
+        times = ", ".join(f"{route} {ms:.2f}" for route, ms in sorted(entry["ms"].items(), key=lambda kv: kv[1]))
+        print(f"  {key}\n    -> {chosen}{changed}; ms: {times}")
+    return 0
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -628,6 +683,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also report how often the true class is among the K most likely")
     _add_backend_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
+
+    tune = commands.add_parser("tune", help="measure convolution routes on this machine and keep the fastest")
+    tune.add_argument("--model", nargs="+", choices=sorted(_TUNE_INPUTS), default=sorted(_TUNE_INPUTS),
+                      help="networks whose training steps are measured (default: lenet5 resnet8)")
+    tune.add_argument("--batch-size", type=_positive_int, nargs="+", default=[64, 256],
+                      help="batch sizes to measure (default 64 256)")
+    tune.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    tune.add_argument("--list", action="store_true", help="only list what was measured before")
+    _add_backend_options(tune)
+    tune.set_defaults(run=_tune)
 
     export = commands.add_parser("export", help="write a checkpoint's model as an ONNX graph (needs onnx)")
     export.add_argument("--checkpoint", metavar="PATH", required=True)

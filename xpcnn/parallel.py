@@ -40,7 +40,7 @@ from typing import Any, Callable, NamedTuple
 from array_api_compat import array_namespace, is_numpy_array
 
 from . import settings as _settings
-from . import thresholds
+from . import thresholds, tuning
 from .functional import layout as _layout
 from .nn.module import Module, Run, add_gradient, check_gradient, set_buffer
 
@@ -306,7 +306,11 @@ def _one_blas_thread():
 
         _blas = ThreadpoolController()
     with _blas.limit(limits=1, user_api="blas"):
-        yield
+        tuning.one_blas_thread = True           # measurements made meanwhile hold for one BLAS thread
+        try:
+            yield
+        finally:
+            tuning.one_blas_thread = False
 
 
 def _run_shards(group: _Group, work: Callable[[int, Any], Any], parts: list) -> list:

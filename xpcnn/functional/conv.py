@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import thresholds
+from .. import thresholds, tuning
 from ._checks import (
     check_cache,
     check_floating,
@@ -225,10 +225,20 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any 
     ``route`` forces a :class:`ConvRoute` (``"im2col"``: the textbook im2col + col2im); by default
     :func:`choose_route` picks one. Every route gives the same results up to rounding.
     """
+    return _forward(x, w, b, stride, padding, dilation, layout, route, tune=True)
+
+
+def _forward(x, w, b, stride, padding, dilation, layout, route, tune: bool):
+    """:func:`conv2d_forward`; ``tune``: a measured route (:mod:`xpcnn.tuning`) may decide where none is given."""
     xp = _check_conv_args(x, w, b, layout)
     geometry = conv_geometry("conv2d", x.shape, w.shape, stride, padding, dilation, layout)
     out_channels = w.shape[0]
-    route = choose_route(geometry, out_channels) if route is None else _check_route(route, geometry)
+    if route is None:
+        route = choose_route(geometry, out_channels)
+        measured = _measured_route(x, w, b, stride, padding, dilation, layout, geometry, xp, route) if tune else None
+        route = ConvRoute(*measured) if measured else route
+    else:
+        route = _check_route(route, geometry)
     xpad = pad(x, xp, geometry.pads, layout=layout)
     if route.columns == "rows":
         cols = row_columns(xpad, xp, geometry)
@@ -240,6 +250,29 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any 
     if b is not None:        # in place where it can be: y is a fresh array of ours
         y += xp.reshape(b, (out_channels, 1, 1, 1) if layout == "CHWN" else (1, out_channels, 1, 1))
     return y, Conv2DCache(w, cols, geometry, b is not None, route)
+
+
+def route_candidates(geometry: ConvGeometry) -> list[ConvRoute]:
+    """Every route this geometry can take."""
+    columns = ["im2col"] + (["rows"] if geometry.stride[0] == 1 and geometry.kernel[0] > 1 else [])
+    input_grads = ["col2im"] + (["transposed"] if _transposed_pads(geometry) is not None else [])
+    return [ConvRoute(c, g) for c in columns for g in input_grads]
+
+
+def _measured_route(x, w, b, stride, padding, dilation, layout, geometry, xp, rule: ConvRoute) -> tuple | None:
+    """The route measured fastest for this shape on this machine (:mod:`xpcnn.tuning`), timing each candidate's
+    forward and backward on these very inputs when asked to measure; None where the size rules decide."""
+    def key() -> str:
+        return (f"conv {layout} x{tuple(x.shape)} w{tuple(w.shape)} stride{geometry.stride} pads{geometry.pads} "
+                f"dilation{geometry.dilation} {x.dtype}")
+
+    def run(candidate: tuple) -> None:
+        y, cache = _forward(x, w, b, stride, padding, dilation, layout, ConvRoute(*candidate), tune=False)
+        conv2d_backward(xp.ones_like(y), cache)
+
+    if geometry.batch == 0:                  # a shape trace (summary, input check): nothing worth measuring
+        return None
+    return tuning.choose(key, route_candidates(geometry), run, xp, rule)
 
 
 def _rows_product(w: Any, cols: Any, xp: Any, geometry: ConvGeometry) -> Any:
@@ -323,8 +356,7 @@ def _input_gradient_transposed(dy: Any, w: Any, xp: Any, geometry: ConvGeometry)
     """dx = dy padded by kernel - 1 - padding, correlated with the kernels flipped and their channel axes
     swapped: one im2col and one matrix product instead of col2im's kh + kw strided adds."""
     flipped = xp.flip(xp.permute_dims(w, (1, 0, 2, 3)), axis=(2, 3))          # (C_in, C_out, kh, kw)
-    return conv2d_forward(dy, flipped, None, stride=1, padding=_transposed_pads(geometry),
-                          layout=geometry.layout)[0]
+    return _forward(dy, flipped, None, 1, _transposed_pads(geometry), 1, geometry.layout, None, tune=False)[0]
 
 
 def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
