@@ -33,106 +33,121 @@ def tune(monkeypatch, tmp_path):
     tuning.forget()
 
 
-def _layer(batch=8):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, 6, 14, 14)).astype(np.float32)
-    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
-    return x, w
+def _model():
+    """LeNet-5 wrapped, any batch of two or more shardable (so one piece and two shards both compete)."""
+    return xpcnn.parallel.shard(xpcnn.models.lenet5(seed=0).module, threads=2)
 
 
-def test_a_new_shape_is_measured_once_on_every_route_and_kept(tune):
+def _step(model, batch=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    loss_fn = xpcnn.nn.CrossEntropyLoss()
+    loss = loss_fn(model(x), np.arange(batch) % 10)
+    model.backward(loss_fn.backward())
+    return float(loss), [p.grad.copy() for p in model.parameters()]
+
+
+def test_a_training_step_measures_its_shards_and_convolution_routes_once_and_keeps_them(tune, monkeypatch):
     tune("1")
-    x, w = _layer()
-    calls = []
-    real = conv._forward
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("tune"))
-        return real(*args, **kwargs)
-
-    y, cache = conv.conv2d_forward(x, w)
+    trials = []
+    real = xpcnn.parallel.BatchShards._trial
+    monkeypatch.setattr(xpcnn.parallel.BatchShards, "_trial", lambda self, x, n: trials.append(n) or real(self, x, n))
+    model = _model()
+    _step(model)
     table = tuning.entries()
-    assert len(table) == 1
-    (key, entry), = table.items()
-    assert "w(16, 6, 5, 5)" in key and "float32" in key and key.endswith("blas=all")
-    assert set(entry["ms"]) == {"im2col/col2im", "im2col/transposed", "rows/col2im", "rows/transposed"}
-    assert tuple(cache.route) == tuple(entry["route"])
+    shards = [k for k in table if k.startswith("shards lenet5:")]
+    convs = [k for k in table if k.startswith("conv ")]
+    assert len(shards) == 1 and "x(8, 1, 28, 28) float32 most=2" in shards[0]
+    assert set(table[shards[0]]["ms"]) == {"1", "2"}
+    chosen = int(table[shards[0]]["route"][0])
+    assert len(convs) == 2 and all(table[k]["in"] == shards[0] for k in convs), "LeNet-5's two convolutions"
+    assert all(k.endswith("blas=1" if chosen == 2 else "blas=all") for k in convs)
+    for k in convs:
+        assert set(table[k]["ms"]) == {"im2col/col2im", "im2col/transposed", "rows/col2im", "rows/transposed"}
     saved = json.loads(tuning.cache_path().read_text())
     assert saved["version"] == tuning.VERSION and len(saved["machines"]) == 1
-    machine = next(iter(saved["machines"].values()))["machine"]
-    assert set(machine) == {"cpu", "cores", "numpy", "blas"}
-    conv._forward, before = counting, len(table)
-    try:
-        conv.conv2d_forward(x, w)                        # measured already: no timing runs this time
-    finally:
-        conv._forward = real
-    assert len(tuning.entries()) == before and calls == [True], "one call, and no timing runs"
-    np.testing.assert_allclose(y, conv.conv2d_forward(x, w, route="im2col")[0], rtol=1e-5, atol=1e-5)
+    assert set(next(iter(saved["machines"].values()))["machine"]) == {"cpu", "cores", "numpy", "blas"}
+    count = len(trials)
+    assert count > 10
+    _step(model, seed=1)
+    _step(_model(), seed=2)
+    assert len(trials) == count, "measured once: later steps and models of the same structure use the answer"
 
 
-def test_a_kept_measurement_decides_until_it_is_turned_off(tune):
-    x, w = _layer()
-    rule = conv.conv2d_forward(x, w)[1].route
-    assert rule == conv.ConvRoute("im2col", "col2im"), "the size rules' choice for this small layer"
+def test_measuring_changes_no_result(tune, monkeypatch):
+    """The trials' gradients and running statistics are thrown away: a measured step's numbers are those of a step
+    that runs the chosen shard count and routes without measuring."""
     tune("1")
-    conv.conv2d_forward(x, w)
+    model = xpcnn.parallel.shard(xpcnn.models.resnet8(in_channels=1, image_size=8, seed=0, dtype="float64").module,
+                                 threads=2)
+    x = np.random.default_rng(0).standard_normal((6, 1, 8, 8))
+    loss_fn = xpcnn.nn.CrossEntropyLoss()
+
+    def step(m):
+        loss = loss_fn(m(x), np.arange(6) % 10)
+        m.backward(loss_fn.backward())
+        return float(loss), [p.grad.copy() for p in m.parameters()], [b.data.copy() for b in m.buffers()]
+
+    measured = step(model)
+    assert any(k.startswith("shards resnet8:") for k in tuning.entries())
+    tune(None)                                     # now: the kept answers, nothing measured
+    again = step(xpcnn.parallel.shard(xpcnn.models.resnet8(in_channels=1, image_size=8, seed=0,
+                                                           dtype="float64").module, threads=2))
+    assert measured[0] == again[0]
+    for a, b in zip(measured[1] + measured[2], again[1] + again[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_kept_choice_decides_until_it_is_turned_off(tune, monkeypatch):
+    monkeypatch.setattr(xpcnn.thresholds, "MIN_SHARD_ELEMENTS", 1)        # the size rule: two shards
+    tune("1")
+    model = _model()
+    _step(model)
     path = tuning.cache_path()
     saved = json.loads(path.read_text())
-    entries = next(iter(saved["machines"].values()))["conv"]
-    for entry in entries.values():
-        entry["route"] = ["rows", "transposed"]          # as if measured fastest here
+    choices = next(iter(saved["machines"].values()))["choices"]
+    shards = next(k for k in choices if k.startswith("shards"))
+    choices[shards]["route"] = ["1"]                                         # as if one piece had won
+    for shape in ("x(1, 28, 28, 8) w(6, 1, 5, 5) stride(1, 1) pads(2, 2, 2, 2)",
+                  "x(6, 14, 14, 8) w(16, 6, 5, 5) stride(1, 1) pads(0, 0, 0, 0)"):
+        choices[f"conv CHWN {shape} dilation(1, 1) float32 blas=all"] = {"route": ["im2col", "transposed"]}
     path.write_text(json.dumps(saved))
-    tune(None)                                            # the default: measured routes where there are some
-    assert conv.conv2d_forward(x, w)[1].route == conv.ConvRoute("rows", "transposed")
-    tune("0")
-    assert conv.conv2d_forward(x, w)[1].route == rule
     tune(None)
-    other = conv.conv2d_forward(*_layer(batch=9))[1].route
-    assert other == rule and len(tuning.entries()) == 1, "a shape never measured keeps the size rules, unmeasured"
+    x = np.zeros((8, 1, 28, 28), np.float32)
+    model(x)
+    assert type(model._last.cache).__name__ == "SequentialCache", "the kept count: one piece"
+    assert model._last.cache.caches[0].route == conv.ConvRoute("im2col", "transposed"), "the kept route"
+    tune("0")
+    model(x)
+    assert type(model._last.cache).__name__ == "ShardedCache", "the size rule"
 
 
 def test_measurements_hold_for_their_machine_only(tune, monkeypatch):
     tune("1")
-    x, w = _layer()
-    conv.conv2d_forward(x, w)
+    _step(_model())
     monkeypatch.setattr(tuning, "machine", lambda: {"cpu": "another CPU", "cores": 64, "numpy": "9", "blas": "x"})
     tune(None)
     assert tuning.entries() == {}
     tune("1")
-    conv.conv2d_forward(x, w)
+    _step(_model())
     saved = json.loads(tuning.cache_path().read_text())
     assert len(saved["machines"]) == 2, "each machine keeps its own, in one file"
 
 
-def test_the_size_rules_choice_stays_unless_another_route_is_clearly_faster(tune, monkeypatch):
-    tune("1")
-    default, other = ("im2col", "col2im"), ("rows", "col2im")
-    for times, expected in (({default: 1.0, other: 0.95}, default), ({default: 1.0, other: 0.85}, other)):
-        monkeypatch.setattr(tuning, "_time", lambda run, candidates, t=times: dict(t))
-        tuning.forget()
-        key = f"test {expected}"
-        assert tuning.choose(lambda: key, [default, other], lambda c: None, np, default) == expected
+def test_the_rules_choice_stays_unless_another_is_clearly_faster():
+    rule, other = ("2",), ("1",)
+    assert tuning._best({rule: 1.0, other: 0.9}, rule) == rule
+    assert tuning._best({rule: 1.0, other: 0.8}, rule) == other
 
 
-def test_other_backends_and_empty_batches_are_never_measured(tune):
+def test_other_backends_are_never_measured(tune):
     tune("1")
     strict = pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
-    x, w = _layer()
-    conv.conv2d_forward(strict.asarray(x), strict.asarray(w))
-    conv.conv2d_forward(x[:0], w)
+    with xpcnn.use_backend("array_api_strict"):
+        model = _model()
+        loss_fn = xpcnn.nn.CrossEntropyLoss()
+        loss_fn(model(strict.asarray(np.zeros((8, 1, 28, 28), np.float32))), strict.asarray(np.arange(8)))
     assert tuning.entries() == {}
-
-
-def test_batch_shards_measure_for_one_blas_thread(tune, monkeypatch):
-    tune("1")
-    monkeypatch.setattr(xpcnn.thresholds, "MIN_SHARD_ELEMENTS", 1)
-    model = xpcnn.parallel.shard(xpcnn.models.lenet5(seed=0).module, threads=2)
-    loss_fn = xpcnn.nn.CrossEntropyLoss()
-    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    loss_fn(model(x), np.arange(8))
-    model.backward(loss_fn.backward())
-    keys = list(tuning.entries())
-    assert keys and all(key.endswith("blas=1") and ", 4)" in key.split(" w(")[0] for key in keys), keys
 
 
 def test_a_bad_setting_is_named():
@@ -154,10 +169,15 @@ def test_xpcnn_tune_measures_lists_and_info_counts(tmp_path):
     done = cmd("tune", "--model", "lenet5", "--batch-size", "16")
     assert done.returncode == 0, done.stderr
     assert "measured lenet5 at batch 16" in done.stdout
-    assert "2 convolution shapes measured on this machine" in done.stdout and "-> " in done.stdout
+    assert "choices measured on this machine" in done.stdout and "-> " in done.stdout
+    assert "shards lenet5:" in done.stdout and "conv CHWN x(1, 28, 28, " in done.stdout
+    count = len(json.loads((tmp_path / ".cache" / "xpcnn" / "tuning.json").read_text())["machines"].popitem()[1][
+        "choices"])
     listed = cmd("tune", "--list")
-    assert listed.returncode == 0 and "2 convolution shapes measured" in listed.stdout
-    assert "convolution routes: measured where measured, else size rules" in cmd("info").stdout
-    assert "2 shapes measured on this machine" in cmd("info").stdout
+    assert listed.returncode == 0 and f"{count} choices measured" in listed.stdout
+    info = cmd("info").stdout
+    assert "convolution routes and batch shards: measured where measured, else size rules" in info
+    assert f"{count} choices measured on this machine" in info
     refused = cmd("tune", XPCNN_TUNE="0")
     assert refused.returncode == 2 and "XPCNN_TUNE=0 turns measured routes off" in refused.stderr
+

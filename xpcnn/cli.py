@@ -64,8 +64,8 @@ def _info(args: argparse.Namespace) -> int:
         status = EXIT_FAILED
     else:
         measured = len(tuning.entries()) if tune != "off" else 0
-        print(f"convolution routes: {_TUNE_MODES[tune]}; {measured} shapes measured on this machine in "
-              f"{tuning.cache_path()} ('xpcnn tune' measures and lists them)")
+        print(f"convolution routes and batch shards: {_TUNE_MODES[tune]}; {measured} choices measured on this "
+              f"machine in {tuning.cache_path()} ('xpcnn tune' measures and lists them)")
     print("backends here:")
     for name, state in _backend.available_backends().items():
         print(f"  {name:<17} {state}")
@@ -106,8 +106,8 @@ def _tune(args: argparse.Namespace) -> int:
                     model.backward(loss_fn.backward())
                 print(f"measured {name} at batch {batch} ({time.perf_counter() - start:.1f} s so far)", flush=True)
     table = tuning.entries()
-    print(f"{len(table)} convolution shapes measured on this machine ({tuning.machine()['cpu']}), in "
-          f"{tuning.cache_path()}:")
+    print(f"{len(table)} choices measured on this machine ({tuning.machine()['cpu']}: convolution routes by layer "
+          f"shape, batch shards by model and input), in {tuning.cache_path()}:")
     for key, entry in sorted(table.items()):
         chosen = "/".join(entry["route"])
         changed = "" if entry.get("rule") == entry["route"] else f" (size rules: {'/'.join(entry.get('rule', []))})"
@@ -684,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
-    tune = commands.add_parser("tune", help="measure convolution routes on this machine and keep the fastest")
+    tune = commands.add_parser("tune", help="measure convolution routes and batch shards on this machine, keep the "
+                                            "fastest")
     tune.add_argument("--model", nargs="+", choices=sorted(_TUNE_INPUTS), default=sorted(_TUNE_INPUTS),
                       help="networks whose training steps are measured (default: lenet5 resnet8)")
     tune.add_argument("--batch-size", type=_positive_int, nargs="+", default=[64, 256],

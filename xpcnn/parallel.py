@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import os
 import threading
@@ -143,6 +145,10 @@ def _ignore(buffer: Any, value: Any) -> None:
     """A shard after the first leaves buffers alone: the first stores what every shard computed alike."""
 
 
+def _discard(param: Any, grad: Any) -> None:
+    """A trial's gradients (measuring, :meth:`BatchShards._trial`) go nowhere."""
+
+
 class ShardedCache(NamedTuple):
     caches: tuple          # one per shard
     grads: tuple           # the _Gradients of each shard, which its Run adds to
@@ -165,6 +171,7 @@ class BatchShards(Module):
         self.module = model
         self.threads = threads
         self._elements: dict[tuple, float] = {}      # per input shape: elements an average module outputs
+        self._structure: str | None = None           # digest of the model's configuration (tuning keys)
 
     # -- transparent: the wrapped model's tree, names and attributes
     def named_children(self):
@@ -209,7 +216,10 @@ class BatchShards(Module):
         settings = _settings.get()
         if settings.tune_malloc and not _allocator_tried and is_numpy_array(x):
             tune_allocator()
-        n = self._plan(x, settings)
+        most = self._most(x, settings)
+        n = self._plan(x, settings, most)
+        if training and is_numpy_array(x) and not _busy.locked():  # (a sharded call running: its cores are taken)
+            n = self._measured_shards(x, n, most)
         if n < 2 or not _busy.acquire(blocking=False):      # busy: another sharded call owns the cores
             return super()._run_public(x, training)
         try:
@@ -218,15 +228,60 @@ class BatchShards(Module):
         finally:
             _busy.release()
 
-    def _plan(self, x: Any, settings: _settings.Settings | None = None) -> int:
-        """How many shards for ``x``: 1 means one piece."""
+    def _plan(self, x: Any, settings: _settings.Settings | None = None, most: int | None = None) -> int:
+        """How many shards for ``x`` by the size rule: 1 means one piece."""
+        most = self._most(x, settings) if most is None else most
+        if most < 2:
+            return 1
+        per_module = self._elements_per_module(tuple(x.shape[1:]))
+        return max(1, min(most, int(x.shape[0] * per_module) // thresholds.MIN_SHARD_ELEMENTS))
+
+    def _most(self, x: Any, settings: _settings.Settings | None = None) -> int:
+        """The most shards ``x`` may run in (1: it cannot be sharded)."""
         if not is_numpy_array(x) or x.ndim < 2 or x.shape[0] < 2:
             return 1
         n = min(self.threads or threads(settings), x.shape[0])
         if n < 2 or not all(getattr(m, "shardable", False) for m in self.module.modules()):
             return 1
-        per_module = self._elements_per_module(tuple(x.shape[1:]))
-        return max(1, min(n, int(x.shape[0] * per_module) // thresholds.MIN_SHARD_ELEMENTS))
+        return n
+
+    def _measured_shards(self, x: Any, rule: int, most: int) -> int:
+        """The shard count measured fastest for a training step of this model on inputs shaped like ``x``, with its
+        convolutions' routes (:func:`xpcnn.tuning.tune_model`: one piece, the rule's count and every core allowed,
+        each timed on a forward and backward of ``x`` that changes nothing), or ``rule`` where nothing was
+        measured."""
+        def key() -> str:
+            return f"shards {self._signature()} x{tuple(x.shape)} {x.dtype} most={most}"
+
+        chosen = tuning.tune_model(key, sorted({1, rule, most}), rule, lambda n: self._trial(x, n),
+                                   array_namespace(x))
+        return rule if chosen is None else chosen
+
+    def _signature(self) -> str:
+        """A short digest of the model's structure (its configuration), for :mod:`xpcnn.tuning`'s keys."""
+        if self._structure is None:
+            text = json.dumps(self.module.config(), sort_keys=True, default=str)
+            self._structure = f"{self.module.name}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        return self._structure
+
+    def _trial(self, x: Any, n: int) -> None:
+        """A training-mode forward and backward of ``x`` in ``n`` shards whose gradients and buffer updates are
+        thrown away: what :meth:`_measured_shards` times."""
+        xp = array_namespace(x)
+        if n < 2:
+            layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
+            run = Run(layout, True, accumulate=_discard, update=_ignore)
+            y, cache = self.module._forward(_layout.from_nchw(x, xp, layout), run)
+            self.module._backward(xp.ones_like(y), cache, run, False)
+            return
+        if not _busy.acquire(timeout=BARRIER_TIMEOUT_S):
+            raise ShardTimeoutError(f"measuring {n} shards waited {BARRIER_TIMEOUT_S:g} s for another sharded call")
+        try:
+            with _one_blas_thread():
+                y, cache, run = self._sharded_forward(x, n, True, keep=False)
+                self._shards_backward(xp.ones_like(y), cache, run, False)
+        finally:
+            _busy.release()
 
     def _elements_per_module(self, sample_shape: tuple) -> float:
         """How many elements a module of the model outputs per sample on average: traced once per input shape
@@ -239,13 +294,14 @@ class BatchShards(Module):
             self._elements[sample_shape] = sum(math.prod(s) for s in shapes.values()) / max(1, len(shapes))
         return self._elements[sample_shape]
 
-    def _sharded_forward(self, x: Any, n: int, training: bool) -> tuple[Any, Any, Run]:
+    def _sharded_forward(self, x: Any, n: int, training: bool, keep: bool = True) -> tuple[Any, Any, Run]:
+        """``x`` in ``n`` shards; ``keep``: the first shard stores the buffers' new values (not in a trial)."""
         xp = self._check_input(x)
         layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
         sizes = shard_sizes(x.shape[0], n)
         group = _Group(n, BARRIER_TIMEOUT_S)
         grads = tuple(_Gradients() for _ in range(n))
-        runs = tuple(Run(layout, training, accumulate=grads[i].add, update=set_buffer if i == 0 else _ignore,
+        runs = tuple(Run(layout, training, accumulate=grads[i].add, update=set_buffer if i == 0 and keep else _ignore,
                          reduce=functools.partial(group.sum, i)) for i in range(n))
 
         def work(i, part):
@@ -264,24 +320,30 @@ class BatchShards(Module):
         if tuple(dy.shape[:1]) != (sum(cache.sizes),):
             raise ValueError(f"{type(self.module).__name__}.backward: dy must have the output's batch size "
                              f"{sum(cache.sizes)}; got shape {tuple(dy.shape)}")
-        xp, layout = array_namespace(dy), pending.run.layout
+        if not _busy.acquire(timeout=BARRIER_TIMEOUT_S):
+            raise ShardTimeoutError(f"{type(self.module).__name__}.backward waited {BARRIER_TIMEOUT_S:g} s for "
+                                    f"another sharded call to finish")
+        try:
+            with _one_blas_thread():
+                dx = self._shards_backward(dy, cache, pending.run, wanted)
+        finally:
+            _busy.release()
+        _add_gradients(cache.grads)
+        return dx
+
+    def _shards_backward(self, dy: Any, cache: ShardedCache, run: Run, wanted: bool) -> Any:
+        """Every shard's backward (the caller holds ``_busy`` and BLAS at one thread); the shards' gradients stay in
+        ``cache.grads``."""
+        xp, layout = array_namespace(dy), run.layout
         group = _Group(len(cache.sizes), BARRIER_TIMEOUT_S)
-        runs = tuple(dataclasses.replace(pending.run, accumulate=part.add, reduce=functools.partial(group.sum, i))
+        runs = tuple(dataclasses.replace(run, accumulate=part.add, reduce=functools.partial(group.sum, i))
                      for i, part in enumerate(cache.grads))
 
         def work(i, part):
             dx = self.module._backward(_layout.from_nchw(part, xp, layout), cache.caches[i], runs[i], wanted)
             return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
 
-        if not _busy.acquire(timeout=BARRIER_TIMEOUT_S):
-            raise ShardTimeoutError(f"{type(self.module).__name__}.backward waited {BARRIER_TIMEOUT_S:g} s for "
-                                    f"another sharded call to finish")
-        try:
-            with _one_blas_thread():
-                parts = _run_shards(group, work, _split(dy, cache.sizes))
-        finally:
-            _busy.release()
-        _add_gradients(cache.grads)
+        parts = _run_shards(group, work, _split(dy, cache.sizes))
         return None if parts[0] is None else xp.concat(parts, axis=0)
 
 

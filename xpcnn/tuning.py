@@ -1,22 +1,26 @@
-"""Convolution routes chosen by measurement on the machine that runs them, kept per machine (cuDNN's benchmark
-mode, FFTW's wisdom).
+"""Convolution routes and batch-shard counts chosen by measurement on the machine that runs them, kept per machine
+(cuDNN's benchmark mode, FFTW's wisdom).
 
-Every convolution route gives the same numbers up to rounding (tested against the textbook one), and which is
-fastest depends on the CPU, its BLAS and the shape. :func:`xpcnn.functional.conv.choose_route`'s size rules were
-measured on one machine; where a measurement for this machine, BLAS and shape exists, it decides instead:
+Every convolution route and every shard count gives the same numbers up to summation order (tested), and which is
+fastest depends on the CPU, its BLAS and the shape. :func:`xpcnn.functional.conv.choose_route`'s size rules and
+:data:`xpcnn.thresholds.MIN_SHARD_ELEMENTS` were measured on one machine; where a measurement for this machine, BLAS
+and shape exists, it decides instead:
 
 - ``XPCNN_TUNE`` unset: use what was measured before (``xpcnn tune``, or a run with ``XPCNN_TUNE=1``), and the
   size rules for shapes never measured;
-- ``XPCNN_TUNE=1``: also measure each new shape on first use, once: every route the geometry allows runs its
-  forward and backward on the call's own inputs (one warm-up, then up to ``REPEATS`` timed runs within
-  ``BUDGET_S`` per route), the fastest is kept and used from then on, so the run stays deterministic;
+- ``XPCNN_TUNE=1``: also measure each new model and input shape on its first training call, once
+  (:func:`tune_model`, called by :class:`xpcnn.parallel.BatchShards`): whole forward-and-backward steps of the
+  call's batch that change nothing, first one piece against the rule's shard count and every core, then for that
+  count each convolution shape met, its routes tried in turn with the others held. The rule's choice stays unless
+  another beats it by more than ``1 - MARGIN``; what is chosen is kept and used from then on, so the run stays
+  deterministic;
 - ``XPCNN_TUNE=0``: the size rules alone, nothing read or written (the test suite runs so).
 
 Only NumPy arrays are measured (a GPU library's calls return before their kernels finish, so host timers would
 mislead); other backends keep the size rules. The measurements live in ``~/.cache/xpcnn/tuning.json``, keyed by
 the CPU model, the core count, the NumPy and BLAS versions and whether BLAS runs on one thread (inside batch
-shards) or on all; each entry keeps the time of every route, so ``xpcnn tune`` and ``xpcnn info`` can show why.
-Delete the file to measure again.
+shards) or on all; each entry keeps the time of every candidate, so ``xpcnn tune`` and ``xpcnn info`` can show
+why. Delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from array_api_compat import is_numpy_namespace
 
 from . import settings as _settings
 
-__all__ = ["BUDGET_S", "REPEATS", "cache_path", "choose", "entries", "forget", "machine", "measuring", "mode"]
+__all__ = ["BUDGET_S", "MARGIN", "REPEATS", "cache_path", "entries", "forget", "machine", "measuring", "mode",
+           "route", "tune_model"]
 
-REPEATS = 3          # timed runs per route at most (the minimum is kept), after one warm-up
-BUDGET_S = 0.25      # seconds of timed runs per route at most
+REPEATS = 2          # timed rounds at most (each candidate's fastest run is kept), each run after an untimed one
+BUDGET_S = 1.0       # seconds of timed runs per candidate at most
 VERSION = 1
 
 _lock = threading.RLock()
@@ -101,15 +106,15 @@ def _machine_key() -> str:
 
 
 def _load() -> dict:
-    """This machine's table (``{"machine": ..., "conv": {key: entry}}``), read from the cache file once."""
+    """This machine's table (``{"machine": ..., "choices": {key: entry}}``), read from the cache file once."""
     global _table
     if _table is None:
-        table = {"machine": machine(), "conv": {}}
+        table = {"machine": machine(), "choices": {}}
         try:
             saved = json.loads(cache_path().read_text())
             mine = saved.get("machines", {}).get(_machine_key()) if saved.get("version") == VERSION else None
-            if isinstance(mine, dict) and isinstance(mine.get("conv"), dict):
-                table["conv"] = mine["conv"]
+            if isinstance(mine, dict) and isinstance(mine.get("choices"), dict):
+                table["choices"] = mine["choices"]
         except (OSError, ValueError, AttributeError):
             pass                     # no file, or one this version cannot read: measure again
         _table = table
@@ -137,55 +142,125 @@ def _save(table: dict) -> None:
 
 
 def entries() -> dict:
-    """This machine's measured shapes: ``{key: {"route": [...], "ms": {route: ms}, "measured": date}}``."""
+    """This machine's measured choices: ``{key: {"route": [...], "rule": [...], "ms": {choice: ms}, "measured": date}}``
+    (keys begin with "conv" for a convolution's route, "shards" for a model call's shard count)."""
     with _lock:
-        return dict(_load()["conv"])
+        return dict(_load()["choices"])
 
 
-MARGIN = 0.9         # another route replaces the size rules' choice only when it took at most this fraction of its time
+MARGIN = 0.85        # another choice replaces the size rules' only when it took at most this fraction of its time
+
+_tuning = threading.Lock()           # one model's measurement at a time
+_overrides: dict[str, tuple] = {}    # while measuring: the convolution routes being tried, by key
+_seen: dict[str, tuple] | None = None   # while measuring: each convolution key met -> (candidates, rule's choice)
 
 
-def choose(key: Callable[[], str], candidates: Sequence[tuple], run: Callable[[tuple], Any], xp: Any,
-           default: tuple) -> tuple | None:
-    """The route measured fastest for the shape ``key()`` among ``candidates`` (``run(candidate)`` does the work once),
-    or None where nothing was measured and nothing may be (then the caller's size rules decide). The size rules'
-    ``default`` is kept unless another route was faster by more than the machine's noise (``MARGIN``). NumPy only."""
-    if len(candidates) < 2:
+def _full_key(key: str) -> str:
+    return f"{key} blas={'1' if one_blas_thread else 'all'}"
+
+
+def route(key: Callable[[], str], candidates: Sequence[tuple], default: tuple, xp: Any) -> tuple | None:
+    """A convolution's route for the shape ``key()``: the one being tried while a model is measured, else the one
+    measured for this machine, else None (the size rules' ``default`` then). Nothing is timed here: routes are
+    measured in context, inside a model's training step (:func:`tune_model`), where they compete for the caches as
+    they will in training; a layer timed alone was measured to mislead (see benchmarks/RESULTS.md, issue 22)."""
+    if len(candidates) < 2 or not is_numpy_namespace(xp):
+        return None
+    if _seen is None and not _overrides:              # the usual path: not measuring
+        if mode() == "off":
+            return None
+        table = _load()["choices"]
+        if not table:
+            return None
+        entry = table.get(_full_key(key()))
+        return None if entry is None else tuple(entry["route"])
+    full = _full_key(key())
+    if _seen is not None:
+        with _lock:
+            _seen.setdefault(full, (tuple(candidates), tuple(default)))
+    if full in _overrides:
+        return _overrides[full]
+    entry = _load()["choices"].get(full)
+    return None if entry is None else tuple(entry["route"])
+
+
+def tune_model(key: Callable[[], str], shard_counts: Sequence[int], rule: int, trial: Callable[[int], None],
+               xp: Any) -> int | None:
+    """The shard count for a wrapped model's training call on inputs shaped as in ``key()`` (``trial(n)`` runs one
+    forward and backward in ``n`` shards, changing nothing), measured with the routes of its convolutions where
+    this machine has no answer yet; None where nothing was measured and nothing may be (the size rule decides).
+
+    Measured as one training step, in context: first each shard count in ``shard_counts`` against the rule's
+    ``rule``, then, for that count, each convolution shape met in turn: its routes tried one after another with the
+    others held, the rule's kept unless another is faster by more than ``1 - MARGIN``. Everything chosen is kept."""
+    if not is_numpy_namespace(xp):
         return None
     current = mode()
-    if current == "off" or not is_numpy_namespace(xp):
+    if current == "off":
         return None
     with _lock:
-        table = _load()["conv"]
+        table = _load()["choices"]
         if not table and current != "measure":
             return None
-        key = f"{key()} blas={'1' if one_blas_thread else 'all'}"
-        entry = table.get(key)
-        if entry is not None:
-            return tuple(entry["route"])
-        if current != "measure":
-            return None
-        times = _time(run, candidates)
-        best = min(candidates, key=times.get)
-        if default in times and times[best] > MARGIN * times[default]:
-            best = default
-        table = _load()
-        table["conv"][key] = {"route": list(best), "rule": list(default),
-                              "ms": {"/".join(c): round(t * 1e3, 4) for c, t in times.items()},
-                              "measured": datetime.date.today().isoformat()}
-        _save(table)
-        return best
+        full = _full_key(key())
+        entry = table.get(full)
+    if entry is not None:
+        return int(entry["route"][0])
+    if current != "measure" or not _tuning.acquire(blocking=False):     # another thread measures: the rule now
+        return None
+    global _seen
+    try:
+        counts = [(str(n),) for n in shard_counts]
+        times = _time(lambda c: trial(int(c[0])), counts) if len(counts) > 1 else {}
+        best = _best(times, (str(rule),)) if times else (str(rule),)
+        chosen = int(best[0])
+        _seen = {}
+        trial(chosen)                                            # which convolutions this step runs, and how
+        seen, _seen = _seen, None
+        routes = {}
+        for conv, (candidates, default) in seen.items():
+            stored = table.get(conv)
+            held = tuple(stored["route"]) if stored else default
+            _overrides[conv] = held
+            spent = _time(lambda c: (_overrides.__setitem__(conv, c), trial(chosen)), candidates)
+            _overrides[conv] = _best(spent, held)
+            routes[conv] = (default, spent)
+        with _lock:
+            table = _load()
+            today = datetime.date.today().isoformat()
+            for conv, (default, spent) in routes.items():
+                table["choices"][conv] = {"route": list(_overrides[conv]), "rule": list(default),
+                                          "ms": _ms(spent), "measured": today, "in": full}
+            table["choices"][full] = {"route": [str(chosen)], "rule": [str(rule)], "ms": _ms(times), "measured": today}
+            _save(table)
+        return chosen
+    finally:
+        _seen = None
+        _overrides.clear()
+        _tuning.release()
+
+
+def _best(times: dict, held: tuple) -> tuple:
+    """The fastest candidate, unless ``held`` is within the noise (``MARGIN``) of it."""
+    best = min(times, key=times.get)
+    return held if held in times and times[best] > MARGIN * times[held] else best
+
+
+def _ms(times: dict) -> dict:
+    return {"/".join(c): round(t * 1e3, 4) for c, t in times.items()}
 
 
 def _time(run: Callable[[tuple], Any], candidates: Sequence[tuple]) -> dict:
-    """Each candidate's fastest run: one warm-up each, then up to ``REPEATS`` rounds taking the candidates in turn
-    (so a drifting machine favours none), stopping once a candidate has spent ``BUDGET_S``."""
-    for candidate in candidates:
-        run(candidate)
+    """Each candidate's fastest timed run over ``REPEATS`` rounds (the order reversed every other round, so a
+    drifting machine favours none), stopping once a candidate has spent ``BUDGET_S``. Every timed run follows an
+    untimed run of the same candidate: what ran just before matters (BLAS threads still spinning after a
+    one-piece step slowed the shards that followed by a third, measured), and in training the same choice runs
+    step after step."""
     best = {candidate: float("inf") for candidate in candidates}
     spent = dict.fromkeys(candidates, 0.0)
-    for _ in range(REPEATS):
-        for candidate in candidates:
+    for round_ in range(REPEATS):
+        for candidate in (candidates if round_ % 2 == 0 else list(reversed(candidates))):
+            run(candidate)
             start = time.perf_counter()
             run(candidate)
             elapsed = time.perf_counter() - start

@@ -235,7 +235,7 @@ def _forward(x, w, b, stride, padding, dilation, layout, route, tune: bool):
     out_channels = w.shape[0]
     if route is None:
         route = choose_route(geometry, out_channels)
-        measured = _measured_route(x, w, b, stride, padding, dilation, layout, geometry, xp, route) if tune else None
+        measured = _measured_route(x, w, geometry, xp, route) if tune else None
         route = ConvRoute(*measured) if measured else route
     else:
         route = _check_route(route, geometry)
@@ -259,20 +259,17 @@ def route_candidates(geometry: ConvGeometry) -> list[ConvRoute]:
     return [ConvRoute(c, g) for c in columns for g in input_grads]
 
 
-def _measured_route(x, w, b, stride, padding, dilation, layout, geometry, xp, rule: ConvRoute) -> tuple | None:
-    """The route measured fastest for this shape on this machine (:mod:`xpcnn.tuning`), timing each candidate's
-    forward and backward on these very inputs when asked to measure; None where the size rules decide."""
-    def key() -> str:
-        return (f"conv {layout} x{tuple(x.shape)} w{tuple(w.shape)} stride{geometry.stride} pads{geometry.pads} "
-                f"dilation{geometry.dilation} {x.dtype}")
-
-    def run(candidate: tuple) -> None:
-        y, cache = _forward(x, w, b, stride, padding, dilation, layout, ConvRoute(*candidate), tune=False)
-        conv2d_backward(xp.ones_like(y), cache)
-
-    if geometry.batch == 0:                  # a shape trace (summary, input check): nothing worth measuring
+def _measured_route(x, w, geometry, xp, rule: ConvRoute) -> tuple | None:
+    """The route measured fastest for this shape on this machine, in a model's training step
+    (:mod:`xpcnn.tuning`), or None where the size rules decide."""
+    if geometry.batch == 0:                  # a shape trace (summary, input check): nothing to look up
         return None
-    return tuning.choose(key, route_candidates(geometry), run, xp, rule)
+
+    def key() -> str:
+        return (f"conv {geometry.layout} x{tuple(x.shape)} w{tuple(w.shape)} stride{geometry.stride} "
+                f"pads{geometry.pads} dilation{geometry.dilation} {x.dtype}")
+
+    return tuning.route(key, route_candidates(geometry), rule, xp)
 
 
 def _rows_product(w: Any, cols: Any, xp: Any, geometry: ConvGeometry) -> Any:
