@@ -19,14 +19,12 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("XPCNN_THREADS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import xpcnn  # noqa: E402
-from bench_networks import NETWORKS, _inputs, torch_twin  # noqa: E402
-from harness import machine  # noqa: E402
-from xpcnn import nn  # noqa: E402
+import xpcnn
+from bench_networks import NETWORKS, _inputs, torch_twin
+from harness import machine
+from xpcnn import nn
 
 KINDS = ("conv", "batchnorm", "relu", "pool", "linear", "residual add", "loss", "optimizer", "other")
 _TORCH_KINDS = (     # operator name fragments -> the layer kind they belong to, first match wins
@@ -121,6 +119,7 @@ def profile_torch(torch, net, x, y, steps: int) -> tuple[dict, float]:
 def main():
     import torch
 
+    os.environ.setdefault("XPCNN_THREADS", "1")          # one thread: no batch shards (read at each call)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", nargs="+", choices=sorted(NETWORKS), default=["resnet8", "lenet5"])
     parser.add_argument("--batch", type=int, nargs="+", default=[64])

@@ -131,3 +131,18 @@ def test_bench_onnx_runs_and_reports():
     rows = bench_onnx.run(["lenet5"], (2,), blocks=1, seconds_per_block=0.01)
     assert rows[0]["nodes"] == 12 and rows[0]["error"] < 1e-5
     assert bench_onnx.report(rows).splitlines()[4].startswith("| LeNet-5 | 12 | 2 |")
+
+
+def test_profile_step_splits_a_step_by_layer_kind():
+    """The per-layer profile's xpcnn side adds up: the layer kinds' times are parts of the step's time."""
+    torch = pytest.importorskip("torch", reason="torch not installed: the profile compares with PyTorch")
+    import profile_step
+
+    x, y = bench_networks._inputs("lenet5", 8)
+    model = xpcnn.models.lenet5(seed=0)
+    ours, step = profile_step.profile_xpcnn(model, xpcnn.asarray(x), xpcnn.asarray(y), steps=2)
+    assert {"conv", "pool", "relu", "linear", "loss", "optimizer"} <= set(ours)
+    assert 0 < sum(ours.values()) <= step * 1.05
+    theirs, their_step = profile_step.profile_torch(torch, bench_networks.torch_twin(torch, model, "cpu"),
+                                                    torch.as_tensor(x), torch.as_tensor(y), steps=2)
+    assert theirs.get("conv", 0) > 0 and their_step > 0
