@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 __all__ = [
-    "INITIALIZERS", "AllocationLimitError", "allocation_limit", "default_rng", "filled", "get", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
-    "manual_seed", "notebook_normal", "zeros",
+    "INITIALIZERS", "AllocationLimitError", "allocation_limit", "default_rng", "filled", "get", "glorot_normal",
+    "glorot_uniform", "he_normal", "he_uniform", "manual_seed", "notebook_normal", "zeros",
 ]
 
 _generator = np.random.default_rng(0)
