@@ -45,31 +45,38 @@ def _info(args: argparse.Namespace) -> int:
         api = getattr(selected.xp, "__array_api_version__", "unknown")
         print(f"selected backend: {selected.name} {selected.version}, device {selected.device}, array API {api}")
         status = 0
-    try:
-        from . import parallel
-
-        count = parallel.threads()
-    except _settings.SettingsError as exc:
-        print(f"batch shards: ERROR: {exc}")
-        status = EXIT_FAILED
-    else:
-        print(f"batch shards: up to {count} per model call on the numpy backend, for big enough batches "
-              f"({_settings.ENV['threads']}; 1 turns them off)")
-    try:
-        from . import tuning
-
-        tune = tuning.mode()
-    except _settings.SettingsError as exc:
-        print(f"convolution routes: ERROR: {exc}")
-        status = EXIT_FAILED
-    else:
-        measured = len(tuning.entries()) if tune != "off" else 0
-        print(f"convolution routes and batch shards: {_TUNE_MODES[tune]}; {measured} choices measured on this "
-              f"machine in {tuning.cache_path()} ('xpcnn tune' measures and lists them)")
+    status = _info_line("batch shards", _shards_line, status)
+    status = _info_line("convolution routes and batch shards", _tuning_line, status)
     print("backends here:")
     for name, state in _backend.available_backends().items():
         print(f"  {name:<17} {state}")
     return status
+
+
+def _info_line(label: str, describe, status: int) -> int:
+    """Print ``label: describe()``, or the setting that keeps it from being known (and then fail)."""
+    try:
+        print(f"{label}: {describe()}")
+        return status
+    except _settings.SettingsError as exc:
+        print(f"{label}: ERROR: {exc}")
+        return EXIT_FAILED
+
+
+def _shards_line() -> str:
+    from . import parallel
+
+    return (f"up to {parallel.threads()} per model call on the numpy backend, for big enough batches "
+            f"({_settings.ENV['threads']}; 1 turns them off)")
+
+
+def _tuning_line() -> str:
+    from . import tuning
+
+    tune = tuning.mode()
+    measured = len(tuning.entries()) if tune != "off" else 0
+    return (f"{_TUNE_MODES[tune]}; {measured} choices measured on this machine in {tuning.cache_path()} "
+            f"('xpcnn tune' measures and lists them)")
 
 
 _TUNE_MODES = {"off": "size rules only (XPCNN_TUNE=0)",
