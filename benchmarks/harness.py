@@ -102,16 +102,9 @@ def _timed(fn) -> float:
 def machine() -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from xpcnn.tuning import cpu
+
+    return f"{cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write_section(results: pathlib.Path, name: str, text: str) -> None:

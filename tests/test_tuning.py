@@ -181,3 +181,35 @@ def test_xpcnn_tune_measures_lists_and_info_counts(tmp_path):
     refused = cmd("tune", XPCNN_TUNE="0")
     assert refused.returncode == 2 and "XPCNN_TUNE=0 turns measured routes off" in refused.stderr
 
+
+
+def test_the_machine_key_tells_cpu_generations_apart_that_share_a_name(tmp_path):
+    """A VM's /proc/cpuinfo says "AMD EPYC" for Zen 4 and Zen 5 alike (both ran this project): family, model and
+    stepping go into the key, so one CPU's measurements never decide for the other."""
+    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n" \
+            "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu avx2\n\n"
+    zen4, zen5 = tmp_path / "zen4", tmp_path / "zen5"
+    zen4.write_text("".join(block.format(n=n, family=25, model=17) for n in range(2)))
+    zen5.write_text("".join(block.format(n=n, family=26, model=2) for n in range(2)))
+    assert tuning.cpu(str(zen4)) == "AMD EPYC (family 25, model 17, stepping 1)"
+    assert tuning.cpu(str(zen5)) == "AMD EPYC (family 26, model 2, stepping 1)"
+    assert tuning.cpu(str(tmp_path / "missing")), "no /proc/cpuinfo: the platform's name, never empty"
+
+
+def test_info_says_when_openblas_leaves_the_cpus_avx512_unused(tmp_path, monkeypatch):
+    import threadpoolctl
+
+    avx512 = "fpu avx2 avx512f avx512dq avx512cd avx512bw avx512vl"
+    with_avx512, without = tmp_path / "with", tmp_path / "without"
+    with_avx512.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {avx512}\n\n")
+    without.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2\n\n")
+
+    def blas(kernels):
+        monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [
+            {"user_api": "blas", "internal_api": "openblas", "version": "0.3.31", "architecture": kernels}])
+
+    blas("Haswell")
+    assert "Haswell kernels on a CPU with AVX-512 (OPENBLAS_CORETYPE=SkylakeX" in tuning.blas_kernels(str(with_avx512))
+    assert tuning.blas_kernels(str(without)) == "openblas 0.3.31, Haswell kernels"
+    blas("SkylakeX")
+    assert tuning.blas_kernels(str(with_avx512)) == "openblas 0.3.31, SkylakeX kernels"

@@ -45,6 +45,7 @@ def _info(args: argparse.Namespace) -> int:
         api = getattr(selected.xp, "__array_api_version__", "unknown")
         print(f"selected backend: {selected.name} {selected.version}, device {selected.device}, array API {api}")
         status = 0
+    status = _info_line("machine", _machine_line, status)
     status = _info_line("batch shards", _shards_line, status)
     status = _info_line("convolution routes and batch shards", _tuning_line, status)
     print("backends here:")
@@ -61,6 +62,12 @@ def _info_line(label: str, describe, status: int) -> int:
     except _settings.SettingsError as exc:
         print(f"{label}: ERROR: {exc}")
         return EXIT_FAILED
+
+
+def _machine_line() -> str:
+    from . import parallel, tuning
+
+    return f"{tuning.cpu()}, {parallel.usable_cores()} cores; BLAS: {tuning.blas_kernels()}"
 
 
 def _shards_line() -> str:

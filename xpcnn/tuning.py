@@ -39,7 +39,7 @@ from array_api_compat import is_numpy_namespace
 
 from . import settings as _settings
 
-__all__ = ["BUDGET_S", "MARGIN", "REPEATS", "cache_path", "entries", "forget", "machine", "measuring", "mode",
+__all__ = ["AVX512_KERNELS", "BUDGET_S", "MARGIN", "REPEATS", "blas_kernels", "cache_path", "cpu", "entries", "forget", "machine", "measuring", "mode",
            "route", "tune_model"]
 
 REPEATS = 2          # timed rounds at most (each candidate's fastest run is kept), each run after an untimed one
@@ -74,17 +74,65 @@ def cache_path() -> pathlib.Path:
     return pathlib.Path.home() / ".cache" / "xpcnn" / "tuning.json"
 
 
-def machine() -> dict:
-    """What a measurement holds for: the CPU model, the cores this process may use, NumPy's and its BLAS's
-    versions."""
-    import numpy as np
-
-    cpu = platform.processor() or platform.machine()
+def _first_processor(cpuinfo: str) -> dict:
+    """The first processor's fields in ``cpuinfo`` (Linux's /proc/cpuinfo); empty where there is none."""
+    fields = {}
     try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+        with open(cpuinfo) as handle:
+            for line in handle:
+                field, _, value = line.partition(":")
+                if not field.strip() and fields:
+                    break
+                fields.setdefault(field.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU as /proc/cpuinfo names it, with its family, model and stepping where it gives them: a VM's "AMD EPYC"
+    names Zen 4 (family 25) and Zen 5 (family 26) alike, and both have run this project, at different speeds."""
+    fields = _first_processor(cpuinfo)
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    ids = [f"{field.replace('cpu ', '').lower()} {fields[field]}"
+           for field in ("cpu family", "model", "stepping", "CPU implementer", "CPU part") if field in fields]
+    return f"{name} ({', '.join(ids)})" if ids else name
+
+
+AVX512_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")   # OpenBLAS's core types that use AVX-512
+
+
+def blas_kernels(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Which kernels NumPy's BLAS runs, and whether the CPU has AVX-512 that OpenBLAS's detection left unused (it
+    runs its Haswell kernels on Zen 5, family 26, as on this project's machines)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        found = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        return "unknown (threadpoolctl is not installed)"
+    if not found:
+        return "none found"
+    described = []
+    for info in found:
+        text = f"{info.get('internal_api')} {info.get('version')}"
+        kernels = info.get("architecture")
+        if kernels:
+            text += f", {kernels} kernels"
+            flags = _first_processor(cpuinfo).get("flags", "").split()
+            if (info.get("internal_api") == "openblas" and kernels not in AVX512_KERNELS
+                    and {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"} <= set(flags)):
+                text += (" on a CPU with AVX-512 (OPENBLAS_CORETYPE=SkylakeX, set before NumPy is imported, selects "
+                         "OpenBLAS's AVX-512 kernels; see the README's performance section)")
+        described.append(text)
+    return "; ".join(described)
+
+
+def machine() -> dict:
+    """What a measurement holds for: the CPU (:func:`cpu`), the cores this process may use, NumPy's and its BLAS's
+    versions and the kernels the BLAS chose for this CPU."""
+    import numpy as np
+
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -98,7 +146,7 @@ def machine() -> dict:
         blas = ", ".join(found) or blas
     except ImportError:
         pass
-    return {"cpu": cpu, "cores": cores, "numpy": np.__version__, "blas": blas}
+    return {"cpu": cpu(), "cores": cores, "numpy": np.__version__, "blas": blas}
 
 
 def _machine_key() -> str:
