@@ -20,6 +20,8 @@ from xpcnn.functional import conv
 def tune(monkeypatch, tmp_path):
     """A tuner writing under a temporary home, starting empty; ``tune(mode)`` sets XPCNN_TUNE."""
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(tuning, "WARM_S", 0.0)       # what is measured matters here, not how well
+    monkeypatch.setattr(tuning, "BLOCK_S", 0.0)
     tuning.forget()
 
     def set_mode(value: str | None):
@@ -132,6 +134,19 @@ def test_measurements_hold_for_their_machine_only(tune, monkeypatch):
     _step(_model())
     saved = json.loads(tuning.cache_path().read_text())
     assert len(saved["machines"]) == 2, "each machine keeps its own, in one file"
+
+
+def test_each_candidate_is_timed_in_warmed_blocks_in_alternating_order(monkeypatch):
+    """The timing protocol: per round, each candidate runs untimed (for WARM_S where asked), then a timed block;
+    rounds alternate the order; the median round decides."""
+    monkeypatch.setattr(tuning, "BLOCK_S", 0.0)
+    calls = []
+    times = tuning._time(calls.append, [("a",), ("b",)])
+    assert calls == [("a",)] * 2 + [("b",)] * 4 + [("a",)] * 4 + [("b",)] * 2, "untimed + timed, order a b | b a | a b"
+    assert set(times) == {("a",), ("b",)} and all(t >= 0 for t in times.values())
+    calls.clear()
+    tuning._time(calls.append, [("a",)], warm=0.05)
+    assert len(calls) > 2 * tuning.ROUNDS, "runs kept going untimed for the warm-up"
 
 
 def test_the_rules_choice_stays_unless_another_is_clearly_faster():

@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -39,11 +40,13 @@ from array_api_compat import is_numpy_namespace
 
 from . import settings as _settings
 
-__all__ = ["AVX512_KERNELS", "BUDGET_S", "MARGIN", "REPEATS", "blas_kernels", "cache_path", "cpu", "entries", "forget", "machine", "measuring", "mode",
+__all__ = ["AVX512_KERNELS", "BUDGET_S", "MARGIN", "BLOCK_S", "ROUNDS", "WARM_S", "blas_kernels", "cache_path", "cpu", "entries", "forget", "machine", "measuring", "mode",
            "route", "tune_model"]
 
-REPEATS = 2          # timed rounds at most (each candidate's fastest run is kept), each run after an untimed one
-BUDGET_S = 1.0       # seconds of timed runs per candidate at most
+ROUNDS = 3           # timed rounds (each candidate's median is kept)
+BLOCK_S = 0.05       # a candidate's timed block in a round: runs in a row for at least this long (one at least)
+WARM_S = 0.15        # shard counts run untimed this long before their block: BLAS's spinning threads stop meanwhile
+BUDGET_S = 1.0       # no round starts after a candidate has spent this many seconds of timed runs
 VERSION = 1
 
 _lock = threading.RLock()
@@ -259,7 +262,7 @@ def tune_model(key: Callable[[], str], shard_counts: Sequence[int], rule: int, t
     global _seen
     try:
         counts = [(str(n),) for n in shard_counts]
-        times = _time(lambda c: trial(int(c[0])), counts) if len(counts) > 1 else {}
+        times = _time(lambda c: trial(int(c[0])), counts, warm=WARM_S) if len(counts) > 1 else {}
         best = _best(times, (str(rule),)) if times else (str(rule),)
         chosen = int(best[0])
         _seen = {}
@@ -298,24 +301,35 @@ def _ms(times: dict) -> dict:
     return {"/".join(c): round(t * 1e3, 4) for c, t in times.items()}
 
 
-def _time(run: Callable[[tuple], Any], candidates: Sequence[tuple]) -> dict:
-    """Each candidate's fastest timed run over ``REPEATS`` rounds (the order reversed every other round, so a
-    drifting machine favours none), stopping once a candidate has spent ``BUDGET_S``. Every timed run follows an
-    untimed run of the same candidate: what ran just before matters (BLAS threads still spinning after a
-    one-piece step slowed the shards that followed by a third, measured), and in training the same choice runs
-    step after step."""
-    best = {candidate: float("inf") for candidate in candidates}
+def _time(run: Callable[[tuple], Any], candidates: Sequence[tuple], warm: float = 0.0) -> dict:
+    """Each candidate's time per run: the median over ``ROUNDS`` rounds (fewer once a candidate has spent
+    ``BUDGET_S``), the order reversed every other round so a drifting machine favours none. In a round a candidate
+    first runs untimed, once and for at least ``warm`` seconds, then is timed over a block of runs of at least
+    ``BLOCK_S`` seconds: in training the same choice runs step after step, and what ran just before matters.
+
+    ``warm`` is for candidates that differ in BLAS's thread count (shard counts): OpenBLAS's threads keep spinning
+    for about 0.1 s after their last product (2**28 cycles), and after one-piece steps they took the second core
+    from the batch shards for the next five steps (18-23 ms a step instead of 12-14, LeNet-5 at batch 256 on
+    Zen 5). One untimed step before one timed step, two rounds and the fastest kept chose, in three measurements of
+    that shape, two shards, two, then one piece (13.9 vs 20.0 ms) where blocks of steps found them equal."""
+    samples = {candidate: [] for candidate in candidates}
     spent = dict.fromkeys(candidates, 0.0)
-    for round_ in range(REPEATS):
+    for round_ in range(ROUNDS):
         for candidate in (candidates if round_ % 2 == 0 else list(reversed(candidates))):
-            run(candidate)
             start = time.perf_counter()
             run(candidate)
+            while time.perf_counter() - start < warm:
+                run(candidate)
+            runs, start = 0, time.perf_counter()
+            while runs == 0 or time.perf_counter() - start < BLOCK_S:
+                run(candidate)
+                runs += 1
             elapsed = time.perf_counter() - start
-            best[candidate], spent[candidate] = min(best[candidate], elapsed), spent[candidate] + elapsed
+            samples[candidate].append(elapsed / runs)
+            spent[candidate] += elapsed
         if max(spent.values()) > BUDGET_S:
             break
-    return best
+    return {candidate: statistics.median(times) for candidate, times in samples.items()}
 
 
 def forget() -> None:
