@@ -227,6 +227,7 @@ def test_info_lists_backends(tmp_path):
     done = xpcnn_cmd("info", tmp_path=tmp_path)
     assert done.returncode == 0 and "selected backend: numpy" in done.stdout
     assert re.search(r"batch shards: up to \d+ per model call", done.stdout)
+    assert re.search(r"machine: .+, \d+ cores; BLAS: ", done.stdout), "the CPU and the BLAS's kernels are named"
 
 
 def test_info_reports_a_bad_thread_count_and_fails(tmp_path):
