@@ -18,8 +18,8 @@ and shape exists, it decides instead:
 
 Only NumPy arrays are measured (a GPU library's calls return before their kernels finish, so host timers would
 mislead); other backends keep the size rules. The measurements live in ``~/.cache/xpcnn/tuning.json``, keyed by
-the CPU model, the core count, the NumPy and BLAS versions and whether BLAS runs on one thread (inside batch
-shards) or on all; each entry keeps the time of every candidate, so ``xpcnn tune`` and ``xpcnn info`` can show
+the CPU (its model name, family, model and stepping), the core count, the NumPy and BLAS versions and BLAS's
+kernels, and whether BLAS runs on one thread (inside batch shards) or on all; each entry keeps the time of every candidate, so ``xpcnn tune`` and ``xpcnn info`` can show
 why. Delete the file to measure again.
 """
 
