@@ -19,8 +19,8 @@ and shape exists, it decides instead:
 Only NumPy arrays are measured (a GPU library's calls return before their kernels finish, so host timers would
 mislead); other backends keep the size rules. The measurements live in ``~/.cache/xpcnn/tuning.json``, keyed by
 the CPU (its model name, family, model and stepping), the core count, the NumPy and BLAS versions and BLAS's
-kernels, and whether BLAS runs on one thread (inside batch shards) or on all; each entry keeps the time of every candidate, so ``xpcnn tune`` and ``xpcnn info`` can show
-why. Delete the file to measure again.
+kernels, and whether BLAS runs on one thread (inside batch shards) or on all; each entry keeps the time of every
+candidate, so ``xpcnn tune`` and ``xpcnn info`` can show why. Delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from array_api_compat import is_numpy_namespace
 
 from . import settings as _settings
 
-__all__ = ["AVX512_KERNELS", "BUDGET_S", "MARGIN", "BLOCK_S", "ROUNDS", "WARM_S", "blas_kernels", "cache_path", "cpu", "entries", "forget", "machine", "measuring", "mode",
-           "route", "tune_model"]
+__all__ = ["AVX512_KERNELS", "BUDGET_S", "MARGIN", "BLOCK_S", "ROUNDS", "WARM_S", "blas_kernels", "cache_path",
+           "cpu", "entries", "forget", "machine", "measuring", "mode", "route", "tune_model"]
 
 ROUNDS = 3           # timed rounds (each candidate's median is kept)
 BLOCK_S = 0.05       # a candidate's timed block in a round: runs in a row for at least this long (one at least)
