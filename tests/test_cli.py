@@ -209,9 +209,16 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path):
     path = tmp_path / "run.npz"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("XPCNN_")}
     environment["HOME"] = str(tmp_path)
-    process = subprocess.Popen([sys.executable, "-m", "xpcnn", "train", "--quiet", "--epochs", "20",
-                                "--batch-size", "256", "--checkpoint", str(path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    # The child gets Ctrl-C's default action whatever this process inherited: a background job of a
+    # non-interactive shell ignores SIGINT, an ignored signal stays ignored across exec, and Python then installs
+    # no KeyboardInterrupt (seen: the run trained on). A handled signal is reset to the default by exec.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "xpcnn", "train", "--quiet", "--epochs", "20",
+                                    "--batch-size", "256", "--checkpoint", str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     deadline = time.monotonic() + 300
     while not path.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
