@@ -64,6 +64,7 @@ def assert_gradients_close(analytic, numeric, rtol=1e-6):
 
 def runs_this_example(B: ArrayBackend, case: dict) -> bool:
     """Whether a hypothesis example runs on backend ``B``: every one, except on JAX, which compiles each new shape
-    eagerly (seconds per example on two cores) and runs every third example, chosen by its seed, so each property
-    still meets about eight random shapes there."""
-    return not B.name.startswith("jax") or case["seed"] % 3 == 0
+    eagerly (seconds per example on two cores) and runs every fifth example, chosen by its seed, so each property
+    still meets about five random shapes there (every third took 100 of the suite's 380 s; numpy, array_api_strict
+    and torch meet all of them, and JAX's own path, updates of immutable arrays, is the same for every shape)."""
+    return not B.name.startswith("jax") or case["seed"] % 5 == 0
