@@ -197,7 +197,6 @@ def test_xpcnn_tune_measures_lists_and_info_counts(tmp_path):
     assert refused.returncode == 2 and "XPCNN_TUNE=0 turns measured routes off" in refused.stderr
 
 
-
 def test_the_machine_key_tells_cpu_generations_apart_that_share_a_name(tmp_path):
     """A VM's /proc/cpuinfo says "AMD EPYC" for Zen 4 and Zen 5 alike (both ran this project): family, model and
     stepping go into the key, so one CPU's measurements never decide for the other."""

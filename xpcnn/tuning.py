@@ -105,26 +105,32 @@ def cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
 AVX512_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")   # OpenBLAS's core types that use AVX-512
 
 
+def _blas_libraries() -> list[dict] | None:
+    """threadpoolctl's description of each BLAS NumPy loaded; None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [info for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
 def blas_kernels(cpuinfo: str = "/proc/cpuinfo") -> str:
     """Which kernels NumPy's BLAS runs, and whether the CPU has AVX-512 that OpenBLAS's detection left unused (it
     runs its Haswell kernels on Zen 5, family 26, as on this project's machines)."""
-    try:
-        from threadpoolctl import threadpool_info
-
-        found = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    except ImportError:
+    found = _blas_libraries()
+    if found is None:
         return "unknown (threadpoolctl is not installed)"
     if not found:
         return "none found"
+    avx512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"} <= set(
+        _first_processor(cpuinfo).get("flags", "").split())
     described = []
     for info in found:
         text = f"{info.get('internal_api')} {info.get('version')}"
         kernels = info.get("architecture")
         if kernels:
             text += f", {kernels} kernels"
-            flags = _first_processor(cpuinfo).get("flags", "").split()
-            if (info.get("internal_api") == "openblas" and kernels not in AVX512_KERNELS
-                    and {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"} <= set(flags)):
+            if info.get("internal_api") == "openblas" and kernels not in AVX512_KERNELS and avx512:
                 text += (" on a CPU with AVX-512 (OPENBLAS_CORETYPE=SkylakeX, set before NumPy is imported, selects "
                          "OpenBLAS's AVX-512 kernels; see the README's performance section)")
         described.append(text)
@@ -140,16 +146,9 @@ def machine() -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    blas = "unknown"
-    try:
-        from threadpoolctl import threadpool_info
-
-        found = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
-                 for i in threadpool_info() if i.get("user_api") == "blas"]
-        blas = ", ".join(found) or blas
-    except ImportError:
-        pass
-    return {"cpu": cpu(), "cores": cores, "numpy": np.__version__, "blas": blas}
+    found = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+             for i in _blas_libraries() or []]
+    return {"cpu": cpu(), "cores": cores, "numpy": np.__version__, "blas": ", ".join(found) or "unknown"}
 
 
 def _machine_key() -> str:
