@@ -261,8 +261,10 @@ class Module:
 
     # -- the tree
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
-        """The modules held as attributes (assigned in ``__init__`` or later), in assignment order."""
-        for name, value in vars(self).items():
+        """The modules held as attributes (assigned in ``__init__`` or later), in assignment order. The attributes
+        are read as one snapshot: a call running in another thread may set one (``_last``) meanwhile, and iterating
+        the live dict then raised "dictionary changed size during iteration" (two fits of one model, seen in CI)."""
+        for name, value in list(vars(self).items()):
             if isinstance(value, Module):
                 yield name, value
             else:
@@ -285,7 +287,7 @@ class Module:
         return [m for _, m in self.named_modules()]
 
     def _named_own(self, kind: type) -> Iterator[tuple[str, Any]]:
-        for name, value in vars(self).items():
+        for name, value in list(vars(self).items()):         # a snapshot, as in named_children
             if isinstance(value, kind):
                 yield name, value
 
