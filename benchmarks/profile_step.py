@@ -61,7 +61,7 @@ def profile_xpcnn(model, x, y, steps: int) -> tuple[dict, float]:
                 inner[0] = outer + elapsed
         return call
 
-    for module in getattr(model, "module", model).modules():
+    for module in model.modules():
         module._forward = timed(module, module._forward)
         module._backward = timed(module, module._backward)
     loss_fn = nn.CrossEntropyLoss()

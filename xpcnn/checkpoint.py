@@ -36,7 +36,6 @@ from . import backend as _backend
 from . import init as _init
 from .atomic import write_atomic
 from .nn import Module, from_config
-from .parallel import shard
 from .nn.module import check_dtype, precision
 
 __all__ = ["Checkpoint", "CheckpointError", "ResumeConflict", "check_resume", "load", "save"]
@@ -316,7 +315,7 @@ def _model(path: pathlib.Path, meta: dict, model: Module | None, held: int) -> M
     try:
         with _init.allocation_limit(held, f"which is all the file's parameters and buffers hold"):
             built = from_config(meta.get("model"))
-        return shard(built)                                # fast on every core, as the models xpcnn builds
+        return built
     except _init.AllocationLimitError as exc:
         raise CheckpointError(f"{path}: its model configuration asks for more than the file holds: {exc}; the "
                               f"configuration was edited, or the file is not what it claims") from None

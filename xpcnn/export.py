@@ -32,7 +32,6 @@ from .functional.conv import conv_geometry
 from .nn import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool2D, LeakyReLU, Linear, MaxPool2D,
                  Module, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh)
 from .nn.containers import ModuleList
-from .parallel import BatchShards
 
 __all__ = ["OnnxGraph", "export_onnx", "register_onnx", "torch_state_dict"]
 
@@ -171,11 +170,6 @@ def torch_state_dict(model: Module) -> dict:
 
 
 # --------------------------------------------------------------------------- the mappings
-@register_onnx(BatchShards)
-def _shards(module, graph, x, in_shape, out_shape):
-    return graph.emit(module.module, x, in_shape)[0]
-
-
 def _chain(layers, graph, x, in_shape):
     for layer in layers:
         x, in_shape = graph.emit(layer, x, in_shape)
