@@ -44,7 +44,7 @@ def _build(network: str, dtype: str = "float32", dropout: bool = False):
     if dtype != "float32":
         model = model.to(dtype=dtype)
     if dropout:
-        model.module.insert(len(model.module) - 1, nn.Dropout(0.3, seed=7))
+        model.insert(len(model) - 1, nn.Dropout(0.3, seed=7))
     return model
 
 

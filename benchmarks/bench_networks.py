@@ -53,7 +53,6 @@ def torch_twin(torch, model: nn.Module, device):
             return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
     def build(layer):
-        layer = getattr(layer, "module", layer)       # BatchShards wraps the models xpcnn builds
         config = layer.config()
         if isinstance(layer, nn.Sequential):
             return tnn.Sequential(*(build(child) for child in layer.layers))

@@ -102,7 +102,7 @@ def _timed(fn) -> float:
 def machine() -> str:
     import os
 
-    from xpcnn.tuning import cpu
+    from xpcnn.machine import cpu
 
     return f"{cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 

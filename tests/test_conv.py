@@ -376,7 +376,7 @@ def test_routes_that_a_geometry_cannot_take_are_refused_by_name():
     assert F.conv2d_forward(x, w, route="im2col")[1].route == F.ConvRoute("im2col", "col2im")
 
 
-def test_the_chosen_routes_follow_the_measured_thresholds():
+def test_the_chosen_routes_follow_the_size_rules():
     """ResNet's 16@32x32 3x3 layer at batch 64 and LeNet-5's layers at batch 256 take the rows route; LeNet-5's
     layers at batch 64 and strided layers one product. 'same' 3x3 layers take the transposed input gradient,
     LeNet-5's second layer (whose dy columns would be 5x larger) and strided layers col2im."""

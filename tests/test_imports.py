@@ -69,3 +69,25 @@ def test_the_package_ships_its_license_changelog_and_type_marker():
     assert (root / "CHANGELOG.md").read_text().startswith("# Changelog")
     assert importlib.resources.files("xpcnn").joinpath("py.typed").is_file()
     assert '"xpcnn" = ["py.typed"]' in (root / "pyproject.toml").read_text()
+
+
+def test_functional_is_pure():
+    """The layering rule: xpcnn/functional/ imports nothing of xpcnn outside itself, no array library, and opens
+    no file, reads no setting and keeps no global state (what a measured-route cache in $HOME once broke)."""
+    paths = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    known = set(paths)
+    for name, path in sorted(paths.items()):
+        if not name.startswith("xpcnn.functional"):
+            continue
+        outside = {m for m in _imports(path, name, known) if not m.startswith("xpcnn.functional")}
+        assert not outside, f"{name} imports {sorted(outside)}"
+        tree = ast.parse(path.read_text())
+        modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for alias in node.names}
+        modules |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and not node.level}
+        assert not modules & {"numpy", "cupy", "torch", "jax", "os", "pathlib", "io", "threading"}, (name, modules)
+        calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name)}
+        assert "open" not in calls, f"{name} opens a file"
+        assert not [node for node in ast.walk(tree) if isinstance(node, ast.Global)], f"{name} rebinds a global"

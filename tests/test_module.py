@@ -299,7 +299,7 @@ def test_modules_held_in_a_module_list_or_assigned_later_are_found_and_plain_lis
     tower.head = nn.Linear(2, 1)                       # attached after construction
     assert "head.weight" in dict(tower.named_parameters())
     model = xpcnn.models.lenet5()
-    model.module.extra = nn.Linear(2, 2)               # a Sequential's own attribute, next to its layers
+    model.extra = nn.Linear(2, 2)                      # a Sequential's own attribute, next to its layers
     assert "extra.weight" in dict(model.named_parameters())
 
     class Hidden(nn.Module):

@@ -1,4 +1,4 @@
-"""Batch shards (xpcnn.parallel.BatchShards): a batch split over threads gives the one-thread results, a failing
+"""Batch shards (the executor in xpcnn.parallel): a batch split over threads gives the one-thread results, a failing
 shard neither hangs nor hides its error, and several threads using the package never meet."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 
 @pytest.fixture
 def tiny_shards(monkeypatch):
-    """Any batch of two or more samples is big enough to shard."""
-    monkeypatch.setattr(xpcnn.thresholds, "MIN_SHARD_ELEMENTS", 1)
+    """Any batch of two or more samples is big enough to shard, in up to two threads."""
+    monkeypatch.setattr(parallel, "MIN_SHARD_ELEMENTS", 1)
+    monkeypatch.setenv("XPCNN_THREADS", "2")
 
 
 def _sharded(model) -> bool:
@@ -37,8 +38,8 @@ def _step(model, x, labels):
 
 
 NETS = {
-    "lenet5": (lambda: xpcnn.models.lenet5(dtype="float64").module, (1, 28, 28)),
-    "resnet8": (lambda: xpcnn.models.resnet8(in_channels=3, image_size=12, dtype="float64").module, (3, 12, 12)),
+    "lenet5": (lambda: xpcnn.models.lenet5(dtype="float64"), (1, 28, 28)),
+    "resnet8": (lambda: xpcnn.models.resnet8(in_channels=3, image_size=12, dtype="float64"), (3, 12, 12)),
 }
 
 
@@ -51,8 +52,10 @@ def test_shards_give_the_one_thread_results(tiny_shards, net, n, batch):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, *shape))
     labels = rng.integers(0, 10, batch)
-    expected = _step(build(), x, labels)                                  # the bare model: one piece
-    got = _step(parallel.BatchShards(build(), threads=n), x, labels)
+    with parallel.use_threads(1):
+        expected = _step(build(), x, labels)                              # one piece
+    with parallel.use_threads(n):
+        got = _step(build(), x, labels)
     assert not expected[0] and got[0], "the comparison must be one thread against shards"
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-12, atol=1e-12)
     assert got[2] == pytest.approx(expected[2], rel=1e-12)
@@ -67,7 +70,7 @@ def test_sharded_steps_repeat_bit_for_bit_and_train(tiny_shards):
     labels = rng.integers(0, 10, 16)
     runs = []
     for _ in range(2):
-        model = parallel.shard(xpcnn.models.lenet5(), threads=2)
+        model = xpcnn.models.lenet5()
         optimizer = xpcnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         losses = []
         for _ in range(5):
@@ -82,51 +85,74 @@ def test_sharded_steps_repeat_bit_for_bit_and_train(tiny_shards):
     assert runs[0][0][-1] < runs[0][0][0] * 0.5
 
 
-def test_the_wrapper_is_invisible_to_the_tree_and_checkpoints(tmp_path):
+def test_models_stay_their_own_class_and_still_use_every_core(tiny_shards, tmp_path):
+    """Built and loaded models are the user's Sequential (no wrapper: its errors, its type), and a big batch of
+    the hand-written loop's plain ``model(x)`` still runs in shards."""
     model = xpcnn.models.lenet5()
-    bare = model.module
-    assert isinstance(model, parallel.BatchShards) and isinstance(bare, xpcnn.nn.Sequential)
-    assert parallel.shard(model) is model, "wrapping twice is wrapping once"
-    assert [n for n, _ in model.named_parameters()] == [n for n, _ in bare.named_parameters()]
-    assert model.config() == bare.config() and model.name == "lenet5" and model.input_shape == (1, 28, 28)
-    assert model[0] is bare.layers[0] and len(model) == len(bare) and model.layers is bare.layers
-    assert model.summary() == bare.summary()
+    assert type(model) is xpcnn.nn.Sequential and not hasattr(model, "module")
     xpcnn.save(tmp_path / "m.npz", model)
     loaded = xpcnn.load(tmp_path / "m.npz").model
-    assert isinstance(loaded, parallel.BatchShards), "a loaded model runs on every core like a built one"
-    with pytest.raises(TypeError, match="already wrapped"):
-        parallel.BatchShards(model)
-    with pytest.raises(ValueError, match="threads must be a whole number >= 1 or None; got 0"):
-        parallel.BatchShards(bare, threads=0)
+    assert type(loaded) is xpcnn.nn.Sequential
+    loaded(np.zeros((4, 1, 28, 28), dtype=np.float32))
+    assert _sharded(loaded)
+    with pytest.raises(ValueError, match="^Sequential.backward: dy must have"):
+        loaded.backward(np.zeros((3, 10), dtype=np.float32))
+
+
+def test_use_threads_overrides_for_a_block_and_checks_its_argument(monkeypatch):
+    monkeypatch.setenv("XPCNN_THREADS", "2")
+    with parallel.use_threads(1):
+        assert parallel.threads() == 1
+        with parallel.use_threads(3):
+            assert parallel.threads() == 3
+        assert parallel.threads() == 1
+    assert parallel.threads() == 2
+    for bad in (0, True, 1.5, "2"):
+        with pytest.raises(ValueError, match=f"use_threads: n must be a whole number >= 1; got {bad!r}"):
+            with parallel.use_threads(bad):
+                pass
+
+
+def test_a_forward_leaves_malloc_alone_and_tune_allocator_is_explicit():
+    """Calling a model changes nothing process-wide; fit and the CLI call tune_allocator themselves."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, xpcnn\n"
+            "m = xpcnn.models.lenet5(); m(np.zeros((256, 1, 28, 28), np.float32))\n"
+            "assert not xpcnn.parallel._allocator_tried, 'a forward tuned malloc'\n"
+            "print(xpcnn.parallel.tune_allocator())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("True", "False")
 
 
 def test_plan_shards_only_what_it_may(monkeypatch):
     monkeypatch.setenv("XPCNN_THREADS", "2")
     big = np.zeros((256, 1, 28, 28), dtype=np.float32)
     lenet = xpcnn.models.lenet5()
-    assert lenet._plan(big) == 2
-    assert lenet._plan(big[:128]) == 1, "LeNet-5 below batch 256 is as fast or faster in one thread"
+    assert parallel.plan(lenet, big) == 2
+    assert parallel.plan(lenet, big[:128]) == 1, "LeNet-5 below batch 256 is as fast or faster in one thread"
     resnet = xpcnn.models.resnet8()
-    assert resnet._plan(big[:64]) == 2, "ResNet-8 does ~6x LeNet-5's work per sample and module"
-    assert resnet._plan(big[:16]) == 1
+    assert parallel.plan(resnet, big[:64]) == 2, "ResNet-8 does ~6x LeNet-5's work per sample and module"
+    assert parallel.plan(resnet, big[:16]) == 1
     wrong = np.zeros((4096, 1, 3, 3), dtype=np.float32)        # LeNet-5's second convolution cannot take it
-    assert lenet._plan(wrong) == 1, "an input the model refuses is not sharded (the call will say why)"
-    with_dropout = parallel.shard(xpcnn.nn.Sequential(xpcnn.nn.Flatten(), xpcnn.nn.Dropout(0.5),
-                                                      xpcnn.nn.Linear(784, 10)))
-    assert with_dropout._plan(big) == 1, "dropout masks come from one generator, in order"
+    assert parallel.plan(lenet, wrong) == 1, "an input the model refuses is not sharded (the call will say why)"
+    with_dropout = xpcnn.nn.Sequential(xpcnn.nn.Flatten(), xpcnn.nn.Dropout(0.5), xpcnn.nn.Linear(784, 10))
+    assert parallel.plan(with_dropout, big) == 1, "dropout masks come from one generator, in order"
 
     class Mine(xpcnn.nn.Module):                 # a user's module has made no promise
         def _forward(self, x, run):
             return x, None
-    assert parallel.shard(xpcnn.nn.Sequential(Mine(), xpcnn.nn.Flatten()))._plan(big) == 1
+    assert parallel.plan(xpcnn.nn.Sequential(Mine(), xpcnn.nn.Flatten()), big) == 1
     monkeypatch.setenv("XPCNN_THREADS", "1")
-    assert lenet._plan(big) == 1
+    assert parallel.plan(lenet, big) == 1
     monkeypatch.setenv("XPCNN_THREADS", "2")
     parallel.limit_threads(1)                    # what xpcnn.distributed.init does with 2 ranks on 2 cores
     try:
-        assert lenet._plan(big) == 2, "XPCNN_THREADS, when set, wins"
+        assert parallel.plan(lenet, big) == 2, "XPCNN_THREADS, when set, wins"
         monkeypatch.delenv("XPCNN_THREADS")
-        assert lenet._plan(big) == 1
+        assert parallel.plan(lenet, big) == 1
     finally:
         parallel.limit_threads(None)
 
@@ -134,9 +160,10 @@ def test_plan_shards_only_what_it_may(monkeypatch):
 def test_plan_never_shards_other_backends():
     strict = pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
     with xpcnn.use_backend("array_api_strict"):
-        model = parallel.shard(xpcnn.models.lenet5(), threads=2)
+        model = xpcnn.models.lenet5()
         x = strict.zeros((256, 1, 28, 28), dtype=strict.float32)
-        assert model._plan(x) == 1
+        with parallel.use_threads(2):
+            assert parallel.plan(model, x) == 1
 
 
 def test_a_bad_thread_count_is_refused(monkeypatch):
@@ -163,8 +190,8 @@ class _FailsInShard(xpcnn.nn.Module):
 
 @pytest.mark.parametrize("batch", [3, 2])
 def test_a_failing_shard_raises_its_own_error_and_nothing_hangs(tiny_shards, batch):
-    model = parallel.shard(xpcnn.nn.Sequential(xpcnn.nn.Conv2D(1, 2, 3), _FailsInShard(batch),
-                                               xpcnn.nn.BatchNorm2D(2), xpcnn.nn.Flatten()), threads=2)
+    model = xpcnn.nn.Sequential(xpcnn.nn.Conv2D(1, 2, 3), _FailsInShard(batch),
+                                               xpcnn.nn.BatchNorm2D(2), xpcnn.nn.Flatten())
     x = np.zeros((5, 1, 5, 5), dtype=np.float32)             # shards of 3 and 2
     outcome = []
 
@@ -179,8 +206,8 @@ def test_a_failing_shard_raises_its_own_error_and_nothing_hangs(tiny_shards, bat
     worker.join(timeout=30)
     assert not worker.is_alive(), "a shard waits forever"
     assert len(outcome) == 1 and isinstance(outcome[0], ValueError) and "shard trouble" in str(outcome[0])
-    out = parallel.shard(xpcnn.nn.Sequential(xpcnn.nn.Conv2D(1, 2, 3), xpcnn.nn.BatchNorm2D(2),
-                                             xpcnn.nn.Flatten()), threads=2)(x)
+    out = xpcnn.nn.Sequential(xpcnn.nn.Conv2D(1, 2, 3), xpcnn.nn.BatchNorm2D(2),
+                                             xpcnn.nn.Flatten())(x)
     assert out.shape == (5, 18), "the pool works after a failure"
 
 
@@ -196,7 +223,7 @@ def test_a_shard_left_alone_at_a_sum_times_out_with_the_cause(tiny_shards, monke
                 run.reduce(1)
             return x, None
 
-    model = parallel.shard(xpcnn.nn.Sequential(SumsOnOneShard(), xpcnn.nn.Flatten()), threads=2)
+    model = xpcnn.nn.Sequential(SumsOnOneShard(), xpcnn.nn.Flatten())
     with pytest.raises(parallel.ShardTimeoutError, match="waited 0.5 s for the other shards"):
         model(np.zeros((5, 1, 4, 4), dtype=np.float32))
 
@@ -211,7 +238,7 @@ def test_blas_threads_are_given_back_even_when_calls_overlap(tiny_shards):
     """Sharded calls from four threads at once, on two models: every one finishes, and BLAS has its thread
     count back afterwards (overlapping calls run in one piece instead of setting and restoring it out of order)."""
     before = _blas_threads()
-    models = [parallel.shard(xpcnn.models.lenet5(), threads=2) for _ in range(2)]
+    models = [xpcnn.models.lenet5() for _ in range(2)]
     x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
     errors = []
 
@@ -236,7 +263,7 @@ def test_three_threads_starting_one_fresh_model_finish_with_its_answer(tiny_shar
     deadlocks, and each gets what one thread alone gets."""
     x = np.random.default_rng(3).standard_normal((8, 3, 12, 12))
     expected = xpcnn.models.resnet8(in_channels=3, image_size=12, dtype="float64").eval()(x)
-    model = parallel.shard(xpcnn.models.resnet8(in_channels=3, image_size=12, dtype="float64"), threads=2).eval()
+    model = xpcnn.models.resnet8(in_channels=3, image_size=12, dtype="float64").eval()
     results, errors = [None] * 3, []
 
     def work(i):
@@ -300,7 +327,7 @@ def test_two_threads_train_two_models_and_a_summary_meets_neither(tiny_shards):
 
 
 def test_backward_checks_the_batch_of_a_sharded_output(tiny_shards):
-    model = parallel.shard(xpcnn.models.lenet5(), threads=2)
+    model = xpcnn.models.lenet5()
     model(np.zeros((4, 1, 28, 28), dtype=np.float32))
     assert _sharded(model)
     with pytest.raises(ValueError, match="batch size 4; got shape \\(3, 10\\)"):
@@ -310,7 +337,7 @@ def test_backward_checks_the_batch_of_a_sharded_output(tiny_shards):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
 def test_a_forked_child_gets_its_own_shard_threads(tiny_shards):
     """A child forked after shards ran (a data-loading worker, say) inherits the pool but not its threads."""
-    model = parallel.shard(xpcnn.models.lenet5(), threads=2)
+    model = xpcnn.models.lenet5()
     x = np.zeros((4, 1, 28, 28), dtype=np.float32)
     model(x)
     pid = os.fork()

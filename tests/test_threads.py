@@ -18,8 +18,8 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 def _net(seed=0):
     """A small network with BatchNorm (whose mode matters) and a dense head, fast to train."""
     xpcnn.init.manual_seed(seed)
-    return xpcnn.parallel.shard(nn.Sequential(nn.Conv2D(1, 4, 3), nn.BatchNorm2D(4), nn.ReLU(), nn.MaxPool2D(2),
-                                              nn.Flatten(), nn.Linear(4 * 5 * 5, 10), input_shape=(1, 12, 12)))
+    return nn.Sequential(nn.Conv2D(1, 4, 3), nn.BatchNorm2D(4), nn.ReLU(), nn.MaxPool2D(2),
+                         nn.Flatten(), nn.Linear(4 * 5 * 5, 10), input_shape=(1, 12, 12))
 
 
 def _data(n=192, seed=1):

@@ -7,7 +7,7 @@ work on arrays of any of them.
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import callbacks, data, distributed, export, functional, init, models, nn, optim, parallel, settings, thresholds
+from . import callbacks, data, distributed, export, functional, init, models, nn, optim, parallel, settings
 from .backend import (
     BACKENDS,
     Backend,
@@ -34,5 +34,5 @@ __all__ = [
     "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "History", "TrainStep",
     "TrainingDivergedError", "__version__", "asarray", "available_backends", "callbacks", "data", "distributed",
     "evaluate", "export", "export_onnx", "fit", "functional", "get_backend", "init", "load", "models", "nn", "optim",
-    "parallel", "save", "set_backend", "settings", "thresholds", "to_numpy", "use_backend",
+    "parallel", "save", "set_backend", "settings", "to_numpy", "use_backend",
 ]

@@ -1,14 +1,12 @@
-"""Ready-made networks. Each takes a ``seed`` so that its initial weights are the same on every backend.
-
-Each builder returns its :class:`~xpcnn.nn.Sequential` wrapped in :class:`xpcnn.parallel.BatchShards`, which
-runs big batches on every CPU core and is otherwise invisible (``model.layers``, names, checkpoints and
-``summary()`` are the Sequential's; ``model.module`` is the Sequential itself).
-"""
+"""Ready-made networks, each a plain :class:`~xpcnn.nn.Sequential`. Each takes a ``seed`` so that its initial
+weights are the same on every backend. :func:`build` takes any of them by name, and ``resnet<6n+2>`` (e.g.
+``resnet32``) for any depth of :func:`resnet`."""
 
 from __future__ import annotations
 
-import functools
 import inspect
+import re
+from typing import Any
 
 import numpy as np
 
@@ -17,17 +15,8 @@ from .nn import (
     BatchNorm2D, Conv2D, Flatten, GlobalAvgPool2D, Linear, MaxPool2D, ReLU, Residual, Sequential, Sigmoid,
 )
 from .nn.module import check_dtype
-from .parallel import BatchShards, shard
 
-__all__ = ["MODELS", "build", "build_for", "lenet5", "resnet", "resnet20", "resnet8", "seed_binary", "seed_cnn"]
-
-
-def _sharded(builder):
-    """A builder whose model comes wrapped in BatchShards."""
-    @functools.wraps(builder)
-    def build(*args, **kwargs) -> BatchShards:
-        return shard(builder(*args, **kwargs))
-    return build
+__all__ = ["MODELS", "build", "build_for", "known", "lenet5", "resnet", "resnet20", "resnet8", "seed_binary", "seed_cnn"]
 
 
 def _check(model: str, num_classes: int, dtype: str) -> None:
@@ -35,8 +24,7 @@ def _check(model: str, num_classes: int, dtype: str) -> None:
     check_dtype(model, dtype)
 
 
-@_sharded
-def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> BatchShards:
+def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Sequential:
     """LeNet-5 for 1x28x28 inputs, with ReLU and max pooling: 61,706 parameters.
 
     conv 6@5x5 (padding 2) - pool 2 - conv 16@5x5 - pool 2 - dense 120 - dense 84 - dense ``num_classes``.
@@ -55,8 +43,7 @@ def lenet5(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Batc
     )
 
 
-@_sharded
-def seed_cnn(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> BatchShards:
+def seed_cnn(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Sequential:
     """The classic notebook's MNIST network (seeds/002): conv 16@3x3 'valid' with one bias per output
     position (CNNLayer), ReLU, flatten, dense ``num_classes`` (train it with CrossEntropyLoss)."""
     rng = np.random.default_rng(seed)
@@ -68,8 +55,7 @@ def seed_cnn(num_classes: int = 10, seed: int = 0, dtype: str = "float32") -> Ba
     )
 
 
-@_sharded
-def seed_binary(image_size: int = 32, seed: int = 0, dtype: str = "float32", init: str = "notebook_normal") -> BatchShards:
+def seed_binary(image_size: int = 32, seed: int = 0, dtype: str = "float32", init: str = "notebook_normal") -> Sequential:
     """The classic notebook's single-image network (seeds/000): one 5x5 'same' convolution with a single bias,
     ReLU, 2x2 max pooling, flatten, one neuron and a sigmoid (train it with BCELoss or MSELoss)."""
     rng = np.random.default_rng(seed)
@@ -82,9 +68,8 @@ def seed_binary(image_size: int = 32, seed: int = 0, dtype: str = "float32", ini
     )
 
 
-@_sharded
-def resnet(depth: int, num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
-           dtype: str = "float32") -> BatchShards:
+def resnet(depth: int, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple | None = None, seed: int = 0,
+           dtype: str = "float32") -> Sequential:
     """The CIFAR ResNet of He et al. 2016 (section 4.2): ``depth = 6n + 2`` layers.
 
     A 3x3 convolution to 16 channels, then three stages of ``n`` residual blocks with 16, 32 and 64 channels
@@ -92,15 +77,15 @@ def resnet(depth: int, num_classes: int = 10, in_channels: int = 1, image_size: 
     layer. Each block is conv 3x3 - BN - ReLU - conv 3x3 - BN, plus a shortcut: the identity, or a
     projection (1x1 convolution with the stride, then BN) where the shape changes; then ReLU.
     Convolutions have no bias (the BN after each has one). ``in_channels``: 1 for MNIST, 3 for CIFAR-10;
-    ``image_size`` (default 28 for one channel, else 32) only sets ``input_shape`` for checks and summaries:
-    the network runs on any size.
+    ``image_size`` (an int for square images or a pair (H, W); default 28 for one channel, else 32) only sets
+    ``input_shape`` for checks and summaries: the network runs on any size.
     """
     name = f"resnet{depth}"
     _check(name, num_classes, dtype)
     in_channels = as_int(name, "in_channels", in_channels, 1)
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"resnet: depth must be 6n + 2 for n >= 1 (8, 14, 20, 32, ...); got {depth!r}")
-    size = as_int(name, "image_size", image_size if image_size is not None else 28 if in_channels == 1 else 32, 1)
+    size = _image_size(name, image_size if image_size is not None else 28 if in_channels == 1 else 32)
     rng = np.random.default_rng(seed)
 
     def conv(cin, cout, kernel, stride=1):
@@ -119,17 +104,17 @@ def resnet(depth: int, num_classes: int = 10, in_channels: int = 1, image_size: 
             layers += [Residual(body, shortcut), ReLU()]
             channels = width
     layers += [GlobalAvgPool2D(), Linear(channels, num_classes, init="glorot_uniform", dtype=dtype, rng=rng)]
-    return Sequential(*layers, input_shape=(in_channels, size, size), name=name)
+    return Sequential(*layers, input_shape=(in_channels, *size), name=name)
 
 
-def resnet8(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
-            dtype: str = "float32") -> BatchShards:
+def resnet8(num_classes: int = 10, in_channels: int = 1, image_size: int | tuple | None = None, seed: int = 0,
+            dtype: str = "float32") -> Sequential:
     """ResNet-8 (one block per stage, 78k parameters for one input channel): see :func:`resnet`."""
     return resnet(8, num_classes, in_channels, image_size, seed, dtype)
 
 
-def resnet20(num_classes: int = 10, in_channels: int = 1, image_size: int | None = None, seed: int = 0,
-             dtype: str = "float32") -> BatchShards:
+def resnet20(num_classes: int = 10, in_channels: int = 1, image_size: int | tuple | None = None, seed: int = 0,
+             dtype: str = "float32") -> Sequential:
     """ResNet-20 (three blocks per stage, 0.27M parameters as in the paper): see :func:`resnet`."""
     return resnet(20, num_classes, in_channels, image_size, seed, dtype)
 
@@ -138,21 +123,55 @@ MODELS = {"lenet5": lenet5, "seed_cnn": seed_cnn, "seed_binary": seed_binary, "r
           "resnet20": resnet20}
 
 
-def build(name: str, **kwargs) -> BatchShards:
-    """A model by name: one of ``MODELS``, e.g. ``build("resnet8", in_channels=3)``."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
-    return MODELS[name](**kwargs)
+def _image_size(name: str, image_size: Any) -> tuple[int, int]:
+    """``image_size`` as (H, W): an int is a square."""
+    if isinstance(image_size, (tuple, list)):
+        if len(image_size) != 2:
+            raise ValueError(f"{name}: image_size must be an int or a pair (H, W); got {image_size!r}")
+        return as_int(name, "image_size[0]", image_size[0], 1), as_int(name, "image_size[1]", image_size[1], 1)
+    size = as_int(name, "image_size", image_size, 1)
+    return size, size
+
+
+_RESNET = re.compile(r"resnet(\d+)")
+
+
+def known(name: Any) -> bool:
+    """Whether :func:`build` knows ``name``: one of ``MODELS``, or ``resnet<6n+2>``."""
+    if not isinstance(name, str):
+        return False
+    match = _RESNET.fullmatch(name)
+    return name in MODELS or (match is not None and int(match[1]) >= 8 and (int(match[1]) - 2) % 6 == 0)
+
+
+def _builder(name: Any):
+    if not known(name):
+        raise ValueError(f"model must be one of {', '.join(MODELS)} or resnet<6n+2> (resnet32, resnet44, ...); "
+                         f"got {name!r}")
+    if name in MODELS:
+        return MODELS[name]
+    depth = int(_RESNET.fullmatch(name)[1])
+
+    def build(num_classes=10, in_channels=1, image_size=None, seed=0, dtype="float32"):
+        return resnet(depth, num_classes, in_channels, image_size, seed, dtype)
+    return build
+
+
+def build(name: str, **kwargs) -> Sequential:
+    """A model by name: one of ``MODELS`` or ``resnet<6n+2>``, e.g. ``build("resnet32", in_channels=3)``."""
+    return _builder(name)(**kwargs)
 
 
 def build_for(name: str, sample_shape: tuple, seed: int = 0, dtype: str = "float32",
-              num_classes: int = 10) -> BatchShards:
+              num_classes: int = 10) -> Sequential:
     """A model by name for samples of ``sample_shape`` (C, H, W) and ``num_classes`` classes: the ResNets take
-    their input channels and image size from it; the others are built for their own input (and check it against
-    the data when run)."""
+    their input channels and image size (H, W) from it; the others are built for their own input (and check it
+    against the data when run)."""
+    builder = _builder(name)
     kwargs = {"seed": seed, "dtype": dtype}
-    if name in MODELS and "num_classes" in inspect.signature(MODELS[name]).parameters:
+    parameters = inspect.signature(builder).parameters
+    if "num_classes" in parameters:
         kwargs["num_classes"] = num_classes
-    if name in MODELS and "in_channels" in inspect.signature(MODELS[name]).parameters:
-        kwargs.update(in_channels=sample_shape[0], image_size=sample_shape[1])
-    return build(name, **kwargs)
+    if "in_channels" in parameters:
+        kwargs.update(in_channels=sample_shape[0], image_size=tuple(sample_shape[1:3]))
+    return builder(**kwargs)

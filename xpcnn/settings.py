@@ -7,7 +7,6 @@
 | ``XPCNN_THREADS`` | batch shards per call at most (:mod:`xpcnn.parallel`); 1 turns them off | the usable cores |
 | ``XPCNN_TUNE_MALLOC`` | 0 leaves glibc's malloc alone when training (:func:`xpcnn.parallel.tune_allocator`) | 1 |
 | ``XPCNN_DATA_DIR`` | where datasets are looked for first (:mod:`xpcnn.data`) | unset |
-| ``XPCNN_TUNE`` | 1: measure convolution routes for new shapes; 0: size rules only (:mod:`xpcnn.tuning`) | use measured |
 
 Also read here, as facts about the process rather than choices: whether an MPI launcher started it and how many
 threads BLAS was told to use. :func:`get` returns the settings for the environment as it is now; it reads and
@@ -23,7 +22,7 @@ from typing import Mapping
 __all__ = ["ENV", "Settings", "SettingsError", "get", "read"]
 
 ENV = {"backend": "XPCNN_BACKEND", "device": "XPCNN_DEVICE", "threads": "XPCNN_THREADS",
-       "tune_malloc": "XPCNN_TUNE_MALLOC", "data_dir": "XPCNN_DATA_DIR", "tune": "XPCNN_TUNE"}
+       "tune_malloc": "XPCNN_TUNE_MALLOC", "data_dir": "XPCNN_DATA_DIR"}
 _MPI_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _WATCHED = (*ENV.values(), *_MPI_SIZES, *_BLAS_THREADS)
@@ -42,7 +41,6 @@ class Settings:
     data_dir: str | None = None
     mpi_launched: bool = False        # an MPI launcher started several processes, this one among them
     blas_threads: int | None = None   # what OPENBLAS/OMP/MKL_NUM_THREADS asks for, None when unset
-    tune: str = "cached"              # XPCNN_TUNE: "off" (0), "cached" (unset), "measure" (1)
 
 
 def _whole(text: str) -> bool:
@@ -65,8 +63,6 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
         threads = int(text["threads"])
     if text["tune_malloc"] not in ("", "0", "1"):
         raise _fail(ENV["tune_malloc"], "0 or 1", text["tune_malloc"])
-    if text["tune"] not in ("", "0", "1"):
-        raise _fail(ENV["tune"], "0 (size rules only) or 1 (measure new shapes)", text["tune"])
     mpi = False
     for name in _MPI_SIZES:
         value = (env.get(name) or "").strip()
@@ -74,7 +70,7 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
     blas = next((int(v) for name in _BLAS_THREADS if _whole(v := (env.get(name) or "").strip())), None)
     return Settings(backend=text["backend"].lower() or "numpy", device=text["device"] or None, threads=threads,
                     tune_malloc=text["tune_malloc"] != "0", data_dir=text["data_dir"] or None, mpi_launched=mpi,
-                    blas_threads=blas, tune={"": "cached", "0": "off", "1": "measure"}[text["tune"]])
+                    blas_threads=blas)
 
 
 _cached: tuple[tuple, Settings] | None = None

@@ -167,13 +167,12 @@ def fit(model: Any, loss_fn: Any, optimizer: Any, train_data: Any, epochs: int, 
     (a NaN stops them all together). Rank 0 alone prints and runs the callbacks (checkpoints); the others
     wait at a barrier. Evaluation is sharded across ranks.
 
-    An xpcnn model is trained through :func:`xpcnn.parallel.shard` (big batches on every CPU core on the numpy
-    backend; the same numbers); one already wrapped, like every model :mod:`xpcnn.models` builds, is used as is.
+    On the numpy backend, big batches run on every CPU core (:mod:`xpcnn.parallel`: the same numbers), and
+    glibc's malloc is told to keep its memory (:func:`xpcnn.parallel.tune_allocator`).
     """
     from tqdm.auto import tqdm
 
-    if isinstance(model, Module):
-        model = _parallel.shard(model)
+    _parallel.tune_allocator()
 
     train_data = _as_dataset(train_data, "train_data", model)
     if validation_split is not None:
@@ -315,8 +314,6 @@ def evaluate(model: Any, data: Any, loss_fn: Any = None, batch_size: int = 1000,
     data = _as_dataset(data, "data", model)
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"evaluate: top_k must be a positive integer; got {top_k!r}")
-    if isinstance(model, Module):
-        model = _parallel.shard(model)            # every core for big batches, as in fit
     threshold = decision_threshold(model, loss_fn)
     call = model.infer if isinstance(model, Module) else model      # eval mode; the model's own mode left alone
     total_loss, confusion, top = 0.0, None, 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import thresholds, tuning
 from ._checks import (
     check_cache,
     check_floating,
@@ -52,6 +51,15 @@ __all__ = [
     "pad2d_backward",
     "pad2d_forward",
 ]
+
+# The size rules that pick a route (speed only: every route gives the same numbers up to rounding, tested). They
+# were measured in whole training steps on a 2-core AMD EPYC (benchmarks/RESULTS.md, "Thresholds").
+# "rows" when the im2col columns would hold at least this many elements and the rows have stride 1:
+ROW_SPLIT_MIN_ELEMENTS = 1 << 21
+# Weight gradient: with fewer output channels than this and at most THIN_MAX_PATCH rows of columns (LeNet-5's
+# first layer: 6 channels, 25 rows), one matrix-vector product per channel instead of one thin GEMM.
+THIN_MAX_CHANNELS = 8
+THIN_MAX_PATCH = 256
 
 
 # --------------------------------------------------------------------------- padding
@@ -175,13 +183,13 @@ def _transposed_pads(geometry: ConvGeometry) -> tuple[int, int] | None:
 
 
 def choose_route(geometry: ConvGeometry, out_channels: int) -> ConvRoute:
-    """The fastest route measured for this shape (thresholds in :mod:`xpcnn.thresholds`): "rows" for columns
+    """The fastest route measured for this shape (the size rules above): "rows" for columns
     of at least ``ROW_SPLIT_MIN_ELEMENTS`` elements with stride-1 rows and kernels of more than one row;
     "transposed" where ``dy``'s columns would be no larger than col2im's (out_channels * H_in * W_in <=
     in_channels * H_out * W_out, e.g. ResNet's 'same' 3x3 layers, not LeNet-5's second layer)."""
     (kh, kw), (ho, wo), (hi, wi) = geometry.kernel, geometry.out_hw, geometry.in_hw
     size = geometry.channels * kh * kw * ho * wo * geometry.batch
-    rows = geometry.stride[0] == 1 and kh > 1 and size >= thresholds.ROW_SPLIT_MIN_ELEMENTS
+    rows = geometry.stride[0] == 1 and kh > 1 and size >= ROW_SPLIT_MIN_ELEMENTS
     transposed = (_transposed_pads(geometry) is not None
                   and out_channels * hi * wi <= geometry.channels * ho * wo)
     return ConvRoute("rows" if rows else "im2col", "transposed" if transposed else "col2im")
@@ -225,18 +233,11 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any 
     ``route`` forces a :class:`ConvRoute` (``"im2col"``: the textbook im2col + col2im); by default
     :func:`choose_route` picks one. Every route gives the same results up to rounding.
     """
-    return _forward(x, w, b, stride, padding, dilation, layout, route, tune=True)
-
-
-def _forward(x, w, b, stride, padding, dilation, layout, route, tune: bool):
-    """:func:`conv2d_forward`; ``tune``: a measured route (:mod:`xpcnn.tuning`) may decide where none is given."""
     xp = _check_conv_args(x, w, b, layout)
     geometry = conv_geometry("conv2d", x.shape, w.shape, stride, padding, dilation, layout)
     out_channels = w.shape[0]
     if route is None:
         route = choose_route(geometry, out_channels)
-        measured = _measured_route(x, w, geometry, xp, route) if tune else None
-        route = ConvRoute(*measured) if measured else route
     else:
         route = _check_route(route, geometry)
     xpad = pad(x, xp, geometry.pads, layout=layout)
@@ -257,19 +258,6 @@ def route_candidates(geometry: ConvGeometry) -> list[ConvRoute]:
     columns = ["im2col"] + (["rows"] if geometry.stride[0] == 1 and geometry.kernel[0] > 1 else [])
     input_grads = ["col2im"] + (["transposed"] if _transposed_pads(geometry) is not None else [])
     return [ConvRoute(c, g) for c in columns for g in input_grads]
-
-
-def _measured_route(x, w, geometry, xp, rule: ConvRoute) -> tuple | None:
-    """The route measured fastest for this shape on this machine, in a model's training step
-    (:mod:`xpcnn.tuning`), or None where the size rules decide."""
-    if geometry.batch == 0:                  # a shape trace (summary, input check): nothing to look up
-        return None
-
-    def key() -> str:
-        return (f"conv {geometry.layout} x{tuple(x.shape)} w{tuple(w.shape)} stride{geometry.stride} "
-                f"pads{geometry.pads} dilation{geometry.dilation} {x.dtype}")
-
-    return tuning.route(key, route_candidates(geometry), rule, xp)
 
 
 def _rows_product(w: Any, cols: Any, xp: Any, geometry: ConvGeometry) -> Any:
@@ -331,13 +319,13 @@ def _weight_gradient(dy_flat: Any, cols: Any, xp: Any, layout: str, transposed: 
     where both carry a leading batch axis, the same contracted over batch and positions.
 
     Three orientations of one product, all giving the same numbers: with few output channels and small patches
-    (``thresholds.THIN_MAX_*``), one matrix-vector product per channel, which streams the columns at memory speed
+    (``THIN_MAX_*``), one matrix-vector product per channel, which streams the columns at memory speed
     where BLAS runs thin GEMMs slowly; ``transposed=True`` (the "rows" route, whose column rows are strided
     views) as ``(cols @ dy_flat.T).T``; otherwise the plain product.
     """
     if layout == "NCHW":
         return xp.tensordot(dy_flat, cols, axes=([0, 2], [0, 2]))
-    if dy_flat.shape[0] < thresholds.THIN_MAX_CHANNELS and cols.shape[0] <= thresholds.THIN_MAX_PATCH:
+    if dy_flat.shape[0] < THIN_MAX_CHANNELS and cols.shape[0] <= THIN_MAX_PATCH:
         return xp.matmul(dy_flat[:, None, :], cols.T)[:, 0, :]
     return (cols @ dy_flat.T).T if transposed else dy_flat @ cols.T
 
@@ -353,7 +341,7 @@ def _input_gradient_transposed(dy: Any, w: Any, xp: Any, geometry: ConvGeometry)
     """dx = dy padded by kernel - 1 - padding, correlated with the kernels flipped and their channel axes
     swapped: one im2col and one matrix product instead of col2im's kh + kw strided adds."""
     flipped = xp.flip(xp.permute_dims(w, (1, 0, 2, 3)), axis=(2, 3))          # (C_in, C_out, kh, kw)
-    return _forward(dy, flipped, None, 1, _transposed_pads(geometry), 1, geometry.layout, None, tune=False)[0]
+    return conv2d_forward(dy, flipped, None, 1, _transposed_pads(geometry), 1, geometry.layout)[0]
 
 
 def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,

@@ -15,8 +15,9 @@ refused: use :class:`~xpcnn.nn.ModuleList`). Computation has two levels:
   :mod:`xpcnn.functional.layout`) and runs its children in it. The cache of the last training-mode call is
   kept for the public ``backward``. A layer gives the same answers alone and inside any container.
 
-Splitting a batch over the CPU cores is a wrapper (:class:`xpcnn.parallel.BatchShards`) that runs the same
-``_forward``/``_backward`` on each shard with a :class:`Run` of its own.
+A public call runs through the process's executor (:func:`set_executor`): :class:`Serial` runs it in one
+piece; :mod:`xpcnn.parallel` installs one that may split a big batch over the CPU cores, running the same
+``_forward``/``_backward`` on each shard with a :class:`Run` of its own. The model itself is never wrapped.
 
 Threads: each public call (``model(x)``, ``model.infer(x)``, ``model.backward(dy)``, a summary's trace) holds the
 model's lock (:meth:`Module.using`), so calls from several threads take turns instead of interleaving.
@@ -42,7 +43,7 @@ from array_api_compat import array_namespace
 from .. import backend as _backend
 from ..functional import layout as _layout
 
-__all__ = ["Buffer", "LAYERS", "Module", "ModelInUseError", "Parameter", "Run", "add_gradient", "flatten", "from_config", "set_buffer",
+__all__ = ["Buffer", "LAYERS", "Module", "ModelInUseError", "Parameter", "Run", "Serial", "add_gradient", "flatten", "from_config", "set_buffer", "set_executor",
            "unflatten"]
 
 DTYPES = ("float32", "float64")
@@ -161,9 +162,9 @@ class Run:
     def call(self, module: "Module", x: Any) -> tuple[Any, Any]:
         """How a container runs a child: its ``_forward``, recorded while a summary traces shapes."""
         if self.trace is None:
-            return _pair(module, module._forward(x, self))
+            return pair(module, module._forward(x, self))
         try:
-            y, cache = _pair(module, module._forward(x, self))
+            y, cache = pair(module, module._forward(x, self))
         except (ValueError, TypeError) as exc:
             if not hasattr(exc, "xpcnn_module"):
                 exc.xpcnn_module = module        # the innermost module that refused the input
@@ -187,7 +188,7 @@ def _library(x: Any) -> str:
     return next((lib for lib in ("jax", "torch", "cupy", "array_api_strict", "numpy") if lib in name), name)
 
 
-def _pair(module: "Module", out: Any) -> tuple[Any, Any]:
+def pair(module: "Module", out: Any) -> tuple[Any, Any]:
     """``_forward``'s result, which must be ``(y, cache)``."""
     if not (isinstance(out, tuple) and len(out) == 2):
         got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
@@ -215,6 +216,34 @@ def dtype_name(x: Any) -> str:
         if x.dtype == getattr(xp, name, None):
             return name
     raise TypeError(f"parameters must have a floating dtype ({', '.join(DTYPES)}); got {x.dtype}")
+
+
+class Serial:
+    """The executor of public calls that runs each in one piece (see :func:`set_executor`)."""
+
+    def forward(self, model: "Module", x: Any, training: bool) -> tuple[Any, Any, Run]:
+        """``model``'s ``_forward`` on ``x`` (NCHW in and out): the output, its cache and the call's Run."""
+        xp = model._check_input(x)
+        layout = model._layout_for(x)
+        run = Run(layout, training)
+        y, cache = pair(model, model._forward(_layout.from_nchw(x, xp, layout), run))
+        return _layout.to_nchw(y, xp, layout), cache, run
+
+    def backward(self, model: "Module", dy: Any, pending: "Pending", wanted: bool) -> Any:
+        """``model``'s ``_backward`` for the pending call's output gradient ``dy`` (NCHW)."""
+        xp = array_namespace(dy)
+        layout = pending.run.layout
+        dx = model._backward(_layout.from_nchw(dy, xp, layout), pending.cache, pending.run, wanted)
+        return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+
+
+_executor: Serial = Serial()
+
+
+def set_executor(executor: Serial) -> None:
+    """Install the process's executor of public calls (:mod:`xpcnn.parallel` installs its own on import)."""
+    global _executor
+    _executor = executor
 
 
 class Module:
@@ -405,19 +434,14 @@ class Module:
             module._last = None
 
     # -- threads
-    def _root(self) -> "Module":
-        """The module whose lock guards this one's calls (a wrapper's: the wrapped model)."""
-        return self
-
     def using(self) -> threading.RLock:
         """The lock every public call of this model holds while it runs (re-entrant). Hold it around a whole
         training step to train one model from several threads (``with model.using(): ...``), or to read or
         change its arrays while another thread trains it."""
-        root = self._root()
-        lock = _LOCKS.get(root)
+        lock = _LOCKS.get(self)
         if lock is None:
             with _LOCKS_LOCK:
-                lock = _LOCKS.setdefault(root, threading.RLock())
+                lock = _LOCKS.setdefault(self, threading.RLock())
         return lock
 
     # -- computation
@@ -445,7 +469,7 @@ class Module:
     def _public(self, x: Any, training: bool, keep: bool = True) -> Any:
         with self.using():
             try:
-                y, cache, run = self._run_public(x, training)
+                y, cache, run = _executor.forward(self, x, training)
             except RecursionError:
                 self.modules()           # a module cycle says so; any other recursion is re-raised as it was
                 raise
@@ -453,12 +477,9 @@ class Module:
                 self._keep(cache, run, y.dtype, training)
             return y
 
-    def _run_public(self, x: Any, training: bool) -> tuple[Any, Any, Run]:
-        xp = self._check_input(x)
-        layout = self.run_layout if x.ndim in (2, 4) else "NCHW"
-        run = Run(layout, training)
-        y, cache = _pair(self, self._forward(_layout.from_nchw(x, xp, layout), run))
-        return _layout.to_nchw(y, xp, layout), cache, run
+    def _layout_for(self, x: Any) -> str:
+        """The layout a public call on ``x`` runs in: the model's own for batches of images or vectors."""
+        return self.run_layout if x.ndim in (2, 4) else "NCHW"
 
     def _keep(self, cache: Any, run: Run, dtype: Any, training: bool) -> None:
         """After a public ``forward``: in training mode its cache is kept for :meth:`backward` (replacing another
@@ -523,14 +544,8 @@ class Module:
         False for Sequential, as training needs none and it costs a col2im). A first layer with parameters
         skips computing it."""
         with self.using():
-            return self._public_backward(dy, input_grad)
-
-    def _public_backward(self, dy: Any, input_grad: bool | None) -> Any:
-        pending, wanted = self._take_pending(dy, input_grad)
-        xp = array_namespace(dy)
-        layout = pending.run.layout
-        dx = self._backward(_layout.from_nchw(dy, xp, layout), pending.cache, pending.run, wanted)
-        return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+            pending, wanted = self._take_pending(dy, input_grad)
+            return _executor.backward(self, dy, pending, wanted)
 
     def _take_pending(self, dy: Any, input_grad: bool | None) -> tuple[Pending, bool]:
         """The last training-mode call's :class:`Pending` (then forgotten), after checking ``dy`` against it;

@@ -25,7 +25,7 @@ class BatchNorm2D(Module):
     Training mode: batch statistics (biased variance) normalize, and the running statistics are updated
     with ``momentum`` (the variance unbiased). Eval mode: the running statistics normalize. ``affine``
     adds a learned per-channel scale ``weight`` (ones) and shift ``bias`` (zeros). Where a batch runs in parts
-    (:class:`xpcnn.parallel.BatchShards`), the call's ``run.reduce`` sums the statistics over all the parts: the
+    (batch shards, :mod:`xpcnn.parallel`), the call's ``run.reduce`` sums the statistics over all the parts: the
     whole batch's, as in one piece.
     """
 
