@@ -30,13 +30,14 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from . import backend as _backend
 from . import init as _init
 from .atomic import write_atomic
 from .nn import Module, from_config
-from .nn.module import check_dtype, precision
+from .nn.module import check_dtype, flatten, precision
 
 __all__ = ["Checkpoint", "CheckpointError", "ResumeConflict", "check_resume", "load", "save"]
 
@@ -101,23 +102,23 @@ def save(path: str | os.PathLike, model: Module, optimizer: Any = None, *, epoch
     Refuses (ValueError) to save non-finite weights, so a diverged run never overwrites a good checkpoint.
     """
     path = check_path(path)
-    arrays: dict[str, np.ndarray] = {}
+    named: dict[str, Any] = {}
     with model.using():                  # one consistent state, even while another thread trains the model
-        for kind, named in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
-            for name, slot in named:
-                host = _backend.to_numpy(slot.data)
-                if not np.all(np.isfinite(host)):
-                    raise ValueError(f"refusing to save a checkpoint: {'parameter' if kind == 'param' else kind} "
-                                     f"{name} holds NaN or Inf values")
-                arrays[f"{kind}/{name}"] = host
+        for kind, slots in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
+            named.update((f"{kind}/{name}", slot.data) for name, slot in slots)
         optim_meta = None
         if optimizer is not None:
             state = optimizer.state_dict()
             for i, entry in enumerate(state.pop("state")):
-                for key, value in entry.items():
-                    arrays[f"optim/{i}/{key}"] = _backend.to_numpy(value)
+                named.update((f"optim/{i}/{key}", value) for key, value in entry.items())
             optim_meta = state
         module_state = {name: s for name, m in model.named_modules() if (s := m.get_extra_state()) is not None}
+        arrays = dict(zip(named, _host_copies(list(named.values()))))
+    for key, host in arrays.items():
+        if key.startswith(("param/", "buffer/")) and not np.all(np.isfinite(host)):
+            kind, _, name = key.partition("/")
+            raise ValueError(f"refusing to save a checkpoint: {'parameter' if kind == 'param' else kind} "
+                             f"{name} holds NaN or Inf values")
     meta = {
         "format": FORMAT, "version": VERSION, "model": model.config(), "epoch": int(epoch), "step": int(step),
         "rng_state": rng_state, "extra": extra or {}, "optimizer": optim_meta,
@@ -134,6 +135,22 @@ def save(path: str | os.PathLike, model: Module, optimizer: Any = None, *, epoch
         data = buffer.getvalue()
     write_atomic(path, data)
     return path
+
+
+def _host_copies(values: list) -> list[np.ndarray]:
+    """NumPy copies of ``values`` (arrays of any backend, or scalars), device arrays in one transfer per library,
+    device and dtype: a copy per array would be a device round trip (and a CUDA synchronization) each."""
+    out = [v if isinstance(v, np.ndarray) or not array_api_compat.is_array_api_obj(v) else None for v in values]
+    groups: dict[tuple, list[int]] = {}
+    for i, v in enumerate(values):
+        if out[i] is None:
+            groups.setdefault((type(v), str(array_api_compat.device(v)), str(v.dtype)), []).append(i)
+    for members in groups.values():
+        flat, offset = _backend.to_numpy(flatten([values[i] for i in members])), 0
+        for i in members:
+            size = math.prod(values[i].shape)
+            out[i], offset = flat[offset:offset + size].reshape(tuple(values[i].shape)), offset + size
+    return [np.asarray(v) for v in out]
 
 
 # --------------------------------------------------------------------------- reading

@@ -24,6 +24,7 @@ import warnings
 from typing import Any, Callable
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from . import backend as _backend
 from .atomic import write_atomic
@@ -128,8 +129,7 @@ def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple | Non
     shape = tuple(int(s) for s in shape)
     if any(s < 1 for s in shape):
         raise ValueError(f"export_onnx: input_shape must hold positive sizes; got {shape}")
-    dtypes = {_backend.to_numpy(s.data).dtype for s in [*model.parameters(), *model.buffers()]}
-    if np.dtype(np.float64) in dtypes:
+    if any(s.data.dtype == array_namespace(s.data).float64 for s in [*model.parameters(), *model.buffers()]):
         warnings.warn("export_onnx: the model is float64; the ONNX graph is float32 (runtimes have few float64 "
                       "kernels)", stacklevel=2)
     graph = OnnxGraph(model, helper, numpy_helper)
