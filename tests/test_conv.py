@@ -391,3 +391,45 @@ def test_the_chosen_routes_follow_the_size_rules():
             ((16, 64, 64, 64), (32, 16, 3, 3), 1, 2, "im2col", "col2im")):
         geometry = conv.conv_geometry("conv2d", x_shape, w_shape, stride, padding, 1, "CHWN")
         assert F.choose_route(geometry, w_shape[0]) == F.ConvRoute(columns, dx), (x_shape, w_shape)
+
+
+GROUPED = [  # (N, C, O, groups, kernel, stride, padding): grouped, depthwise, depthwise with a multiplier, 1x1
+    (3, 4, 6, 2, 3, 1, 1), (2, 6, 6, 6, 3, 1, 1), (2, 6, 12, 3, 3, 2, 1), (2, 4, 8, 4, 3, 1, 0), (2, 8, 4, 2, 1, 1, 0)]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "CHWN"])
+@pytest.mark.parametrize("case", GROUPED)
+def test_grouped_conv2d_matches_torch_on_every_route(B, case, layout):
+    """Forward and all three gradients of a grouped / depthwise convolution agree with PyTorch's ``groups=``,
+    on every route the geometry allows, on every backend."""
+    torch = pytest.importorskip("torch", reason="torch not installed: no PyTorch comparison")
+    n, c, o, groups, k, stride, padding = case
+    rng = np.random.default_rng(sum(case))
+    x, w, b = rng.standard_normal((n, c, 9, 8)), rng.standard_normal((o, c // groups, k, k)), rng.standard_normal(o)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=padding, groups=groups)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    to, back = ((0, 1, 2, 3), (0, 1, 2, 3)) if layout == "NCHW" else ((1, 2, 3, 0), (3, 0, 1, 2))
+    routes = [None, "im2col"] + ([F.ConvRoute("im2col", "transposed")] if stride == 1 and padding <= k - 1 else [])
+    for route in routes:
+        y, cache = F.conv2d_forward(B.asarray(x.transpose(to).copy()), B.asarray(w), B.asarray(b), stride, padding,
+                                    layout=layout, route=route, groups=groups)
+        dx, dw, db = F.conv2d_backward(B.asarray(dy.transpose(to).copy()), cache)
+        for got, want in ((B.numpy(y).transpose(back), ty), (B.numpy(dx).transpose(back), tx.grad),
+                          (B.numpy(dw), tw.grad), (B.numpy(db), tb.grad)):
+            np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-10, err_msg=str(route))
+
+
+def test_grouped_conv2d_refuses_groups_that_do_not_fit(B):
+    x = B.asarray(np.zeros((1, 4, 5, 5)))
+    with pytest.raises(ValueError, match=r"groups=3 must divide the input channels \(4\) and the output channels \(6\)"):
+        F.conv2d(x, B.asarray(np.zeros((6, 1, 3, 3))), groups=3)
+    with pytest.raises(ValueError, match=r"w expects 1 input channels per group \(2 groups\)"):
+        F.conv2d(x, B.asarray(np.zeros((6, 1, 3, 3))), groups=2)
+    with pytest.raises(ValueError, match="groups must be >= 1; got 0"):
+        F.conv2d(x, B.asarray(np.zeros((6, 4, 3, 3))), groups=0)
+    with pytest.raises(TypeError, match="groups must be an integer; got True"):
+        F.conv2d(x, B.asarray(np.zeros((6, 4, 3, 3))), groups=True)
+    with pytest.raises(ValueError, match="route columns='rows' takes one group; got groups=2"):
+        F.conv2d(x, B.asarray(np.zeros((6, 2, 3, 3))), groups=2, route="rows")

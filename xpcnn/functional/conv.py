@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._checks import (
+    as_int,
     check_cache,
     check_floating,
     check_ndim,
@@ -132,9 +133,10 @@ def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation, layout: 
     return geometry._replace(out_hw=out_hw)
 
 
-def _check_conv_args(x, w, b, layout) -> Any:
+def _check_conv_args(x, w, b, layout, groups: int = 1) -> Any:
     op = "conv2d"
     xp = namespace(op, x=x, w=w, b=b)
+    groups = as_int(op, "groups", groups, 1)
     check_layout(op, layout)
     check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
     check_ndim(op, "w", w, 4, "out_channels, in_channels, kh, kw")
@@ -142,9 +144,13 @@ def _check_conv_args(x, w, b, layout) -> Any:
     check_same_dtype(op, "x", x, "w", w)
     check_same_dtype(op, "x", x, "b", b)
     channels = x.shape[0] if layout == "CHWN" else x.shape[1]
-    if channels != w.shape[1]:
+    if channels % groups or w.shape[0] % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels ({channels}) and the output "
+                         f"channels ({w.shape[0]})")
+    if channels != w.shape[1] * groups:
+        per_group = f" per group ({groups} groups)" if groups > 1 else ""
         raise ValueError(
-            f"{op}: x has {channels} channels but w expects {w.shape[1]} input channels "
+            f"{op}: x has {channels} channels but w expects {w.shape[1]} input channels{per_group} "
             f"(x shape {tuple(x.shape)} in {layout}, w shape {tuple(w.shape)})"
         )
     if b is not None:
@@ -182,20 +188,20 @@ def _transposed_pads(geometry: ConvGeometry) -> tuple[int, int] | None:
     return kh - 1 - top, kw - 1 - left
 
 
-def choose_route(geometry: ConvGeometry, out_channels: int) -> ConvRoute:
+def choose_route(geometry: ConvGeometry, out_channels: int, groups: int = 1) -> ConvRoute:
     """The fastest route measured for this shape (the size rules above): "rows" for columns
     of at least ``ROW_SPLIT_MIN_ELEMENTS`` elements with stride-1 rows and kernels of more than one row;
     "transposed" where ``dy``'s columns would be no larger than col2im's (out_channels * H_in * W_in <=
     in_channels * H_out * W_out, e.g. ResNet's 'same' 3x3 layers, not LeNet-5's second layer)."""
     (kh, kw), (ho, wo), (hi, wi) = geometry.kernel, geometry.out_hw, geometry.in_hw
     size = geometry.channels * kh * kw * ho * wo * geometry.batch
-    rows = geometry.stride[0] == 1 and kh > 1 and size >= ROW_SPLIT_MIN_ELEMENTS
+    rows = geometry.stride[0] == 1 and kh > 1 and size >= ROW_SPLIT_MIN_ELEMENTS and groups == 1
     transposed = (_transposed_pads(geometry) is not None
                   and out_channels * hi * wi <= geometry.channels * ho * wo)
     return ConvRoute("rows" if rows else "im2col", "transposed" if transposed else "col2im")
 
 
-def _check_route(route: Any, geometry: ConvGeometry | None) -> ConvRoute:
+def _check_route(route: Any, geometry: ConvGeometry | None, groups: int = 1) -> ConvRoute:
     """A route given by the caller: "im2col" / "rows" (with col2im), or a pair; checked against ``geometry``
     unless that is None."""
     given = route
@@ -212,6 +218,8 @@ def _check_route(route: Any, geometry: ConvGeometry | None) -> ConvRoute:
                          f"got {route.input_grad!r}")
     if geometry is None:
         return route
+    if route.columns == "rows" and groups > 1:
+        raise ValueError(f"conv2d: route columns='rows' takes one group; got groups={groups} (use 'im2col')")
     if route.columns == "rows" and geometry.stride[0] != 1:
         raise ValueError(f"conv2d: route columns='rows' needs stride 1 along the rows; got stride {geometry.stride}")
     if route.input_grad == "transposed" and _transposed_pads(geometry) is None:
@@ -223,8 +231,8 @@ def _check_route(route: Any, geometry: ConvGeometry | None) -> ConvRoute:
 
 # --------------------------------------------------------------------------- forward
 def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
-                   layout: str = "NCHW", route: Any = None):
-    """2-D cross-correlation of ``x`` (N, C, H, W) with ``w`` (O, C, kh, kw), plus ``b`` (O,).
+                   layout: str = "NCHW", route: Any = None, groups: int = 1):
+    """2-D cross-correlation of ``x`` (N, C, H, W) with ``w`` (O, C // groups, kh, kw), plus ``b`` (O,).
 
     ``stride`` and ``dilation`` are an int or a pair; ``padding`` an int, a pair,
     ``"valid"`` or ``"same"`` (stride 1). Returns ``(y, cache)`` with y (N, O, out_h, out_w).
@@ -232,25 +240,41 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any 
     batch-innermost layout xpcnn's layers use between themselves because it is faster.
     ``route`` forces a :class:`ConvRoute` (``"im2col"``: the textbook im2col + col2im); by default
     :func:`choose_route` picks one. Every route gives the same results up to rounding.
+    ``groups``: the channels split into that many groups, each convolved with its own ``O // groups`` kernels
+    (as PyTorch's ``groups``; depthwise when ``groups == C``), all groups in one batched matrix product; grouped
+    convolutions take the im2col columns.
     """
-    xp = _check_conv_args(x, w, b, layout)
+    xp = _check_conv_args(x, w, b, layout, groups)
     geometry = conv_geometry("conv2d", x.shape, w.shape, stride, padding, dilation, layout)
     out_channels = w.shape[0]
     if route is None:
-        route = choose_route(geometry, out_channels)
+        route = choose_route(geometry, out_channels, groups)
     else:
-        route = _check_route(route, geometry)
+        route = _check_route(route, geometry, groups)
     xpad = pad(x, xp, geometry.pads, layout=layout)
     if route.columns == "rows":
         cols = row_columns(xpad, xp, geometry)
         y = _rows_product(w, cols, xp, geometry)
     else:
         cols = im2col(xpad, xp, geometry)
-        y = xp.reshape(w, (out_channels, cols.shape[-2])) @ cols       # NCHW (N, O, L); CHWN (O, L * N)
+        y = _grouped(xp, w, groups) @ _grouped(xp, cols, groups, -2)   # NCHW (N, [g,] O, L); CHWN ([g,] O, L * N)
     y = xp.reshape(y, geometry.shape(out_channels, geometry.out_hw))
     if b is not None:        # in place where it can be: y is a fresh array of ours
         y += xp.reshape(b, (out_channels, 1, 1, 1) if layout == "CHWN" else (1, out_channels, 1, 1))
-    return y, Conv2DCache(w, cols, geometry, b is not None, route)
+    return y, Conv2DCache(w, cols, geometry, b is not None, route, groups)
+
+
+def _grouped(xp: Any, a: Any, groups: int, axis: int | None = None) -> Any:
+    """Weights (O, C/g, kh, kw) as ``groups`` matrices (g, O/g, C/g * kh * kw), or the rows of a matrix (the
+    ``axis`` of ``a``: -2 for columns, the output channels of ``dy``) split into (g, rows/g) before the last axis;
+    with one group, weights as one (O, C * kh * kw) matrix and matrices as they are."""
+    if axis is None:
+        rows = a.shape[0] // groups
+        return xp.reshape(a, (rows, -1) if groups == 1 else (groups, rows, -1))
+    if groups == 1:
+        return a
+    shape = tuple(a.shape)
+    return xp.reshape(a, (*shape[:axis], groups, shape[axis] // groups, shape[-1]))
 
 
 def route_candidates(geometry: ConvGeometry) -> list[ConvRoute]:
@@ -273,13 +297,14 @@ def _rows_product(w: Any, cols: Any, xp: Any, geometry: ConvGeometry) -> Any:
 
 class Conv2DCache(NamedTuple):
     """What :func:`conv2d_backward` needs: the weights, the input's columns (:func:`~windows.im2col`, or
-    :func:`~windows.row_columns` on the "rows" route), the geometry and the route taken."""
+    :func:`~windows.row_columns` on the "rows" route), the geometry, the route taken and the groups."""
 
     w: Any
     cols: Any
     geometry: ConvGeometry
     has_bias: bool
     route: ConvRoute = ConvRoute()
+    groups: int = 1
 
 
 # --------------------------------------------------------------------------- backward
@@ -287,7 +312,7 @@ def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tup
     """Gradients ``(dx, dw, db)`` of :func:`conv2d_forward`, on the route its cache records; ``db`` is None when
     there was no bias, ``dx`` is None when ``input_grad=False`` (a network's first layer needs none)."""
     check_cache("conv2d_backward", cache, Conv2DCache)
-    w, cols, geometry, has_bias, route = cache
+    w, cols, geometry, has_bias, route, groups = cache
     xp = namespace("conv2d_backward", dy=dy, w=w)
     out_channels = w.shape[0]
     check_shape("conv2d_backward", "dy", dy, geometry.shape(out_channels, geometry.out_hw))
@@ -303,14 +328,20 @@ def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tup
         per_row = xp.stack([_weight_gradient(dy_flat, row_part(cols, xp, geometry, i), xp, geometry.layout,
                                              transposed=True) for i in range(kh)])          # (kh, O, C * kw)
         grad_w = xp.permute_dims(xp.reshape(per_row, (kh, out_channels, w.shape[1], kw)), (1, 2, 0, 3))
+    elif groups > 1:
+        grad_w = _grouped(xp, dy_flat, groups, -2) @ xp.matrix_transpose(_grouped(xp, cols, groups, -2))
+        grad_w = xp.sum(grad_w, axis=0) if geometry.layout == "NCHW" else grad_w     # over the batch
     else:
         grad_w = _weight_gradient(dy_flat, cols, xp, geometry.layout)
     if not input_grad:
         dx = None
     elif route.input_grad == "transposed":
-        dx = _input_gradient_transposed(dy, w, xp, geometry)
+        dx = _input_gradient_transposed(dy, w, xp, geometry, groups)
     else:
-        dx = col2im(_kernel_columns_first(w, xp) @ dy_flat, xp, geometry)
+        dcols = _kernel_columns_first(w, xp, groups) @ _grouped(xp, dy_flat, groups, -2)
+        if groups > 1:                     # (..., g, C/g * kw * kh, L) -> (..., C * kw * kh, L)
+            dcols = xp.reshape(dcols, (*dcols.shape[:-3], -1, dcols.shape[-1]))
+        dx = col2im(dcols, xp, geometry)
     return dx, xp.reshape(grad_w, w.shape), db
 
 
@@ -330,21 +361,28 @@ def _weight_gradient(dy_flat: Any, cols: Any, xp: Any, layout: str, transposed: 
     return (cols @ dy_flat.T).T if transposed else dy_flat @ cols.T
 
 
-def _kernel_columns_first(w: Any, xp: Any) -> Any:
+def _kernel_columns_first(w: Any, xp: Any, groups: int = 1) -> Any:
     """``w`` (O, C, kh, kw) as a (C * kw * kh, O) matrix: rows ordered channel, kernel column, kernel row,
-    the order :func:`~windows.col2im` takes its columns in."""
+    the order :func:`~windows.col2im` takes its columns in; with groups, one such matrix per group
+    (g, C/g * kw * kh, O/g)."""
     out_channels, channels, kh, kw = w.shape
-    return xp.reshape(xp.permute_dims(w, (1, 3, 2, 0)), (channels * kw * kh, out_channels))
+    if groups == 1:
+        return xp.reshape(xp.permute_dims(w, (1, 3, 2, 0)), (channels * kw * kh, out_channels))
+    per_group = xp.reshape(w, (groups, out_channels // groups, channels, kh, kw))
+    return xp.reshape(xp.permute_dims(per_group, (0, 2, 4, 3, 1)), (groups, channels * kw * kh, -1))
 
 
-def _input_gradient_transposed(dy: Any, w: Any, xp: Any, geometry: ConvGeometry) -> Any:
+def _input_gradient_transposed(dy: Any, w: Any, xp: Any, geometry: ConvGeometry, groups: int = 1) -> Any:
     """dx = dy padded by kernel - 1 - padding, correlated with the kernels flipped and their channel axes
-    swapped: one im2col and one matrix product instead of col2im's kh + kw strided adds."""
-    flipped = xp.flip(xp.permute_dims(w, (1, 0, 2, 3)), axis=(2, 3))          # (C_in, C_out, kh, kw)
-    return conv2d_forward(dy, flipped, None, 1, _transposed_pads(geometry), 1, geometry.layout)[0]
+    swapped (within each group): one im2col and one matrix product instead of col2im's kh + kw strided adds."""
+    out_channels, channels, kh, kw = w.shape
+    per_group = xp.reshape(w, (groups, out_channels // groups, channels, kh, kw))
+    swapped = xp.reshape(xp.permute_dims(per_group, (0, 2, 1, 3, 4)), (groups * channels, -1, kh, kw))
+    flipped = xp.flip(swapped, axis=(2, 3))                       # (C_in, C_out / g, kh, kw)
+    return conv2d_forward(dy, flipped, None, 1, _transposed_pads(geometry), 1, geometry.layout, None, groups)[0]
 
 
 def conv2d(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
-           layout: str = "NCHW", route: Any = None) -> Any:
+           layout: str = "NCHW", route: Any = None, groups: int = 1) -> Any:
     """:func:`conv2d_forward` without the cache."""
-    return conv2d_forward(x, w, b, stride, padding, dilation, layout, route)[0]
+    return conv2d_forward(x, w, b, stride, padding, dilation, layout, route, groups)[0]
