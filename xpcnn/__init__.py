@@ -22,6 +22,7 @@ from .backend import (
 
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .export import export_onnx
+from .gradcheck import GradcheckError, gradcheck
 from .step import TrainStep
 from .train import History, TrainingDivergedError, evaluate, fit
 
@@ -31,8 +32,9 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 __all__ = [
-    "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "History", "TrainStep",
+    "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "GradcheckError", "History",
+    "TrainStep",
     "TrainingDivergedError", "__version__", "asarray", "available_backends", "callbacks", "data", "distributed",
-    "evaluate", "export", "export_onnx", "fit", "functional", "get_backend", "init", "load", "models", "nn", "optim",
+    "evaluate", "export", "export_onnx", "fit", "gradcheck", "functional", "get_backend", "init", "load", "models", "nn", "optim",
     "parallel", "save", "set_backend", "settings", "to_numpy", "use_backend",
 ]
