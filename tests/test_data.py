@@ -292,3 +292,135 @@ def test_given_statistics_and_an_explicit_layout_are_used():
     np.testing.assert_allclose(xpcnn.to_numpy(ds.images), (128 / 255 - 0.5) / 0.25, atol=1e-6)
     with pytest.raises(ValueError, match="layout must be None, 'NCHW' or 'NHWC'; got 'HWC'"):
         data.Dataset.from_numpy(images, np.zeros(4, np.int64), layout="HWC")
+
+
+# ---------------------------------------------------------------- what enters: checked with one helper (issue 32)
+def _pixels(n=8, shape=(1, 6, 6), dtype=np.float32):
+    return np.random.default_rng(0).random((n, *shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (1, 6, 6)], ids=["3-D", "4-D"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_pixels_are_counted_and_located_before_normalizing(shape, bad):
+    images = _pixels(8, shape)
+    images[5, ..., 2, 3] = bad
+    images[6, ..., 0, 0] = bad
+    counts = "2 NaN and 0 infinite" if np.isnan(bad) else "0 NaN and 2 infinite"
+    where = r"\(5, 0, 2, 3\)" if len(shape) == 3 else r"\(5, 2, 3\)"
+    with pytest.raises(data.DataError, match=rf"images holds {counts} pixel values \(the first at index {where}: "
+                                             r"image 5\)"):
+        data.Dataset.from_numpy(images, np.arange(8) % 2)
+
+
+def test_nan_pixels_in_a_data_file_are_refused_in_either_split_and_any_layout(tmp_path):
+    x = _pixels(8, (6, 6))
+    bad = x.copy()
+    bad[1, 2, 2] = np.nan
+    for arrays, key in (({"x_train": bad}, "x_train"), ({"x_train": x, "x_test": bad, "y_test": np.arange(8) % 2},
+                                                         "x_test")):
+        np.savez(tmp_path / "d.npz", y_train=np.arange(8) % 2, **{"x_train": x, **arrays})
+        with pytest.raises(data.DataError, match=rf"--data .*d.npz: {key} holds 1 NaN and 0 infinite"):
+            data.load_arrays(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("std, words", [(0, "std must be positive"), (-1, "std must be positive"),
+                                        ((0.5, 0.0, 0.5), "std must be positive"),
+                                        (float("nan"), "std must be finite")])
+def test_a_zero_negative_or_nan_std_is_refused(std, words):
+    with pytest.raises(data.DataError, match=words):
+        data.Dataset.from_numpy(_pixels(4, (3, 4, 4)), np.arange(4) % 2, mean=0.5, std=std)
+
+
+def test_mean_or_std_of_the_wrong_length_is_refused():
+    images = _pixels(4, (3, 4, 4))
+    with pytest.raises(data.DataError, match=r"mean must be one number or one per channel \(3\); got \(0.5, 0.5\)"):
+        data.Dataset.from_numpy(images, np.arange(4) % 2, mean=(0.5, 0.5), std=0.2)
+    with pytest.raises(data.DataError, match=r"std must be one number or one per channel \(3\); got 'x'"):
+        data.Dataset.from_numpy(images, np.arange(4) % 2, mean=0.5, std="x")
+    ds = data.Dataset.from_numpy(images, np.arange(4) % 2, mean=[0.5], std=(0.1, 0.2, 0.3))
+    assert ds.mean == (0.5,) * 3 and ds.std == (0.1, 0.2, 0.3)
+
+
+def test_labels_that_are_not_whole_numbers_or_strings_are_refused():
+    images = _pixels(3)
+    with pytest.raises(data.DataError, match=r"labels holds 3 values that are not whole numbers \(0.5, 1.7, 2.2"):
+        data.Dataset.from_numpy(images, np.array([0.5, 1.7, 2.2]))
+    with pytest.raises(data.DataError, match=r"labels must be integer class indices .* got <U3 values \('cat', "
+                                             r"'dog', 'cat'.*np.unique\(labels, return_inverse=True\)"):
+        data.Dataset.from_numpy(images, np.array(["cat", "dog", "cat"]))
+    with pytest.raises(data.DataError, match="labels holds the negative class index -1"):
+        data.Dataset.from_numpy(images, np.array([0, -1, 1]))
+    ds = data.Dataset.from_numpy(images, np.array([0.0, 2.0, 1.0]))          # whole floats are class indices
+    assert ds.labels.dtype == np.int64 and list(xpcnn.to_numpy(ds.labels)) == [0, 2, 1]
+
+
+def test_a_label_of_a_billion_is_refused_without_allocating_for_it():
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(data.DataError, match=r"the class index 1,000,000,000, which would mean 1,000,000,001 classes"):
+        data.Dataset.from_numpy(_pixels(3), np.array([0, 1, 10**9]))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_empty_images_are_refused_in_python_and_in_a_data_file(tmp_path):
+    with pytest.raises(data.DataError, match=r"images holds no images \(shape \(0, 1, 6, 6\)\)"):
+        data.Dataset.from_numpy(np.zeros((0, 1, 6, 6), np.float32), np.zeros(0, np.int64))
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((0, 6, 6), np.uint8), y_train=np.zeros(0, np.int64))
+    with pytest.raises(data.DataError, match=r"--data .*d.npz: x_train holds no images"):
+        data.load_arrays(tmp_path / "d.npz")
+
+
+def test_a_data_file_of_a_single_class_is_refused(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=_pixels(16, (6, 6)), y_train=np.zeros(16, np.int64))
+    with pytest.raises(data.DataError, match="y_train: every label is 0; a classifier needs at least two classes"):
+        data.load_arrays(tmp_path / "d.npz")
+
+
+def test_labels_counted_from_one_are_named(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=_pixels(16, (6, 6)), y_train=np.arange(16) % 3 + 1)
+    with pytest.warns(UserWarning, match=r"y_train: class 0 never appears \(labels run 1..3\).* subtract 1"):
+        ds = data.load_arrays(tmp_path / "d.npz")
+    assert len(ds) == 16
+    with pytest.warns(UserWarning, match=r"1 of 4 classes never appear \(2\)"):
+        data.check_labels(np.array([0, 1, 3, 3]), training=True)
+
+
+def test_a_test_split_is_checked_when_the_training_split_is_loaded(tmp_path):
+    x, y = _pixels(8, (6, 6)), np.arange(8) % 2
+    cases = [({"x_test": x}, "has x_test but no y_test; give both or neither"),
+             ({"y_test": y}, "has y_test but no x_test"),
+             ({"x_test": _pixels(8, (8, 8)), "y_test": y},
+              r"x_test holds images of shape \(1, 8, 8\) \(C, H, W\); the training images are \(1, 6, 6\)"),
+             ({"x_test": x, "y_test": y + 1}, "y_test holds the class index 2; a model with 2 outputs")]
+    for extra, words in cases:
+        np.savez(tmp_path / "d.npz", x_train=x, y_train=y, **extra)
+        with pytest.raises(data.DataError, match=words):
+            data.load_arrays(tmp_path / "d.npz", "train")
+
+
+def test_one_image_cannot_be_split_for_validation():
+    one = data.Dataset.from_numpy(_pixels(1), np.array([0]))
+    with pytest.raises(data.DataError, match=r"cannot hold out 50% of 1 sample: a split needs at least 2"):
+        one.split(0.5)
+    model = xpcnn.nn.Sequential(xpcnn.nn.Flatten(), xpcnn.nn.Linear(36, 2), input_shape=(1, 6, 6))
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(data.DataError, match="cannot hold out 50% of 1 sample"):
+        xpcnn.fit(model, xpcnn.nn.CrossEntropyLoss(), opt, one, epochs=1, validation_split=0.5, progress=False)
+    assert [len(part) for part in data.Dataset.from_numpy(_pixels(10), np.arange(10) % 2).split(np.float32(0.2))] \
+        == [8, 2]
+
+
+def test_check_dataset_is_the_entry_check_for_fit_and_evaluate():
+    ds = data.Dataset.from_numpy(_pixels(6), np.array([0, 1, 2, 0, 1, 5]))
+    data.check_dataset(ds, "data", classes=6)
+    with pytest.raises(data.DataError, match="data labels holds the class index 5; a model with 3 outputs takes "
+                                             "class indices 0..2"):
+        data.check_dataset(ds, "data", classes=3)
+    with pytest.raises(data.DataError, match="train_data labels: every label is 0"):
+        data.check_dataset(data.Dataset(np.zeros((4, 1, 2, 2)), np.zeros(4, np.int64)), "train_data",
+                           classes=10, training=True)
+    with pytest.raises(data.DataError, match="data holds no samples; there is nothing to evaluate"):
+        data.check_dataset(data.Dataset(np.zeros((0, 1, 2, 2)), np.zeros(0, np.int64)), "data")

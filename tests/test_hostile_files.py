@@ -233,6 +233,47 @@ def test_a_good_mirror_after_a_hostile_one_delivers(tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "f.bin").read_bytes() == _GOOD
 
 
+def _slow_trickle(handler):
+    handler.send_response(200)
+    handler.send_header("Content-Length", "12")
+    handler.end_headers()
+    for byte in _GOOD:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(0.25)
+
+
+def _stall(handler):
+    handler.send_response(200)
+    handler.send_header("Content-Length", "12")
+    handler.end_headers()
+    handler.wfile.write(_GOOD[:2])
+    handler.wfile.flush()
+    time.sleep(3)
+
+
+@pytest.mark.parametrize("behaviour, words", [
+    (_slow_trickle, r"too slow: \d+ bytes/s over the last 1 s, under the 100 bytes/s a mirror must keep up"),
+    (_stall, r"stalled: nothing arrived for 0.4 s"),
+], ids=["trickle", "stall"])
+def test_a_trickling_or_stalled_mirror_is_abandoned_by_its_rate_not_a_deadline(tmp_path, monkeypatch, behaviour,
+                                                                                 words):
+    """The deadline is far off; the rate over a window (curl's --speed-limit) ends it within the window."""
+    monkeypatch.setattr(files, "DOWNLOAD_GRACE_S", 1000.0)
+    monkeypatch.setattr(files, "DOWNLOAD_WINDOW_S", 0.8 if behaviour is _slow_trickle else 0.4)
+    monkeypatch.setattr(files, "DOWNLOAD_LOW_SPEED", 100)
+    start = time.monotonic()
+    with _Server(behaviour) as server, pytest.raises(OSError, match=f"could not download f.bin:\n  .*{words}"):
+        _download(tmp_path, server)
+    assert time.monotonic() - start < 2.5
+    assert list((tmp_path / "cache").iterdir()) == [], "a partial file was left"
+
+
+def test_the_default_pace_abandons_a_trickle_within_a_minute():
+    """One byte every 2 s is under the floor, and the window (also the socket's timeout) ends well within 60 s."""
+    assert files.DOWNLOAD_WINDOW_S <= 30 and files.DOWNLOAD_LOW_SPEED > 0.5
+
+
 def test_every_mirror_is_https_or_a_fallback_behind_one():
     for source in (data.MNIST, data.FASHION_MNIST, cifar.CIFAR10):
         assert source.mirrors[0].startswith("https://"), source.name
@@ -249,6 +290,37 @@ def test_a_small_npy_claiming_gigabytes_is_refused_before_anything_is_allocated(
     with _Peak() as peak, pytest.raises(data.DataError, match=r"its header declares shape .* but 100 bytes follow"):
         read_images(str(path), (1, 28, 28))
     assert peak.bytes < 8 * MIB
+
+
+def _sparse_npy(path, nbytes):
+    """A .npy whose header and size agree on ``nbytes`` of float32, written as a sparse file (nothing on disk)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (nbytes // 4,)})
+    with open(path, "wb") as handle:
+        handle.write(header.getvalue())
+        handle.truncate(len(header.getvalue()) + nbytes // 4 * 4)
+
+
+def test_a_sparse_npy_larger_than_the_available_memory_is_a_data_error(tmp_path, monkeypatch):
+    """Header and size agree, so only memory can refuse it: before allocating when the available memory is
+    known, and as a DataError (never a MemoryError through ``xpcnn predict``) when the allocation fails."""
+    available = files._memory()
+    if available is None:
+        pytest.skip("this machine's available memory cannot be read")
+    path = tmp_path / "sparse.npy"
+    _sparse_npy(path, available + 2**30)
+    with _Peak() as peak, pytest.raises(data.DataError, match=r"sparse.npy: holds .* GiB of float32, more than "
+                                                              r"the memory this machine has available \("):
+        read_images(str(path), (1, 28, 28))
+    assert peak.bytes < 8 * MIB
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    _sparse_npy(path, 4 * MIB)
+    monkeypatch.setattr(np.lib.format, "read_array", no_memory)
+    with pytest.raises(data.DataError, match="more than the memory this machine has available$"):
+        read_images(str(path), (1, 28, 28))
 
 
 def test_an_npz_member_claiming_more_than_it_holds_is_refused(tmp_path):

@@ -13,6 +13,7 @@ from .. import backend as _backend
 from .. import functional as F
 from ..distributed import shard
 from . import files as _files
+from .checks import check_images, check_labels, check_statistics
 from .cifar import CIFAR10, load_cifar10
 from .mnist import FASHION_MNIST, MNIST, load_bundled, load_fashion_mnist, load_mnist
 
@@ -78,6 +79,20 @@ def statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
+def held_out(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Which of ``n`` samples a split holds out (a boolean mask): ``fraction`` of them, rounded, at least one and
+    at least one left, chosen by ``seed`` alone. Fewer than 2 samples cannot be split: a DataError."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:
+        raise ValueError(f"Dataset.split: fraction must be a number in (0, 1); got {fraction!r}")
+    if n < 2:
+        raise _files.DataError(f"Dataset.split: cannot hold out {float(fraction):.0%} of {n} sample"
+                               f"{'s' if n != 1 else ''}: a split needs at least 2 (one to train on, one held out)")
+    count = min(max(round(fraction * n), 1), n - 1)
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 2]).permutation(n)[:count]] = True
+    return held
+
+
 class Dataset:
     """Images (N, C, H, W) and labels on one backend, moved there once; batches are taken there. ``mean`` and
     ``std`` (one value per channel, or None) record how the images were normalized, to treat new images alike."""
@@ -98,17 +113,16 @@ class Dataset:
         ``std`` (one value or one per channel, on the [0, 1] scale for uint8): the normalization; None uses these
         images' own per-channel statistics. Either way they are kept as ``dataset.mean`` and ``dataset.std``
         (normalize a test set or new images with the training set's). ``labels``: class indices (N,) or one-hot /
-        probability targets (N, K) (kept as floats)."""
-        images = channels_first(images, layout)
+        probability targets (N, K) (kept as floats). Bad input (NaN pixels, fractional or string labels, a zero
+        std, no images, ...) is a :class:`~xpcnn.data.DataError` (see :mod:`xpcnn.data.checks`)."""
+        images = channels_first(check_images(images, "images"), layout)
+        labels = check_labels(labels, "labels", images.shape[0])
         if mean is None or std is None:
             own_mean, own_std = statistics(images)
             mean = own_mean if mean is None else mean
             std = own_std if std is None else std
-        channels = images.shape[1]
-        mean, std = (tuple(float(v) for v in np.broadcast_to(np.asarray(a, np.float64), (channels,)))
-                     for a in (mean, std))
-        labels = np.asarray(labels)
-        labels = labels.astype(np.int64) if labels.ndim == 1 else labels.astype(dtype)
+        mean, std = check_statistics(mean, std, images.shape[1])
+        labels = labels if labels.ndim == 1 else labels.astype(dtype)
         return cls(_backend.asarray(normalize(images, dtype, mean, std)), _backend.asarray(labels), source, mean, std)
 
     def normalization(self) -> dict | None:
@@ -126,14 +140,8 @@ class Dataset:
         """``(rest, held_out)``: ``held_out`` holds ``fraction`` of the samples (rounded, at least one, at least one
         left), chosen by ``seed`` alone; both keep the stored order. For a validation split that never touches
         the test data: ``train, val = train.split(0.1)``."""
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-            raise ValueError(f"Dataset.split: fraction must be a number in (0, 1); got {fraction!r}")
         n = len(self)
-        if n < 2:
-            raise ValueError(f"Dataset.split: needs at least 2 samples to hold some out; this dataset has {n}")
-        count = min(max(round(fraction * n), 1), n - 1)
-        held = np.zeros(n, dtype=bool)
-        held[np.random.default_rng([seed, 2]).permutation(n)[:count]] = True
+        held = held_out(n, fraction, seed)
         xp = array_namespace(self.images)
         parts = []
         for rows, label in ((np.flatnonzero(~held), "rest"), (np.flatnonzero(held), "held out")):
@@ -207,7 +215,8 @@ def load_arrays(path: str | os.PathLike, split: str = "train", dtype: str = "flo
     """Your own arrays from an ``.npz`` file as a :class:`Dataset`: ``x_train`` and ``y_train``, and optionally
     ``x_test`` and ``y_test`` (None for the test split when they are absent). Images are uint8 or floats in any
     layout :meth:`Dataset.from_numpy` takes; labels integer class indices (N,). Both splits are normalized with the
-    training images' statistics. A missing file, key or a malformed array is a DataError naming it."""
+    training images' statistics. Every split is checked whichever is asked for (so a bad test split is refused
+    before training); a missing file or key, or bad content, is a DataError naming it."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be one of train, test; got {split!r}")
     try:
@@ -218,26 +227,30 @@ def load_arrays(path: str | os.PathLike, split: str = "train", dtype: str = "flo
         raise _files.DataError(f"--data {exc}") from None
     except OSError as exc:
         raise _files.DataError(f"--data {path}: cannot be read ({exc})") from None
+    _check_arrays(path, arrays)
+    if split == "test" and "x_test" not in arrays:
+        return None
+    mean, std = statistics(channels_first(arrays["x_train"]))
+    images = channels_first(arrays[f"x_{split}"])
+    return Dataset.from_numpy(images, arrays[f"y_{split}"], dtype, f"{path} ({split})", mean, std)
+
+
+def _check_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """An --data file's arrays, all splits: the keys, the training labels as a classifier's (two classes at least),
+    the test split in the training images' shape and classes."""
     for key in ("x_train", "y_train"):
         if key not in arrays:
             raise _files.DataError(f"--data {path}: no array named {key!r} (found {', '.join(sorted(arrays)) or 'none'}"
                                    f"; it needs x_train, y_train and optionally x_test, y_test)")
-    if split == "test" and ("x_test" not in arrays or "y_test" not in arrays):
-        return None
-    for x_key, y_key in (("x_train", "y_train"), (f"x_{split}", f"y_{split}")):
-        images, labels = arrays[x_key], arrays[y_key]
-        if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
-            raise _files.DataError(f"--data {path}: {x_key} must hold uint8 or floating pixels; got {images.dtype}")
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.shape[0] != images.shape[0]:
-            raise _files.DataError(f"--data {path}: {y_key} must be integer class indices of shape "
-                                   f"({images.shape[0]},); got {labels.dtype} of shape {labels.shape}")
-        if labels.size and labels.min() < 0:
-            raise _files.DataError(f"--data {path}: {y_key} holds negative class indices")
-        if images.ndim == 4 and not np.all(np.isfinite(images)):
-            raise _files.DataError(f"--data {path}: {x_key} holds NaN or infinite values")
-    try:
-        mean, std = statistics(channels_first(arrays["x_train"]))
-        images = channels_first(arrays[f"x_{split}"])
-    except ValueError as exc:
-        raise _files.DataError(f"--data {path}: {exc}") from None
-    return Dataset.from_numpy(images, arrays[f"y_{split}"], dtype, f"{path} ({split})", mean, std)
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        given, missing = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise _files.DataError(f"--data {path}: has {given} but no {missing}; give both or neither")
+    images = check_images(arrays["x_train"], f"--data {path}: x_train")
+    train = check_labels(arrays["y_train"], f"--data {path}: y_train", images.shape[0], training=True)
+    if train.ndim != 1:
+        raise _files.DataError(f"--data {path}: y_train must be integer class indices of shape ({images.shape[0]},); "
+                               f"got shape {train.shape}")
+    if "x_test" in arrays:
+        shape = channels_first(images[:1]).shape[1:]
+        test = check_images(arrays["x_test"], f"--data {path}: x_test", shape)
+        check_labels(arrays["y_test"], f"--data {path}: y_test", test.shape[0], int(train.max()) + 1)

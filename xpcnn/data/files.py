@@ -80,14 +80,17 @@ def cache_dir(name: str = "mnist") -> pathlib.Path:
 
 DOWNLOAD_GRACE_S = 60.0        # a download may always take this long ...
 DOWNLOAD_MIN_RATE = 20_000     # ... plus one second per this many bytes of the file's limit; then it is abandoned
+DOWNLOAD_WINDOW_S = 30.0       # and a mirror sending less than LOW_SPEED bytes/s over this long (or nothing:
+DOWNLOAD_LOW_SPEED = 1_000     # the socket's timeout) is abandoned at once, as curl's --speed-limit/--speed-time
 
 
 def download(source: Source, destination: str | os.PathLike, mirrors: tuple[str, ...] | None = None,
              progress: bool = True) -> None:
     """Fetch the source's missing files into ``destination`` (verified, each written atomically); raises OSError
     listing every mirror's failure if a file cannot be had. A response is read no further than the file's size
-    limit (``source.limits``) and for no longer than ``DOWNLOAD_GRACE_S`` plus the limit at ``DOWNLOAD_MIN_RATE``
-    bytes per second, so an endless or trickling mirror is abandoned for the next one."""
+    limit (``source.limits``); a mirror that stalls, or trickles under ``DOWNLOAD_LOW_SPEED`` bytes per second over
+    ``DOWNLOAD_WINDOW_S``, is abandoned for the next one, and so is one past ``DOWNLOAD_GRACE_S`` plus the limit
+    at ``DOWNLOAD_MIN_RATE`` bytes per second."""
     destination = pathlib.Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     for name in source.files:
@@ -110,29 +113,55 @@ def download(source: Source, destination: str | os.PathLike, mirrors: tuple[str,
             raise OSError(f"could not download {name}:\n  " + "\n  ".join(errors))
 
 
+class _Pace:
+    """A download's clock: past the deadline, or under the minimum rate over a window, it raises OSError."""
+
+    def __init__(self, limit: int | None):
+        self.start = self.window_start = time.monotonic()
+        self.deadline = self.start + DOWNLOAD_GRACE_S + (limit or 0) / DOWNLOAD_MIN_RATE
+        self.limit, self.window_bytes = limit, 0
+
+    def check(self, written: int) -> None:
+        now = time.monotonic()
+        if now > self.deadline:
+            raise OSError(f"too slow: {written:,} bytes in {now - self.start:.0f} s, past the deadline for "
+                          f"{self.limit or 0:,} bytes at {DOWNLOAD_MIN_RATE:,} bytes/s; abandoned")
+        if now - self.window_start >= DOWNLOAD_WINDOW_S:
+            rate = (written - self.window_bytes) / (now - self.window_start)
+            if rate < DOWNLOAD_LOW_SPEED:
+                raise OSError(f"too slow: {rate:,.0f} bytes/s over the last {now - self.window_start:.0f} s, under "
+                              f"the {DOWNLOAD_LOW_SPEED:,} bytes/s a mirror must keep up; abandoned")
+            self.window_start, self.window_bytes = now, written
+
+
 def _fetch(url: str, temp: pathlib.Path, name: str, limit: int | None, progress: bool) -> None:
-    """``url`` into ``temp``, within ``limit`` bytes and the deadline (OSError beyond either)."""
+    """``url`` into ``temp``, within ``limit`` bytes and the pace :class:`_Pace` keeps (OSError otherwise)."""
     from tqdm.auto import tqdm
 
-    start = time.monotonic()
-    deadline = start + DOWNLOAD_GRACE_S + (limit or 0) / DOWNLOAD_MIN_RATE
-    with open(temp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+    pace = _Pace(limit)
+    with open(temp, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_WINDOW_S) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         if limit is not None and total is not None and total > limit:
             raise OSError(f"the server announces {total:,} bytes; {name} is at most {limit:,}")
         written = 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False,
                   disable=None if progress else True) as bar:     # None: off when not a terminal
-            while chunk := response.read1(1 << 16):         # what has arrived: a trickle cannot stall it
+            while chunk := _read(response):         # what has arrived: a trickle cannot stall it
                 written += len(chunk)
                 if limit is not None and written > limit:
                     raise OSError(f"sent more than {limit:,} bytes; {name} is at most that: not the expected file")
-                if time.monotonic() > deadline:
-                    raise OSError(f"too slow: {written:,} bytes in {time.monotonic() - start:.0f} s, past the "
-                                  f"deadline for {limit or 0:,} bytes at {DOWNLOAD_MIN_RATE:,} bytes/s; abandoned")
+                pace.check(written)
                 out.write(chunk)
                 bar.update(len(chunk))
         out.flush()
+
+
+def _read(response) -> bytes:
+    """What has arrived of ``response`` (at most 64 KiB); a socket silent for the whole timeout is an OSError."""
+    try:
+        return response.read1(1 << 16)
+    except TimeoutError:
+        raise OSError(f"stalled: nothing arrived for {DOWNLOAD_WINDOW_S:g} s; abandoned") from None
 
 
 def find(source: Source, data_dir: str | os.PathLike | None = None, download_missing: bool = True,
@@ -167,10 +196,26 @@ def find(source: Source, data_dir: str | os.PathLike | None = None, download_mis
 
 # --------------------------------------------------------------------------- arrays of your own
 def _memory() -> int | None:
+    """The bytes this process could still allocate: the least of the machine's memory, what the kernel counts
+    as available and what a container's cgroup leaves; None when none of them can be read."""
+    known = []
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        known.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
-        return None
+        pass
+    try:
+        with open("/proc/meminfo") as meminfo:
+            known += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = pathlib.Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            known.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(known) if known else None
 
 
 def _npy(handle: IO[bytes], available: int, where: str) -> np.ndarray:
@@ -193,11 +238,15 @@ def _npy(handle: IO[bytes], available: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: its header declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but "
                         f"{held:,} bytes follow it; the file is truncated or not what it claims")
     memory = _memory()
+    too_big = (f"{where}: holds {declared / 2**30:,.1f} GiB of {dtype}, more than the memory this machine has "
+               "available")
     if memory is not None and declared > memory:
-        raise DataError(f"{where}: holds {declared / 2**30:,.1f} GiB of {dtype}, more than this machine's "
-                        f"{memory / 2**30:,.1f} GiB of memory")
+        raise DataError(f"{too_big} ({memory / 2**30:,.1f} GiB)")
     handle.seek(0)
-    return np.lib.format.read_array(handle, allow_pickle=False)
+    try:
+        return np.lib.format.read_array(handle, allow_pickle=False)
+    except MemoryError:
+        raise DataError(too_big) from None
 
 
 def read_npy(path: str | os.PathLike) -> np.ndarray:
