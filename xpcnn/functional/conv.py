@@ -376,8 +376,11 @@ def _input_gradient_transposed(dy: Any, w: Any, xp: Any, geometry: ConvGeometry,
     """dx = dy padded by kernel - 1 - padding, correlated with the kernels flipped and their channel axes
     swapped (within each group): one im2col and one matrix product instead of col2im's kh + kw strided adds."""
     out_channels, channels, kh, kw = w.shape
-    per_group = xp.reshape(w, (groups, out_channels // groups, channels, kh, kw))
-    swapped = xp.reshape(xp.permute_dims(per_group, (0, 2, 1, 3, 4)), (groups * channels, -1, kh, kw))
+    if groups == 1:
+        swapped = xp.permute_dims(w, (1, 0, 2, 3))
+    else:
+        per_group = xp.reshape(w, (groups, out_channels // groups, channels, kh, kw))
+        swapped = xp.reshape(xp.permute_dims(per_group, (0, 2, 1, 3, 4)), (groups * channels, -1, kh, kw))
     flipped = xp.flip(swapped, axis=(2, 3))                       # (C_in, C_out / g, kh, kw)
     return conv2d_forward(dy, flipped, None, 1, _transposed_pads(geometry), 1, geometry.layout, None, groups)[0]
 
