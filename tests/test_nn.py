@@ -195,5 +195,5 @@ def test_predict_gives_probabilities_in_batches_and_keeps_the_mode(B):
         np.testing.assert_allclose(binary.predict(xpcnn.asarray(images)), 1 / (1 + np.exp(-logits)), rtol=1e-5)
         already = nn.Sequential(nn.Flatten(), nn.Linear(784, 3), nn.Softmax(), input_shape=(1, 28, 28))
         np.testing.assert_allclose(already.predict(images).sum(axis=1), 1, rtol=1e-5)    # not softmax twice
-        with pytest.raises(ValueError, match="predict: batch_size must be a positive integer; got 0"):
+        with pytest.raises(ValueError, match="predict: batch_size must be >= 1; got 0"):
             model.predict(images, batch_size=0)

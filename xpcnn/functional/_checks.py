@@ -1,11 +1,16 @@
-"""Argument checks shared by the ops: one place for the wording of every error.
+"""Argument checks: one place for the wording of every error.
 
-Ops validate at their public entry and raise ValueError/TypeError naming the op,
-the argument, what was expected and what came. Internal helpers trust their callers.
+Ops (and the layers, containers and training code above them) validate at their public entry and raise
+ValueError/TypeError naming the op, the argument, what was expected and what came. Numbers and choices go through
+one family: :func:`as_int` (whole numbers), :func:`as_float` (real numbers in a range), :func:`as_choice` (one of
+a few values); each refuses a bool, which Python would otherwise take as 0 or 1. Internal helpers trust their
+callers.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Any
 
@@ -81,16 +86,57 @@ def check_shape(op: str, name: str, x: Any, shape: tuple) -> None:
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}; got {tuple(x.shape)}")
 
 
-def as_int(op: str, name: str, value: Any, minimum: int) -> int:
+def as_int(op: str, name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole number (Python or NumPy int, not a bool) within [minimum, maximum] where given, as an int."""
     if isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be an integer; got {value!r}")
     try:
         number = operator.index(value)
     except TypeError:
         raise TypeError(f"{op}: {name} must be an integer or a pair of integers; got {value!r}") from None
-    if number < minimum:
+    if minimum is not None and number < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}; got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{op}: {name} must be <= {maximum}; got {value!r}")
     return number
+
+
+def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+
+
+def as_float(op: str, name: str, value: Any, low: float | None = None, high: float | None = None, *,
+             low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number (int or float of any library's scalar type, not a bool) within ``low``..``high``
+    (each end closed unless ``low_open``/``high_open``), as a float."""
+    wanted = " ".join(filter(None, ("a finite number", _range(low, high, low_open, high_open))))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be {wanted}; got {value!r}")
+    number = float(value)
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if not math.isfinite(number) or too_low or too_high:
+        raise ValueError(f"{op}: {name} must be {wanted}; got {value!r}")
+    return number
+
+
+def as_choice(op: str, name: str, value: Any, choices: tuple) -> Any:
+    """The one of ``choices`` that ``value`` equals (a bool only matches a bool: True is not 1)."""
+    for choice in choices:
+        if value is choice or (isinstance(value, bool) is isinstance(choice, bool) and _equal(value, choice)):
+            return choice
+    raise ValueError(f"{op}: {name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):        # an array compared with a string, say
+        return False
 
 
 def pair(op: str, name: str, value: Any, minimum: int) -> tuple[int, int]:

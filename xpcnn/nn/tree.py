@@ -1,0 +1,159 @@
+"""The module tree: children, parameters and buffers registered when they are assigned (as PyTorch does), the
+walks over them, and what those walks serve (``train``/``eval``, ``.to``, ``zero_grad``).
+
+Each module keeps a registry (``_tree``) of its attributes that are modules, parameters or buffers, in attribute
+order. An assignment replaces the registry whole instead of changing it, so a walk in one thread reads one
+consistent snapshot while another thread assigns (a call sets its pending backward on the model meanwhile).
+A plain list, tuple or dict holding modules is refused: the walk cannot see into it (use ``ModuleList``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from .. import backend as _backend
+from .slots import Buffer, Parameter, check_dtype, dtype_name
+
+__all__ = ["Tree"]
+
+# bookkeeping attributes: set on every call or at construction, never part of the tree
+_INTERNAL = frozenset({"_config", "_last", "_displaced", "_tree", "_plain"})
+
+
+class Tree:
+    """Registration and walks: ``named_children``/``named_modules``/``named_parameters``/``named_buffers``."""
+
+    def _start_tree(self) -> None:
+        object.__setattr__(self, "_tree", {})    # name -> Module, Parameter or Buffer; replaced, never mutated
+        object.__setattr__(self, "_plain", ())   # names of list, tuple and dict attributes, checked at each walk
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _INTERNAL:
+            object.__setattr__(self, name, value)
+            return
+        if "_tree" not in self.__dict__:
+            raise TypeError(f"{type(self).__name__}.__init__ must call super().__init__(...) before it sets "
+                            f"attributes (setting {name!r}); pass the constructor's arguments to it, e.g. "
+                            f"super().__init__(in_features=in_features), so the module can be rebuilt")
+        _refuse_hidden_modules(self, name, value)
+        object.__setattr__(self, name, value)
+        self._register(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        if name not in _INTERNAL:
+            self._register(name, None)
+
+    def _register(self, name: str, value: Any) -> None:
+        """Update the registries after attribute ``name`` became ``value`` (None: deleted)."""
+        if isinstance(value, (Tree, Parameter, Buffer)) or name in self._tree:
+            attributes = list(vars(self).items())        # one snapshot, in attribute order
+            object.__setattr__(self, "_tree", {n: v for n, v in attributes if isinstance(v, (Tree, Parameter, Buffer))})
+        plain = isinstance(value, (list, tuple, dict))
+        if plain != (name in self._plain):
+            object.__setattr__(self, "_plain", tuple(n for n in self._plain if n != name) + ((name,) * plain))
+
+    # -- walks
+    def named_children(self) -> Iterator[tuple[str, "Tree"]]:
+        """The modules held as attributes (assigned in ``__init__`` or later), in assignment order."""
+        for name in self._plain:                          # a plain list filled after its assignment
+            _refuse_hidden_modules(self, name, self.__dict__.get(name))
+        for name, value in self._tree.items():
+            if isinstance(value, Tree):
+                yield name, value
+
+    def children(self) -> list["Tree"]:
+        return [m for _, m in self.named_children()]
+
+    def named_modules(self, prefix: str = "", _path: tuple = ()) -> Iterator[tuple[str, "Tree"]]:
+        """This module and every descendant, depth first, with dotted names ("" for this one). A module may
+        appear at several places; a module that contains itself is an error."""
+        if any(self is outer for outer in _path):
+            raise ValueError(f"module cycle: {type(self).__name__} at {prefix!r} contains itself (a module cannot "
+                             f"be its own descendant)")
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix and name else prefix or name, (*_path, self))
+
+    def modules(self) -> list["Tree"]:
+        return [m for _, m in self.named_modules()]
+
+    def _named_own(self, kind: type) -> Iterator[tuple[str, Any]]:
+        for name, value in self._tree.items():
+            if isinstance(value, kind):
+                yield name, value
+
+    def _named_all(self, kind: type) -> Iterator[tuple[str, Any]]:
+        seen = set()
+        for prefix, module in self.named_modules():
+            for name, value in module._named_own(kind):
+                if id(value) not in seen:          # a module used twice holds its parameters once
+                    seen.add(id(value))
+                    yield (f"{prefix}.{name}" if prefix else name), value
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """Every parameter with its dotted name, e.g. ``3.body.0.weight``."""
+        return self._named_all(Parameter)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> Iterator[tuple[str, Buffer]]:
+        return self._named_all(Buffer)
+
+    def buffers(self) -> list[Buffer]:
+        return [b for _, b in self.named_buffers()]
+
+    # -- what the walks serve
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> "Tree":
+        """Training mode (batch statistics, dropout) for this module and all below it; ``train(False)``: eval."""
+        for module in self.modules():
+            module.training = bool(mode)
+            if not mode:
+                module._last = None        # switching to eval drops a pending backward
+        return self
+
+    def eval(self) -> "Tree":
+        return self.train(False)
+
+    def to(self, backend: str | None = None, device: Any = None, dtype: str | None = None) -> "Tree":
+        """Move parameters and buffers to ``backend`` and ``device`` (given either, the other defaults to the
+        current backend and its default device), and/or change their dtype (float32 or float64).
+        ``to(dtype=...)`` alone changes the dtype and leaves every array on its backend and device."""
+        if dtype is not None:
+            check_dtype(f"{type(self).__name__}.to", dtype)
+        slots = [*self.parameters(), *self.buffers()]
+        if backend is None and device is None:
+            for slot in slots:
+                slot.data = _backend.asarray_like(slot.data, slot.data, dtype=dtype or dtype_name(slot.data))
+        else:
+            with _backend.use_backend(backend or _backend.get_backend().name, device):
+                for slot in slots:
+                    slot.data = _backend.asarray(slot.data, dtype=dtype or dtype_name(slot.data))
+        for slot in slots:
+            if isinstance(slot, Parameter):
+                slot.grad = None
+        self._forget()
+        return self
+
+    def _forget(self) -> None:
+        """Drop every pending backward in the tree (its arrays or its structure changed)."""
+        for module in self.modules():
+            module._last = None
+
+
+def _refuse_hidden_modules(owner: Tree, name: str, value: Any) -> None:
+    """A plain list, tuple or dict holding modules would hide them from the tree walk (no parameters, no
+    training): refused, naming the container that keeps them visible."""
+    if not isinstance(value, (list, tuple, dict)):
+        return
+    items = value.values() if isinstance(value, dict) else value
+    if any(isinstance(item, Tree) for item in items):
+        kind = "dict" if isinstance(value, dict) else type(value).__name__
+        raise TypeError(f"{type(owner).__name__}.{name} is a plain {kind} holding modules, which the module tree "
+                        f"cannot see (their parameters would not train); use xpcnn.nn.ModuleList(...) instead, or "
+                        f"assign each module as an attribute")
