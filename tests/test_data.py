@@ -343,7 +343,7 @@ def test_mean_or_std_of_the_wrong_length_is_refused():
 
 def test_labels_that_are_not_whole_numbers_or_strings_are_refused():
     images = _pixels(3)
-    with pytest.raises(data.DataError, match=r"labels holds 3 values that are not whole numbers \(0.5, 1.7, 2.2"):
+    with pytest.raises(data.DataError, match=r"labels: 3 of 3 labels are not whole numbers \(0.5, 1.7, 2.2"):
         data.Dataset.from_numpy(images, np.array([0.5, 1.7, 2.2]))
     with pytest.raises(data.DataError, match=r"labels must be integer class indices .* got <U3 values \('cat', "
                                              r"'dog', 'cat'.*np.unique\(labels, return_inverse=True\)"):

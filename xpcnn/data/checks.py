@@ -121,8 +121,9 @@ def check_labels(labels: Any, name: str = "labels", count: int | None = None, cl
         fractional = labels != np.round(labels)
         if fractional.any():
             sample = ", ".join(f"{v:g}" for v in labels[fractional][:3])
-            raise DataError(f"{name} holds {int(fractional.sum()):,} values that are not whole numbers ({sample}, "
-                            "...); class indices are integers 0..K-1 (probability targets are shaped (N, K))")
+            raise DataError(f"{name}: {int(fractional.sum()):,} of {labels.size:,} labels are not whole numbers "
+                            f"({sample}, ...); class indices are integers 0..K-1 (probability targets are shaped "
+                            "(N, K))")
     labels = labels.astype(np.int64)
     _label_classes(labels, name, classes)
     if training:

@@ -125,6 +125,28 @@ class Dataset:
         labels = labels if labels.ndim == 1 else labels.astype(dtype)
         return cls(_backend.asarray(normalize(images, dtype, mean, std)), _backend.asarray(labels), source, mean, std)
 
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike, image_size: Any = None, mode: str | None = None,
+                    mean: Any = None, std: Any = None, dtype: str = "float32") -> Any:
+        """Images in a folder with one subfolder per class, read batch by batch (a :class:`FolderDataset`).
+
+        The sorted subfolder names are the classes (``dataset.classes``; label i is ``classes[i]``); each holds
+        .png, .jpg/.jpeg or .bmp files, read through Pillow as ``xpcnn predict`` reads a picture. ``mode``:
+        "grayscale" or "rgb" (None: RGB if any file is in colour). ``image_size``: (height, width) or one int to
+        resize every image to (None: the files' own size, which must then agree). ``mean``/``std``: the
+        normalization as in :meth:`from_numpy`; None computes it in one streaming pass over the files. Only a
+        batch of images is decoded at once, for the statistics and for every batch that training reads."""
+        from .folder import from_folder
+
+        return from_folder(path, image_size, mode, mean, std, dtype)
+
+    def like(self, reference: Any) -> "Dataset":
+        """This dataset on the backend and device of the array ``reference`` (itself if already there)."""
+        images, labels = (_backend.asarray_like(a, reference) for a in (self.images, self.labels))
+        if images is self.images and labels is self.labels:
+            return self
+        return Dataset(images, labels, self.source, self.mean, self.std)
+
     def normalization(self) -> dict | None:
         """``{"mean": [...], "std": [...]}`` as checkpoints record it for ``xpcnn predict``; None if unknown."""
         return None if self.mean is None else {"mean": list(self.mean), "std": list(self.std)}

@@ -56,14 +56,22 @@ def read_images(path: str, shape: tuple[int, int, int], invert: bool = False, me
     return normalize(pixels, "float32", MEAN if mean is None else mean, STD if std is None else std)
 
 
+def pillow():
+    """Pillow's ``Image``, ``ImageOps`` and ``UnidentifiedImageError``, imported when a picture is first read (it is
+    an optional dependency); an ImportError saying how to install it when it is absent."""
+    try:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+    except ImportError:
+        raise ImportError("reading image files (.png, .jpg, .bmp, ...) needs Pillow: pip install pillow "
+                          "(or give .npy arrays)") from None
+    return Image, ImageOps, UnidentifiedImageError
+
+
 def _picture(file: pathlib.Path, channels: int, height: int, width: int) -> np.ndarray:
     """A picture as uint8 pixels (1, C, H, W) the way a viewer shows it: turned upright by its EXIF orientation
     (phone photos), 16-bit pixels scaled to 8 bits (not clipped), and a transparent background filled with the
     shade that contrasts with the drawing (an RGBA digit stays visible)."""
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError:
-        raise ImportError("reading image files needs Pillow: pip install pillow (or .npy arrays)") from None
+    Image, ImageOps, UnidentifiedImageError = pillow()
     try:
         with Image.open(file) as opened:
             image = ImageOps.exif_transpose(opened)
