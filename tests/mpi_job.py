@@ -2,9 +2,11 @@
 
     python mpi_job.py MODE OUT          MODE: sgd32 | adam64 | fail | mismatch | single-sgd32 | single-adam64
     python mpi_job.py accumulate OUT RANKS LR [N]
+    XPCNN_BACKEND=array_api_strict mpiexec -n 2 python mpi_job.py devices OUT
 
 ``accumulate`` is data-parallel arithmetic in one process: each global batch is cut into the ranks' shards
-and their gradients are summed in rank order, which is what the all-reduce does.
+and their gradients are summed in rank order, which is what the all-reduce does. ``devices`` trains on one
+array_api_strict device per rank, with a device communicator (NCCL's role) that refuses host arrays.
 """
 
 from __future__ import annotations
@@ -49,8 +51,45 @@ def accumulate(out: str, ranks: int, lr: float, n: int | None = None):
     np.savez(out, flat=ours(data, lr, "float32", ranks).astype(np.float32))
 
 
+class DeviceComm:
+    """Sums device arrays over the ranks as NCCL would, and refuses host arrays and arrays off its device."""
+
+    def __init__(self, ctx, device):
+        self.ctx, self.device, self.sums = ctx, device, 0
+
+    def allreduce(self, flat):
+        if isinstance(flat, np.ndarray):
+            raise TypeError("a host array was handed to the device communicator")
+        if flat.device != self.device:
+            raise ValueError(f"an array on {flat.device} was handed to the communicator of {self.device}")
+        host = xpcnn.to_numpy(flat)
+        out = np.empty_like(host)
+        self.ctx.comm.Allreduce(host, out)
+        self.sums += 1
+        return xpcnn.backend.asarray_like(out, flat)
+
+
+def devices(out: str):
+    distributed.DEVICE_COMMS["array_api_strict"] = lambda ctx, backend: DeviceComm(ctx, backend.device)
+    ctx = distributed.init()
+    images, labels = xpcnn.data.load_bundled("train")
+    data = xpcnn.data.Dataset.from_numpy(images[:64], labels[:64], mean=xpcnn.data.MEAN, std=xpcnn.data.STD)
+    model = nn.Sequential(nn.Conv2D(1, 4, 3, padding=1), nn.BatchNorm2D(4), nn.ReLU(), nn.MaxPool2D(2), nn.Flatten(),
+                          nn.Linear(4 * 14 * 14, 10))
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    xpcnn.fit(model, nn.CrossEntropyLoss(), opt, data, epochs=1, batch_size=32, progress=False, validation_data=data,
+              distributed=ctx)
+    where = {str(p.data.device) for p in model.parameters()}
+    print(f"rank {ctx.rank}: backend device {xpcnn.get_backend().device}, "
+          f"parameters on {', '.join(sorted(where))}, "
+          f"{ctx.device_comm.sums} device sums", flush=True)
+
+
 def main():
     mode, out = sys.argv[1], sys.argv[2]
+    if mode == "devices":
+        devices(out)
+        return
     if mode == "accumulate":
         accumulate(out, int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else None)
         return

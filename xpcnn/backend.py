@@ -5,6 +5,11 @@
 :func:`set_backend` changes the process-wide choice; ``with use_backend(...)`` overrides it for a block, in
 this thread or task only (a ``contextvars.ContextVar``). Operations in :mod:`xpcnn.functional` never look here:
 they take their namespace from their inputs, so arrays of any backend work with them without configuration.
+
+CuPy allocates every array without an explicit device on its *current* device (array-api-compat's CuPy namespace
+drops ``device=`` in ``zeros``, ``full``, ``arange``, ``empty`` and the ``*_like`` functions), so selecting a CUDA
+device makes it current, and :func:`on_device` makes an array's device current around the calls that use it.
+:func:`preflight` proves a backend computes correctly here; :func:`synchronize` waits for queued device work.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import contextvars
 import importlib
 import importlib.metadata
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -29,14 +35,22 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendUnavailableError",
+    "Check",
     "asarray",
     "asarray_like",
     "available_backends",
     "get_backend",
+    "on_device",
+    "preflight",
     "set_backend",
+    "synchronize",
     "to_numpy",
     "use_backend",
 ]
+
+CUDA_LIBRARIES = ("CuPy's CUDA libraries (NVRTC, cuBLAS, cuRAND) are missing or broken: install them with "
+                  "`pip install \"cupy-cuda12x[ctk]>=14\"` (CUDA 12; cupy-cuda13x for CUDA 13), from a checkout of "
+                  "xpcnn `pip install -e '.[cuda12]'`")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -86,8 +100,9 @@ def _load_numpy(device: str | None) -> Backend:
 
 
 def _load_cupy(device: str | None) -> Backend:
-    cupy = _import("cupy", "cupy", "CuPy is not installed; install it with `pip install cupy-cuda12x` (CUDA 12) or "
-                   "`pip install cupy-cuda13x` (CUDA 13); from a checkout of xpcnn: `pip install -e '.[cuda12]'`")
+    cupy = _import("cupy", "cupy", "CuPy is not installed; install it with its CUDA libraries: "
+                   "`pip install \"cupy-cuda12x[ctk]>=14\"` (CUDA 12) or `pip install \"cupy-cuda13x[ctk]>=14\"` "
+                   "(CUDA 13); from a checkout of xpcnn: `pip install -e '.[cuda12]'`")
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own types
@@ -104,7 +119,19 @@ def _load_cupy(device: str | None) -> Backend:
         raise ValueError(f"device for the cupy backend must be a CUDA device index in [0, {count}); got {device!r}")
     import array_api_compat.cupy as xp
 
-    return Backend("cupy", xp, cupy.cuda.Device(index), cupy.__version__)
+    backend = Backend("cupy", xp, cupy.cuda.Device(index), cupy.__version__)
+    if index not in _CUDA_WORKS:                 # a driver-only host has devices but cannot compute: refuse it here
+        failed = [check for check in _run_checks(backend, _QUICK_CHECKS) if not check.ok]
+        if failed:
+            raise BackendUnavailableError(
+                f"backend 'cupy' was requested and CuPy {cupy.__version__} sees {count} CUDA device(s), but on "
+                f"device {index} " + "; ".join(f"the {c.name} check fails ({c.detail})" for c in failed)
+                + f". {CUDA_LIBRARIES}")
+        _CUDA_WORKS.add(index)
+    return backend
+
+
+_CUDA_WORKS: set[int] = set()          # CUDA devices whose quick checks passed in this process
 
 
 def _whole(text: str) -> bool:
@@ -208,6 +235,17 @@ def _load(name: str, device: Any = None) -> Backend:
     return _LOADERS[name](None if device is None else str(device))
 
 
+def devices(name: str) -> list[str]:
+    """The devices of backend ``name`` that data-parallel ranks each take one of (as ``XPCNN_DEVICE`` spells
+    them): CUDA device indices for cupy, array_api_strict's three; empty where every rank keeps the selected one."""
+    name = _check_name(name)
+    if name == "cupy":
+        return [str(i) for i in range(importlib.import_module("cupy").cuda.runtime.getDeviceCount())]
+    if name == "array_api_strict":
+        return ["CPU_DEVICE", "device1", "device2"]
+    return []
+
+
 def get_backend() -> Backend:
     """The backend new arrays are created on: a ``use_backend`` block's, else :func:`set_backend`'s, else the one
     ``XPCNN_BACKEND``/``XPCNN_DEVICE`` name (numpy by default)."""
@@ -219,27 +257,93 @@ def get_backend() -> Backend:
     key = (settings.backend, settings.device)
     if _default is None or (_default[0] is not None and _default[0] != key):
         _default = (key, _load(settings.backend, settings.device))
+        _make_current(_default[1])
     return _default[1]
 
 
 def set_backend(name: str, device: Any = None) -> Backend:
-    """Select the backend for new arrays, process-wide (the environment no longer decides); fails at once if it
-    cannot run here."""
+    """Select the backend for new arrays, process-wide (the environment no longer decides), and make its device
+    current in this thread; fails at once if it cannot run here."""
     global _default
     _default = (None, _load(name, device))
+    _make_current(_default[1])
     return _default[1]
 
 
 @contextlib.contextmanager
 def use_backend(name: str, device: Any = None) -> Iterator[Backend]:
     """``with xpcnn.use_backend("cupy"):`` selects a backend for the block, in this thread (or asyncio task)
-    only, then restores the previous choice."""
+    only, with its device current, then restores the previous choice and device."""
     backend = _load(name, device)
     token = _override.set(backend)
     try:
-        yield backend
+        with on_device(backend):
+            yield backend
     finally:
         _override.reset(token)
+
+
+# --------------------------------------------------------------------------- the current device
+def _use_cuda_device(device: Any) -> Any:
+    import cupy
+
+    previous = cupy.cuda.Device()
+    device.use()
+    return previous
+
+
+# Libraries whose arrays land on a *current* device when created without one: name -> use(device), which makes
+# ``device`` current in this thread and returns the one that was.
+_CURRENT_DEVICE: dict[str, Callable[[Any], Any]] = {"cupy": _use_cuda_device}
+
+
+def _library(x: Any) -> str | None:
+    """The backend name of an array (or a Backend) whose library keeps a current device; None otherwise."""
+    if isinstance(x, Backend):
+        return x.name
+    if array_api_compat.is_cupy_array(x):
+        return "cupy"
+    return "array_api_strict" if type(x).__module__.startswith("array_api_strict") else None
+
+
+def _make_current(backend: Backend) -> Any:
+    use = _CURRENT_DEVICE.get(backend.name)
+    return None if use is None else use(backend.device)
+
+
+@contextlib.contextmanager
+def on_device(x: Any) -> Iterator[None]:
+    """The device of ``x`` (an array or a :class:`Backend`) current in this thread for the block, then the one
+    before; nothing where the library has no current device. Wrap whatever runs a model on ``x``'s device: the
+    arrays its ops create without ``device=`` then land beside their inputs."""
+    name = _library(x)
+    use = _CURRENT_DEVICE.get(name) if name is not None else None
+    if use is None:
+        yield
+        return
+    previous = use(x.device if isinstance(x, Backend) else array_api_compat.device(x))
+    try:
+        yield
+    finally:
+        use(previous)
+
+
+def synchronize(x: Any = None) -> None:
+    """Wait until the device of ``x`` (default: the selected backend's) has finished the work queued on it, so
+    that a timer read next measures the work and not its launch. Nothing to wait for on the CPU."""
+    if x is None:
+        backend = get_backend()
+        if backend.name == "cupy":
+            backend.device.synchronize()
+        elif backend.name == "torch" and backend.device.type == "cuda":
+            importlib.import_module("torch").cuda.synchronize(backend.device)
+        return
+    if array_api_compat.is_cupy_array(x):
+        x.device.synchronize()
+    elif array_api_compat.is_torch_array(x) and x.device.type == "cuda":
+        importlib.import_module("torch").cuda.synchronize(x.device)
+    elif array_api_compat.is_jax_array(x):
+        x.block_until_ready()
 
 
 def available_backends() -> dict[str, str]:
@@ -307,3 +411,92 @@ def asarray_like(obj: Any, like: Any, dtype: Any = None) -> Any:
     if isinstance(dtype, str):
         dtype = getattr(xp, dtype)
     return _convert(obj, xp, array_api_compat.device(like), dtype)
+
+
+# --------------------------------------------------------------------------- preflight
+@dataclass(frozen=True)
+class Check:
+    """One preflight check: its name, whether it passed, and what it found (the error, or what was compared)."""
+
+    name: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+def _upload(backend: Backend, host: np.ndarray) -> Any:
+    return _convert(host, backend.xp, backend.device, None)
+
+
+def _check_kernel(backend: Backend) -> str:
+    xp = backend.xp
+    got = float(to_numpy(xp.sum(_upload(backend, np.arange(1024, dtype=np.float32)) * 2 + 1)))
+    if got != 1024.0 ** 2:
+        raise AssertionError(f"sum(2 i + 1, i < 1024) gave {got}, not 1048576")
+    return "an element-wise kernel and a sum"
+
+
+def _check_matmul(backend: Backend) -> str:
+    a = np.random.default_rng(0).standard_normal((96, 80)).astype(np.float32)
+    got = to_numpy(_upload(backend, a) @ _upload(backend, a.T))
+    np.testing.assert_allclose(got, a.astype(np.float64) @ a.T, rtol=1e-4, atol=1e-3)
+    return "float32 96x80 @ 80x96 against NumPy"
+
+
+def _check_random(backend: Backend) -> str:
+    from .functional.random import uniform
+
+    xp = backend.xp
+    expected = uniform(12345, (4, 256), np, "cpu", np.float32)
+    np.testing.assert_array_equal(to_numpy(uniform(12345, (4, 256), xp, backend.device, xp.float32)), expected)
+    if backend.name == "cupy":                   # the library's own generator (cuRAND), for users' code
+        draw = importlib.import_module("cupy").random.default_rng(0).random(1024).get()
+        if not (0 <= draw.min() < draw.max() < 1):
+            raise AssertionError(f"cupy.random drew values outside [0, 1) or all equal: {draw[:4]}")
+    return "Dropout's counter-based draw bit for bit against NumPy" + (" and cuRAND" if backend.name == "cupy" else "")
+
+
+def _check_conv(backend: Backend) -> str:
+    from .functional.conv import conv2d_backward, conv2d_forward
+
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3))
+    b, dy = rng.standard_normal(4), rng.standard_normal((2, 4, 5, 5))
+    y_ref, cache = conv2d_forward(x, w, b, stride=2, padding=1)
+    grads_ref = conv2d_backward(dy, cache)
+    y, cache = conv2d_forward(*(_upload(backend, a.astype(np.float32)) for a in (x, w, b)), stride=2, padding=1)
+    grads = conv2d_backward(_upload(backend, dy.astype(np.float32)), cache)
+    for name, got, want in zip(("output", "dx", "dw", "db"), (y, *grads), (y_ref, *grads_ref)):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-4, atol=1e-4, err_msg=f"conv2d {name}")
+    return "conv2d stride 2, padding 1: output and the three gradients against NumPy float64"
+
+
+_QUICK_CHECKS = {"kernel": _check_kernel, "matrix product": _check_matmul, "random draw": _check_random}
+_CHECKS = {**_QUICK_CHECKS, "convolution forward and backward": _check_conv}
+
+
+def _run_checks(backend: Backend, checks: dict[str, Callable[[Backend], str]]) -> list[Check]:
+    results = []
+    with on_device(backend):
+        for name, check in checks.items():
+            start = time.perf_counter()
+            try:
+                detail, ok = check(backend), True        # each check reads its result back: the work is done
+            except Exception as exc:             # any failure is the finding: CUDA libraries raise their own types
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                detail, ok = f"{type(exc).__name__}: {first}", False
+            results.append(Check(name, ok, detail, time.perf_counter() - start))
+    return results
+
+
+def preflight(name: str | None = None, device: Any = None) -> list[Check]:
+    """Prove that backend ``name`` on ``device`` (default: the selected backend) computes correctly here: it is
+    selected, then an element-wise kernel, a matrix product, a random draw and a convolution's forward and
+    backward run on it and are compared with NumPy. Each check's result is returned by name; a failed selection
+    is the one result. A GPU shows here, in seconds, what would otherwise fail at the first step."""
+    start = time.perf_counter()
+    try:
+        backend = get_backend() if name is None and device is None else _load(name or get_backend().name, device)
+    except (BackendUnavailableError, ValueError) as exc:
+        return [Check("select", False, str(exc), time.perf_counter() - start)]
+    return [Check("select", True, str(backend), time.perf_counter() - start), *_run_checks(backend, _CHECKS)]

@@ -4,8 +4,8 @@ Every rank holds the whole model and walks the same epoch order; each takes its 
 (uneven splits allowed), computes the gradient of its share of the global mean loss, and ONE all-reduce per
 step sums the flat gradient array (with the loss and correct-count sums appended) across ranks; then every
 rank applies the same optimizer step. MPI (mpi4py, imported only here and only when asked for) launches the
-processes and moves the bytes: between CUDA GPUs the sum goes through NCCL instead (``xpcnn/_nccl.py``,
-untested here: no GPU).
+processes and moves host values; where the backend has several devices each rank takes its own (one GPU per
+rank), and between CUDA GPUs device arrays are summed with NCCL (``xpcnn/_nccl.py``; not yet run on GPUs).
 
 BatchNorm computes batch statistics per rank, as PyTorch's DistributedDataParallel does by default; the
 running statistics are taken from rank 0 (broadcast) before every evaluation and checkpoint, as DDP's
@@ -59,7 +59,7 @@ class Context:
     size: int
     local_rank: int
     local_size: int
-    _nccl: Any = field(default=None, repr=False)
+    device_comm: Any = field(default=None, repr=False)   # sums device arrays (NCCL); None: all through MPI
 
     @property
     def is_root(self) -> bool:
@@ -69,9 +69,11 @@ class Context:
         self.comm.Barrier()
 
     def allreduce(self, flat: Any) -> Any:
-        """The element-wise sum over all ranks of the 1-D array ``flat`` (a new array, same backend)."""
-        if self._nccl is not None:
-            return self._nccl.allreduce(flat)
+        """The element-wise sum over all ranks of the 1-D array ``flat`` (a new array, same backend and device).
+        Host arrays (NumPy: a stop flag, metric sums) go through MPI; device arrays through :attr:`device_comm`
+        where the job has one (NCCL between GPUs), else through MPI by way of the host."""
+        if self.device_comm is not None and not isinstance(flat, np.ndarray):
+            return self.device_comm.allreduce(flat)
         host = np.ascontiguousarray(_backend.to_numpy(flat))
         out = np.empty_like(host)
         self.comm.Allreduce(host, out)
@@ -170,8 +172,9 @@ def init(comm: Any = None) -> Context:
 
     Installs a hook so that an uncaught exception on any rank aborts the whole job; warns when the ranks on
     this node times their BLAS threads exceed its cores (set ``OPENBLAS_NUM_THREADS``); shares the node's
-    cores among its ranks for batch shards (:mod:`xpcnn.parallel`); on the cupy backend
-    gives each rank the GPU of its ``local_rank`` and sums gradients with NCCL.
+    cores among its ranks for batch shards (:mod:`xpcnn.parallel`). In a job of several ranks, where the backend
+    has several devices each rank takes its own (:func:`assign_device`), and on cupy device arrays are summed with
+    NCCL. A job of one builds no communicator.
     """
     try:
         from mpi4py import MPI
@@ -191,8 +194,48 @@ def init(comm: Any = None) -> Context:
         warnings.warn(f"{context.local_size} ranks on this node x {threads} BLAS threads each = "
                       f"{context.local_size * threads} > {cores} cores: they will compete; set "
                       f"OPENBLAS_NUM_THREADS={max(1, cores // context.local_size)}", RuntimeWarning, stacklevel=2)
-    if _backend.get_backend().name == "cupy":
-        from . import _nccl
-
-        context._nccl = _nccl.Allreducer(context)
+    if context.size > 1:
+        backend = assign_device(context, local)
+        if backend.name in DEVICE_COMMS:
+            context.device_comm = DEVICE_COMMS[backend.name](context, backend)
     return context
+
+
+def _nccl_allreducer(context: Context, backend: Any) -> Any:
+    from . import _nccl
+
+    return _nccl.Allreducer(context.comm, context.rank, context.size, backend.device)
+
+
+# Backends whose device arrays have a communicator of their own: name -> make(context, backend).
+DEVICE_COMMS = {"cupy": _nccl_allreducer}
+
+
+def _device_key(backend: Any) -> str:
+    """What tells two devices apart on one node: a GPU's PCI bus id (the same GPU has another index in a rank
+    whose CUDA_VISIBLE_DEVICES differs), else the device's name."""
+    return backend.device.pci_bus_id if backend.name == "cupy" else str(backend.device)
+
+
+def assign_device(context: Context, local: Any) -> Any:
+    """Select this rank's own device where the backend has several (CUDA GPUs): ``XPCNN_DEVICE`` if set, else
+    the one of its node-local rank (modulo the devices it sees, for ranks each shown one GPU). Two ranks of one
+    node on one device (NCCL refuses it) raise the same ValueError on every rank. ``local``: the node's
+    communicator. Returns the backend selected."""
+    backend = _backend.get_backend()
+    choices = _backend.devices(backend.name)
+    if not choices:
+        return backend
+    chosen = _settings.get().device
+    if chosen is None:
+        backend = _backend.set_backend(backend.name, choices[context.local_rank % len(choices)])
+    shared: dict[str, list[str]] = {}
+    for rank, name, key in local.allgather((context.rank, str(backend.device), _device_key(backend))):
+        shared.setdefault(key, []).append(f"rank {rank} ({name})")
+    clashes = [" and ".join(ranks) for ranks in shared.values() if len(ranks) > 1]
+    if clashes:
+        hint = (f"XPCNN_DEVICE={chosen} puts every rank on one device: unset it" if chosen is not None else
+                f"{len(choices)} {backend.name} device(s) are visible here: start at most that many ranks per node")
+        raise ValueError(f"ranks on one node would share a device: {'; '.join(clashes)} (NCCL refuses two ranks on "
+                         f"one GPU). {hint}, or give each rank its own GPU with CUDA_VISIBLE_DEVICES")
+    return backend
