@@ -3,6 +3,9 @@
     python benchmarks/profile_step.py                       # ResNet-8 on 3x32x32 and LeNet-5, batch 64
     python benchmarks/profile_step.py --network resnet8 --batch 64 256
 
+On a GPU (``XPCNN_BACKEND=cupy``; PyTorch then runs on CUDA too) every timer waits for the device first
+(:func:`xpcnn.backend.synchronize`, ``torch.cuda.synchronize``): unsynchronized, a GPU timer reads launch time.
+
 Both run on ONE thread (XPCNN_THREADS=1 and BLAS held to one thread; torch.set_num_threads(1)), so each layer's
 time is the work it does, not how it is spread over the cores; bench_networks.py times the whole steps as a user
 runs them. xpcnn: every layer's ``_forward`` and ``_backward`` are timed (a container's own time is what is left
@@ -41,6 +44,12 @@ def _kind(module) -> str:
             nn.Residual: "residual add"}.get(type(module), "other")
 
 
+def _clock() -> float:
+    """Seconds, read once the device has done the work queued on it (nothing to wait for on the CPU)."""
+    xpcnn.backend.synchronize()
+    return time.perf_counter()
+
+
 def profile_xpcnn(model, x, y, steps: int) -> tuple[dict, float]:
     """Milliseconds per step by layer kind (the medians over ``steps``), and the step's median."""
     totals = collections.defaultdict(list)
@@ -52,11 +61,11 @@ def profile_xpcnn(model, x, y, steps: int) -> tuple[dict, float]:
 
         def call(*args):
             outer, inner[0] = inner[0], 0.0
-            start = time.perf_counter()
+            start = _clock()
             try:
                 return method(*args)
             finally:
-                elapsed = time.perf_counter() - start
+                elapsed = _clock() - start
                 current[kind] += elapsed - inner[0]
                 inner[0] = outer + elapsed
         return call
@@ -69,18 +78,18 @@ def profile_xpcnn(model, x, y, steps: int) -> tuple[dict, float]:
     whole = []
     for step in range(steps + 2):
         current.clear()
-        start = time.perf_counter()
+        start = _clock()
         out = model(x)
-        t = time.perf_counter()
+        t = _clock()
         loss = loss_fn(out, y)
         grad = loss_fn.backward()
-        current["loss"] += time.perf_counter() - t
+        current["loss"] += _clock() - t
         model.backward(grad)
-        t = time.perf_counter()
+        t = _clock()
         optimizer.step()
         model.zero_grad()
-        current["optimizer"] += time.perf_counter() - t
-        whole.append(time.perf_counter() - start)
+        current["optimizer"] += _clock() - t
+        whole.append(_clock() - start)
         float(loss)
         if step >= 2:                      # two warm-up steps
             for kind in KINDS:
@@ -92,6 +101,12 @@ def profile_torch(torch, net, x, y, steps: int) -> tuple[dict, float]:
     from torch.profiler import ProfilerActivity, profile
 
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    cuda = x.device.type == "cuda"
+
+    def clock():
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -102,17 +117,19 @@ def profile_torch(torch, net, x, y, steps: int) -> tuple[dict, float]:
         step()
     whole = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = clock()
         step()
-        whole.append(time.perf_counter() - start)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        whole.append(clock() - start)
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
     kinds = collections.Counter()
     for event in prof.key_averages():
         name = event.key
         kind = next((k for fragment, k in _TORCH_KINDS if fragment in name), "other")
-        kinds[kind] += event.self_cpu_time_total / 1e3 / steps
+        self_time = event.self_cpu_time_total + (getattr(event, "self_device_time_total", 0) if cuda else 0)
+        kinds[kind] += self_time / 1e3 / steps
     return dict(kinds), 1e3 * statistics.median(whole)
 
 
@@ -135,10 +152,11 @@ def main():
             for batch in args.batch:
                 x_host, y_host = _inputs(network, batch)
                 model = build()
-                net = torch_twin(torch, model, "cpu")
+                on = "cuda" if xpcnn.get_backend().name == "cupy" else "cpu"
+                net = torch_twin(torch, model, on)
                 ours, ours_step = profile_xpcnn(model, xpcnn.asarray(x_host), xpcnn.asarray(y_host), args.steps)
-                theirs, theirs_step = profile_torch(torch, net, torch.as_tensor(x_host), torch.as_tensor(y_host),
-                                                    args.steps)
+                theirs, theirs_step = profile_torch(torch, net, torch.as_tensor(x_host, device=on),
+                                                    torch.as_tensor(y_host, device=on), args.steps)
                 print(f"\n{title}, batch {batch}: step {ours_step:.1f} ms (xpcnn) vs {theirs_step:.1f} ms "
                       f"(PyTorch), ratio {ours_step / theirs_step:.2f}\n")
                 print("| layer kind | xpcnn (ms) | PyTorch (ms, profiler self time) | ratio |")
