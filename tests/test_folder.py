@@ -118,6 +118,41 @@ def test_split_and_parts_follow_dataset(tmp_path):
         held.split(0.5)[0].split(0.5)          # 3 samples: 1 left, which cannot be split
 
 
+def test_a_test_folder_takes_the_training_classes_and_normalization(tmp_path):
+    """A test folder may hold some of the classes (even one); its labels index the training classes."""
+    _write(tmp_path / "train", {"a": 2, "b": 2, "c": 2})
+    _write(tmp_path / "test", {"c": 3})
+    train = data.Dataset.from_folder(tmp_path / "train")
+    test = data.Dataset.from_folder(tmp_path / "test", classes=train.classes, mean=train.mean, std=train.std)
+    assert test.classes == ("a", "b", "c") and list(xpcnn.to_numpy(test.labels)) == [2, 2, 2]
+    assert test.mean == train.mean
+    _write(tmp_path / "test", {"d": 1})
+    with pytest.raises(data.DataError, match="the folder.*d are not among the classes a, b, c"):
+        data.Dataset.from_folder(tmp_path / "test", classes=train.classes)
+
+
+def test_data_option_takes_a_folder_or_an_npz(tmp_path):
+    """load_data: --data FOLDER is a FolderDataset with no test split; errors name --data; a file is load_arrays."""
+    _write(tmp_path / "images", {"a": 2, "b": 2})
+    assert isinstance(data.load_data(tmp_path / "images"), data.FolderDataset)
+    assert data.load_data(tmp_path / "images", "test") is None
+    assert data.load_data(tmp_path / "images", image_size=4, mode="rgb").sample_shape == (3, 4, 4)
+    (tmp_path / "images" / "b" / "000.png").write_bytes(b"not a png")
+    with pytest.raises(data.DataError, match=r"^--data .*000.png: not an image Pillow can read"):
+        data.load_data(tmp_path / "images")
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((4, 6, 6), np.uint8), y_train=np.arange(4) % 2)
+    assert len(data.load_data(tmp_path / "d.npz")) == 4
+
+
+def test_without_pillow_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    _write(tmp_path, {"a": 1, "b": 1})
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match="needs Pillow: pip install pillow"):
+        data.Dataset.from_folder(tmp_path)
+
+
 def _peak(root, count, batch):
     """tracemalloc's peak while reading the folder (statistics pass included) and while iterating an epoch."""
     _write(root, {"a": count // 2, "b": count - count // 2}, size=(64, 64), mode="RGB")

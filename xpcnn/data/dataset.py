@@ -127,7 +127,7 @@ class Dataset:
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, image_size: Any = None, mode: str | None = None,
-                    mean: Any = None, std: Any = None, dtype: str = "float32") -> Any:
+                    mean: Any = None, std: Any = None, dtype: str = "float32", classes: Any = None) -> Any:
         """Images in a folder with one subfolder per class, read batch by batch (a :class:`FolderDataset`).
 
         The sorted subfolder names are the classes (``dataset.classes``; label i is ``classes[i]``); each holds
@@ -135,10 +135,12 @@ class Dataset:
         "grayscale" or "rgb" (None: RGB if any file is in colour). ``image_size``: (height, width) or one int to
         resize every image to (None: the files' own size, which must then agree). ``mean``/``std``: the
         normalization as in :meth:`from_numpy`; None computes it in one streaming pass over the files. Only a
-        batch of images is decoded at once, for the statistics and for every batch that training reads."""
+        batch of images is decoded at once, for the statistics and for every batch that training reads.
+        ``classes``: the training set's class names, for a test folder (its subfolders may be some of them, and
+        its labels index them); None takes the subfolders, which must then be at least two classes."""
         from .folder import from_folder
 
-        return from_folder(path, image_size, mode, mean, std, dtype)
+        return from_folder(path, image_size, mode, mean, std, dtype, classes)
 
     def like(self, reference: Any) -> "Dataset":
         """This dataset on the backend and device of the array ``reference`` (itself if already there)."""
@@ -255,6 +257,22 @@ def load_arrays(path: str | os.PathLike, split: str = "train", dtype: str = "flo
     mean, std = statistics(channels_first(arrays["x_train"]))
     images = channels_first(arrays[f"x_{split}"])
     return Dataset.from_numpy(images, arrays[f"y_{split}"], dtype, f"{path} ({split})", mean, std)
+
+
+def load_data(path: str | os.PathLike, split: str = "train", dtype: str = "float32", **folder: Any) -> Any:
+    """``--data PATH``: an image folder (one subfolder per class) as a :class:`~xpcnn.data.FolderDataset`, whose
+    only split is "train" (None for "test"), ``folder`` passed on to :meth:`Dataset.from_folder` (``image_size``,
+    ``mode``, ``mean``, ``std``, ``classes``); anything else as an ``.npz`` file (:func:`load_arrays`)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be one of train, test; got {split!r}")
+    if not os.path.isdir(path):
+        return load_arrays(path, split, dtype)
+    if split == "test":
+        return None
+    try:
+        return Dataset.from_folder(path, dtype=dtype, **folder)
+    except _files.DataError as exc:
+        raise _files.DataError(f"--data {exc}") from None
 
 
 def _check_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:

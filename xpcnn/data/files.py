@@ -39,9 +39,9 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Source:
-    """A dataset's files: ``files`` maps each name to its published SHA-256; ``check(path, name)``
-    verifies the file ``name`` held at ``path`` (raising DataError); ``raw_ok``: the file may also be found decompressed (without
-    .gz), when ``check`` hashes decompressed content."""
+    """A dataset's files: ``files`` maps each name to its published SHA-256; ``check(path, name)`` verifies the
+    file ``name`` held at ``path`` (raising DataError); ``raw_ok``: the file may also be found decompressed
+    (without .gz), when ``check`` hashes decompressed content."""
 
     name: str                       # the --dataset name, also the cache folder
     title: str
@@ -52,7 +52,8 @@ class Source:
     limits: dict[str, int] | None = None    # the most bytes each file may have: a download stops beyond it
 
     def file_in(self, directory: pathlib.Path, name: str) -> pathlib.Path | None:
-        for candidate in (directory / name, directory / name.removesuffix(".gz")) if self.raw_ok else (directory / name,):
+        names = (name, name.removesuffix(".gz")) if self.raw_ok else (name,)
+        for candidate in (directory / n for n in names):
             if candidate.is_file():
                 return candidate
         return None
@@ -107,8 +108,8 @@ def download(source: Source, destination: str | os.PathLike, mirrors: tuple[str,
                     source.check(temp, name)
                 break
             except (OSError, DataError, http.client.HTTPException) as exc:
-                errors.append(f"{url}: {type(exc).__name__ + ': ' if isinstance(exc, http.client.HTTPException) else ''}"
-                              f"{exc}")
+                kind = f"{type(exc).__name__}: " if isinstance(exc, http.client.HTTPException) else ""
+                errors.append(f"{url}: {kind}{exc}")
         else:
             raise OSError(f"could not download {name}:\n  " + "\n  ".join(errors))
 
@@ -177,7 +178,8 @@ def find(source: Source, data_dir: str | os.PathLike | None = None, download_mis
         missing = [name for name in source.files if source.file_in(folder, name) is None]
         if not missing:
             return folder
-        looked.append(f"{label} {folder}: " + ("no such folder" if not folder.is_dir() else "missing " + ", ".join(missing)))
+        looked.append(f"{label} {folder}: " + ("no such folder" if not folder.is_dir()
+                                               else "missing " + ", ".join(missing)))
     if download_missing:
         try:
             download(source, cache, mirrors)

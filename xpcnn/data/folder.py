@@ -26,18 +26,25 @@ STATISTICS_BATCH = 256          # images decoded at once by the statistics pass
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def _scan(root: pathlib.Path) -> tuple[tuple[str, ...], tuple[pathlib.Path, ...], np.ndarray]:
-    """(classes, files, labels) of a folder: its sorted subfolders are the classes, and each holds images with
-    one of :data:`EXTENSIONS` (at any depth, in sorted order; hidden files and folders skipped)."""
+def _scan(root: pathlib.Path, classes: Any = None) -> tuple[tuple[str, ...], tuple[pathlib.Path, ...], np.ndarray]:
+    """(classes, files, labels) of a folder: its sorted subfolders are the classes (or, given ``classes``, some of
+    them), and each holds images with one of :data:`EXTENSIONS` (at any depth, in sorted order; hidden files and
+    folders skipped)."""
     if not root.is_dir():
         raise DataError(f"image folder {root}: " + ("is a file; give the folder holding one subfolder per class"
                                                     if root.exists() else "does not exist"))
-    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
-    if not classes:
+    found = tuple(sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not found:
         raise DataError(f"image folder {root}: has no subfolders; put each class's images in a subfolder named "
                         "after it (e.g. cats/, dogs/)")
+    classes = found if classes is None else tuple(str(c) for c in classes)
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        raise DataError(f"image folder {root}: the folder(s) {', '.join(unknown)} are not among the classes "
+                        f"{', '.join(classes)}")
     files, labels = [], []
-    for label, name in enumerate(classes):
+    for name in found:
+        label = classes.index(name)
         found = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in EXTENSIONS and f.is_file()
                        and not any(part.startswith(".") for part in f.relative_to(root).parts))
         if not found:
@@ -170,16 +177,16 @@ class FolderDataset:
 
 
 def from_folder(path: str | os.PathLike, image_size: Any = None, mode: str | None = None, mean: Any = None,
-                std: Any = None, dtype: str = "float32") -> FolderDataset:
+                std: Any = None, dtype: str = "float32", classes: Any = None) -> FolderDataset:
     """A :class:`FolderDataset` of the folder ``path``: see :meth:`xpcnn.data.Dataset.from_folder`."""
     size = _size(mode, image_size)
     root = pathlib.Path(path)
-    classes, files, labels = _scan(root)
-    check_labels(labels, f"image folder {root}", training=True)
+    names, files, labels = _scan(root, classes)
+    check_labels(labels, f"image folder {root}", training=classes is None)
     shape = _probe(files, mode, size)
     if mean is None or std is None:
         own_mean, own_std = folder_statistics(files, shape)
         mean = own_mean if mean is None else mean
         std = own_std if std is None else std
     mean, std = check_statistics(mean, std, shape[0])
-    return FolderDataset(files, labels, classes, shape, mean, std, dtype, str(root))
+    return FolderDataset(files, labels, names, shape, mean, std, dtype, str(root))
