@@ -173,3 +173,23 @@ def test_a_data_parallel_fit_sends_device_buffers_to_the_device_comm_and_host_va
     assert device_comm.sums == 3                        # the three steps' gradients
     assert mpi.host_sums >= 2                           # the stop flag and the evaluation's counts
     assert np.isfinite(history.val_loss[-1])
+
+
+def test_data_parallel_fit_with_augmentation_and_bce_on_every_backend(B):
+    """What ci/gpu.sh's suite runs on cupy: fit's data-parallel path (device buffers to the device communicator,
+    host values to MPI), augmentation and BCE, on the backend's own device."""
+    from xpcnn import distributed
+
+    name, _, device = B.name.partition(":")
+    with xpcnn.use_backend(name, device or None) as selected:
+        mpi, device_comm = _HostMPI(), _DeviceComm(selected.device)
+        ctx = distributed.Context(mpi, 0, 1, 0, 1, device_comm=device_comm)
+        model, history = _train_one_epoch(distributed=ctx)
+        images, labels = xpcnn.data.load_bundled("train")
+        targets = np.eye(10, dtype=np.float32)[labels[:32]]
+        data = xpcnn.data.Dataset.from_numpy(images[:32], targets, mean=xpcnn.data.MEAN, std=xpcnn.data.STD)
+        probs = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10), nn.Sigmoid())
+        bce = xpcnn.fit(probs, nn.BCELoss(), xpcnn.optim.SGD(probs.parameters(), lr=0.1), data, epochs=1,
+                        batch_size=16, progress=False, distributed=ctx)
+    assert np.isfinite(history.loss[-1]) and np.isfinite(bce.loss[-1])
+    assert device_comm.sums == (0 if name == "numpy" else 5)     # NumPy arrays are host arrays: MPI sums them
