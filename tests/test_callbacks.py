@@ -112,3 +112,72 @@ def test_model_checkpoint_best_only_and_csv_logger(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"] and {"loss", "accuracy", "val_loss", "lr"} <= set(rows[0])
     assert float(rows[1]["val_loss"]) == 0.4
+
+
+def test_model_checkpoint_records_logs_history_normalization_and_the_callers_extra(tmp_path):
+    """One schema for every checkpoint saved during training (``xpcnn train`` saves through this class too)."""
+    history = xpcnn.History()
+    saver = ModelCheckpoint(tmp_path / "m.npz", monitor="loss", history=history, extra={"seed": 3})
+    _fit(_small_model(), _data(128), epochs=2, history=history, callbacks=[saver])
+    saved = xpcnn.load(tmp_path / "m.npz")
+    assert saved.epoch == 2 and saver.last_epoch == 2 and saved.extra["seed"] == 3
+    assert saved.extra["history"]["epoch"] == [1, 2] and saved.extra["logs"]["epoch"] == 2
+    assert set(saved.extra["normalization"]) == {"mean", "std"}
+    own = ModelCheckpoint(tmp_path / "own.npz", monitor="loss")          # no History given: the epochs it saw
+    _fit(_small_model(), _data(128), epochs=2, callbacks=[own])
+    assert xpcnn.load(tmp_path / "own.npz").extra["history"]["loss"] == saved.extra["history"]["loss"]
+
+
+@pytest.mark.parametrize("path, words", [
+    ("ckpt-{epoch.npz", "is not a valid pattern"),
+    ("ckpt-}.npz", "is not a valid pattern"),
+    ("ckpt-{val_los}.npz", "{val_los} is not a metric fit logs; known: epoch, loss"),
+    ("ckpt-{epoch:q}.npz", "cannot be formatted"),
+    ("ckpt-{epoch}.pt", "ModelCheckpoint: checkpoint path must end in .npz or .safetensors"),
+])
+def test_model_checkpoint_patterns_are_checked_when_it_is_made(tmp_path, path, words):
+    with pytest.raises(ValueError) as caught:
+        ModelCheckpoint(tmp_path / path)
+    assert words in str(caught.value)
+
+
+def test_model_checkpoint_of_a_metric_the_run_does_not_log_fails_before_writing(tmp_path):
+    with pytest.raises(KeyError, match=r"ModelCheckpoint: \{val_loss\} in path '.*m-\{val_loss:.3f\}.npz' is not "
+                                       r"among this run's metrics \(.*\); pass validation_data= or validation_split="):
+        _fit(_small_model(), _data(64), epochs=2, callbacks=[ModelCheckpoint(tmp_path / "m-{val_loss:.3f}.npz",
+                                                                             monitor="loss")])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(KeyError, match="ModelCheckpoint: monitor 'val_loss' is not among this run's metrics"):
+        ModelCheckpoint(tmp_path / "best.npz", save_best_only=True).check_metrics(["epoch", "loss"])
+    ModelCheckpoint(tmp_path / "m-{val_loss}.npz").check_metrics(["epoch", "loss", "val_loss"])
+
+
+def test_callbacks_refuse_a_path_under_a_file_or_in_a_missing_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for make in (CSVLogger, ModelCheckpoint):
+        with pytest.raises(ValueError, match=r"'.*notes.txt' in '.*notes.txt/log.(csv|npz)' is a file, not a folder"):
+            make(tmp_path / "notes.txt" / ("log.csv" if make is CSVLogger else "log.npz"))
+        with pytest.raises(ValueError, match=r"the folder '.*typo' of .* does not exist; create it first"):
+            make(tmp_path / "typo" / ("log.csv" if make is CSVLogger else "log.npz"))
+    with pytest.raises(ValueError, match="is a folder; give a file name"):
+        CSVLogger(tmp_path)
+    assert not (tmp_path / "typo").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_csv_logger_appending_new_columns_rewrites_one_consistent_header(tmp_path):
+    path = tmp_path / "log.csv"
+    first = CSVLogger(path)
+    _fit(_small_model(), _data(128), epochs=1, callbacks=[first])
+    header = path.read_text().splitlines()[0].split(",")
+    assert "val_loss" not in header
+    again = CSVLogger(path, append=True)
+    _fit(_small_model(), _data(128), epochs=2, start_epoch=1, validation_split=0.25, callbacks=[again])
+    rows = list(csv.reader(open(path)))
+    assert rows[0][:len(header)] == header and {"val_loss", "val_accuracy"} <= set(rows[0])
+    assert [len(row) for row in rows] == [len(rows[0])] * 3
+    named = [dict(zip(rows[0], row)) for row in rows[1:]]
+    assert named[0]["val_loss"] == "" and float(named[1]["val_loss"]) > 0 and named[1]["epoch"] == "2"
+    fewer = CSVLogger(path, append=True)                       # a run without validation: blanks, same header
+    _fit(_small_model(), _data(128), epochs=3, start_epoch=2, callbacks=[fewer])
+    rows = list(csv.reader(open(path)))
+    assert [len(row) for row in rows] == [len(rows[0])] * 4 and dict(zip(rows[0], rows[3]))["val_loss"] == ""

@@ -110,8 +110,11 @@ def test_resume_continues_exactly(tmp_path):
     (("train", "--momentum", "-5"), "must be a number in [0, 1); got '-5'"),
     (("train", "--weight-decay", "-1"), "argument --weight-decay: must be a number >= 0; got '-1'"),
     (("train", "--checkpoint", "out.pt"), "--checkpoint: checkpoint path must end in .npz or .safetensors"),
-    (("train", "--checkpoint", "/proc/no/such/out.npz"), "--checkpoint /proc/no/such/out.npz: cannot write there"),
-    (("train", "--plot", "/proc/no/such/plot"), "--plot /proc/no/such/plot.png: cannot write there"),
+    (("train", "--checkpoint", "/proc/no/such/out.npz"), "--checkpoint /proc/no/such/out.npz: the folder "
+                                                         "/proc/no/such does not exist; create it first"),
+    (("train", "--plot", "/proc/no/such/plot"), "--plot /proc/no/such/plot.png: the folder /proc/no/such does not"),
+    (("train", "--checkpoint", "/proc/out.npz"), "--checkpoint /proc/out.npz: cannot write there"),
+    (("train", "--plot", "curves.npz"), "--plot curves.npz: matplotlib cannot write .npz files; give a name ending"),
     (("train", "--data-dir", "somewhere"), "--data-dir is for --dataset mnist, fashion-mnist or cifar10"),
     (("train", "--optimizer", "adam", "--momentum", "0.5"), "--momentum is for --optimizer sgd"),
     (("evaluate", "--checkpoint", "."), "is a directory; give the checkpoint file"),
@@ -233,13 +236,20 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path):
 def test_info_lists_backends(tmp_path):
     done = xpcnn_cmd("info", tmp_path=tmp_path)
     assert done.returncode == 0 and "selected backend: numpy" in done.stdout
-    assert re.search(r"batch shards: up to \d+ per model call", done.stdout)
-    assert re.search(r"machine: .+, \d+ cores; BLAS: ", done.stdout), "the CPU and the BLAS's kernels are named"
+    assert re.search(r"batch shards: up to \d+ per model call .*; \d+ usable cores", done.stdout)
+    assert "xpcnn tune" not in done.stdout and "measured" not in done.stdout, "no tuning line: the tuner is gone"
+
+
+def test_info_with_a_bad_backend_or_setting_exits_2_as_a_usage_error(tmp_path):
+    done = xpcnn_cmd("info", tmp_path=tmp_path, XPCNN_BACKEND="tpu")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "selected backend: ERROR: " in done.stdout and "tpu" in done.stdout and "Traceback" not in done.stderr
+    assert "backends here:" in done.stdout                       # the rest is still reported
 
 
 def test_info_reports_a_bad_thread_count_and_fails(tmp_path):
     done = xpcnn_cmd("info", tmp_path=tmp_path, XPCNN_THREADS="0")
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "batch shards: ERROR: XPCNN_THREADS must be a whole number >= 1" in done.stdout
     done = xpcnn_cmd("train", "--epochs", "1", "--quiet", tmp_path=tmp_path, XPCNN_THREADS="two")
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -532,3 +542,150 @@ def test_resume_takes_the_learning_settings_from_the_checkpoint_and_refuses_othe
                         (("--schedule", "none"), "was trained with --schedule cosine; got none")):
         assert cli.main(["train", "--epochs", "3", "--quiet", "--resume", path, *args]) == 2
         assert words in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- paths, records, pipes (issue 32)
+def _files_state(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _refused(capsys, argv, words):
+    """``xpcnn argv`` ends with exit 2 and ``words`` in one line of stderr, before any epoch."""
+    from xpcnn import cli
+
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert words in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "epoch" not in out, out + err
+
+
+def test_no_output_may_name_an_input_or_another_output(tmp_path, capsys, monkeypatch):
+    """--checkpoint, --log-csv, --plot and --onnx against --data, --resume and each other, compared as resolved
+    real paths (a relative spelling or a symlink names the same file): refused before anything is read or
+    written, and every file stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    data = _stripes_npz(tmp_path / "d.npz")
+    (tmp_path / "d.png").write_bytes(data.read_bytes())             # a --data file whose name --plot could take
+    saved = xpcnn.save(tmp_path / "c.npz", xpcnn.models.lenet5(seed=0))
+    (tmp_path / "link.npz").symlink_to(tmp_path / "d.npz")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "c.npz")
+    before = _files_state(tmp_path)
+    cases = [
+        (["--data", str(data), "--checkpoint", str(data)], "--checkpoint {d} names the --data file"),
+        (["--data", str(data), "--log-csv", "./d.npz"], "--log-csv ./d.npz names the --data file"),
+        (["--data", "d.png", "--plot", str(tmp_path / "d.png")], "names the --data file d.png"),
+        (["--data", str(data), "--checkpoint", "link.npz"], "--checkpoint link.npz names the --data file"),
+        (["--resume", str(saved), "--log-csv", str(saved)], "--log-csv {c} names the --resume file"),
+        (["--resume", str(saved), "--plot", str(tmp_path / "c.npz.png"), "--log-csv", "c.npz.png"],
+         "name the same file"),
+        (["--checkpoint", "out.npz", "--log-csv", "out.npz"], "--checkpoint out.npz and --log-csv out.npz name the "
+                                                              "same file"),
+    ]
+    for args, words in cases:
+        _refused(capsys, ["train", "--epochs", "1", *args], words.format(d=data, c=saved))
+    _refused(capsys, ["export", "--checkpoint", str(saved), "--onnx", "link.onnx"],
+             "--onnx link.onnx names the --checkpoint file")
+    assert _files_state(tmp_path) == before
+
+
+def test_a_missing_folder_for_an_output_is_an_error_naming_it_and_is_never_made(tmp_path, capsys):
+    saved = xpcnn.save(tmp_path / "c.npz", xpcnn.models.lenet5(seed=0))
+    typo = tmp_path / "typo" / "dir"
+    for option, name in (("--checkpoint", "m.npz"), ("--log-csv", "log.csv"), ("--plot", "curves.png")):
+        _refused(capsys, ["train", "--epochs", "1", option, str(typo / name)],
+                 f"{option} {typo / name}: the folder {typo} does not exist; create it first")
+    _refused(capsys, ["export", "--checkpoint", str(saved), "--onnx", str(typo / "m.onnx")],
+             f"--onnx {typo / 'm.onnx'}: the folder {typo} does not exist")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    _refused(capsys, ["train", "--epochs", "1", "--log-csv", str(tmp_path / "notes.txt" / "log.csv")],
+             f"{tmp_path / 'notes.txt'} is not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_evaluate_and_predict_use_the_data_file_the_checkpoint_records_or_refuse(tmp_path, capsys):
+    """A checkpoint trained on --data is scored on that file (never silently on the bundled MNIST); once the
+    file is gone, evaluate refuses without --data, and predict still has the recorded normalization."""
+    from xpcnn import cli
+
+    data = _stripes_npz(tmp_path / "stripes.npz")
+    path = tmp_path / "m.npz"
+    assert cli.main(["train", "--data", str(data), "--epochs", "1", "--quiet", "--lr", "0.05", "--checkpoint",
+                     str(path)]) == 0
+    trained = re.search(r"test accuracy: ([\d.]+)%", capsys.readouterr().out).group(1)
+    assert cli.main(["evaluate", "--checkpoint", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"on {data} (test) (as recorded by the checkpoint)" in out and f"accuracy: {trained}%" in out, out
+    assert "MNIST" not in out and "bundled" not in out
+    np.save(tmp_path / "one.npy", np.moveaxis(np.load(data)["x_test"][:1], 3, 1))
+    moved = data.rename(tmp_path / "elsewhere.npz")
+    _refused(capsys, ["evaluate", "--checkpoint", str(path)], f"was trained on --data {data}, which is not there; "
+                                                              f"give --data FILE.npz")
+    assert cli.main(["evaluate", "--checkpoint", str(path), "--data", str(moved)]) == 0
+    assert f"accuracy: {trained}%" in capsys.readouterr().out
+    assert cli.main(["predict", "--checkpoint", str(path), str(tmp_path / "one.npy")]) == 0
+    assert re.search(r"one.npy: \d \(probability", capsys.readouterr().out)
+
+
+def test_plot_without_a_test_split_draws_the_training_curves_and_says_so(tmp_path, capsys):
+    from xpcnn import cli
+
+    data = _stripes_npz(tmp_path / "train_only.npz", test=False)
+    plot = tmp_path / "curves.png"
+    assert cli.main(["train", "--data", str(data), "--epochs", "2", "--quiet", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert f"plot written to {plot}" in out and "has no x_test/y_test, so no test accuracy" in out, out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_augment_on_digits_warns_that_flips_mirror_them(tmp_path, capsys, monkeypatch):
+    """Said before training starts (fit is stopped at once here: the warning is what is tested)."""
+    from xpcnn import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xpcnn.train, "fit", interrupted)
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--augment"]) == 130
+    err = capsys.readouterr().err
+    assert "warning: --augment flips images left-right, which mirrors digits" in err
+    data = _stripes_npz(tmp_path / "rgb.npz")                      # photos-like RGB: no warning
+    assert cli.main(["train", "--data", str(data), "--epochs", "1", "--quiet", "--augment"]) == 130
+    assert "mirrors digits" not in capsys.readouterr().err
+
+
+def test_a_resumed_csv_log_that_adds_columns_keeps_one_consistent_header(tmp_path, capsys):
+    import csv
+
+    from xpcnn import cli
+
+    data = _stripes_npz(tmp_path / "stripes.npz")
+    path, log = tmp_path / "m.npz", tmp_path / "log.csv"
+    common = ["train", "--data", str(data), "--quiet", "--lr", "0.05", "--log-csv", str(log)]
+    assert cli.main([*common, "--epochs", "1", "--checkpoint", str(path)]) == 0
+    assert cli.main([*common, "--epochs", "2", "--resume", str(path), "--val-split", "0.2"]) == 0
+    rows = list(csv.reader(log.open()))
+    assert "val_loss" in rows[0] and [len(row) for row in rows] == [len(rows[0])] * 3, rows
+    by_name = [dict(zip(rows[0], row)) for row in rows[1:]]
+    assert [r["epoch"] for r in by_name] == ["1", "2"] and by_name[0]["val_loss"] == "" != by_name[1]["val_loss"]
+
+
+def test_evaluate_into_a_closed_pipe_ends_without_a_traceback(tmp_path):
+    path = xpcnn.save(tmp_path / "net.npz", xpcnn.models.lenet5(seed=0))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("XPCNN_")}
+    environment["HOME"] = str(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "xpcnn", "evaluate", "--checkpoint", str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    process.stdout.close()                  # as `| head` does once it has its lines
+    err = process.stderr.read()
+    process.wait(timeout=300)
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+def test_jax_float64_without_64_bit_mode_is_one_line(tmp_path):
+    pytest.importorskip("jax", reason="jax is not installed (pip install -e '.[jax]')")
+    done = xpcnn_cmd("train", "--backend", "jax", "--dtype", "float64", "--epochs", "1", tmp_path=tmp_path,
+                     JAX_ENABLE_X64="0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "--dtype float64 on jax: " in done.stderr and "JAX_ENABLE_X64=1" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "epoch" not in done.stdout

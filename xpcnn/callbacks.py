@@ -5,21 +5,55 @@ metrics: ``loss``, ``accuracy``, ``val_loss`` and ``val_accuracy`` with validati
 ``images_per_s``). A plain function works. A :class:`Callback` also gets the model and the optimizer before the
 first epoch (``on_train_begin``) and ``on_train_end()`` after the last, and stops training by setting
 ``self.stop_training = True``: ``fit`` then ends after that epoch and returns the History as usual.
+
+Arguments are checked when a callback is made (a path's folder, a pattern's fields); what depends on the run
+(is there a ``val_loss``?) is checked by :meth:`Callback.check_metrics` before anything is saved or stopped.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import pathlib
-from typing import Any
+import string
+from typing import Any, Collection
 
 import numpy as np
 
 from . import backend as _backend
 
-__all__ = ["CSVLogger", "Callback", "EarlyStopping", "ModelCheckpoint"]
+__all__ = ["CSVLogger", "Callback", "CheckpointSaveError", "EarlyStopping", "ModelCheckpoint", "metric_names"]
+
+
+def metric_names() -> tuple[str, ...]:
+    """Every name ``fit`` may put in ``logs`` (the fields of :class:`xpcnn.History`)."""
+    import dataclasses
+
+    from .train import History
+
+    return tuple(f.name for f in dataclasses.fields(History))
+
+
+def _missing_metric(owner: str, name: str, metrics: Collection[str], subject: str | None = None) -> KeyError:
+    """The error for a metric this run does not log; ``subject`` says where it was asked for."""
+    hint = ("; pass validation_data= or validation_split= to fit, or use another metric"
+            if name.startswith("val_") else "")
+    return KeyError(f"{owner}: {subject or f'monitor {name!r}'} is not among this run's metrics "
+                    f"({', '.join(sorted(metrics))}){hint}")
+
+
+def _check_folder(owner: str, path: pathlib.Path) -> None:
+    """A file can go at ``path``: it is not a folder, and its folder exists (never made silently: a typo in it
+    would otherwise write somewhere unexpected)."""
+    if path.is_dir():
+        raise ValueError(f"{owner}: {str(path)!r} is a folder; give a file name")
+    folder = path.parent
+    if not folder.exists():
+        raise ValueError(f"{owner}: the folder {str(folder)!r} of {str(path)!r} does not exist; create it first")
+    if not folder.is_dir():
+        raise ValueError(f"{owner}: {str(folder)!r} in {str(path)!r} is a file, not a folder")
 
 
 class Callback:
@@ -39,6 +73,10 @@ class Callback:
     def on_train_end(self) -> None:
         pass
 
+    def check_metrics(self, metrics: Collection[str]) -> None:
+        """Refuse (KeyError) a run that will not log what this callback needs; called before the first epoch's
+        work (by ``fit`` when it knows the names, else with the first epoch's ``logs``)."""
+
     def __call__(self, epoch: int, logs: dict) -> None:
         self.on_epoch_end(epoch, logs)
 
@@ -57,12 +95,12 @@ class _Monitor(Callback):
         self.mode = mode if mode != "auto" else ("max" if "acc" in monitor else "min")
         self.best = math.inf if self.mode == "min" else -math.inf
 
+    def check_metrics(self, metrics):
+        if self.monitor not in metrics:
+            raise _missing_metric(self.owner, self.monitor, metrics)
+
     def _value(self, logs: dict) -> float:
-        if self.monitor not in logs:
-            hint = ("; pass validation_data= or validation_split= to fit, or monitor another metric"
-                    if self.monitor.startswith("val_") else "")
-            raise KeyError(f"{self.owner}: monitor {self.monitor!r} is not among this run's metrics "
-                           f"({', '.join(sorted(logs))}){hint}")
+        self.check_metrics(logs)
         return float(logs[self.monitor])
 
     def _improves(self, value: float) -> bool:
@@ -107,59 +145,153 @@ class EarlyStopping(_Monitor):
                 self.model.load_state_dict(self._best_state)
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (a full disk, say); the one written before, if any, is whole."""
+
+    def __init__(self, message: str, path: pathlib.Path, epoch: int):
+        super().__init__(message)
+        self.path, self.epoch = path, epoch
+
+
 class ModelCheckpoint(_Monitor):
     """Save a checkpoint (model and optimizer, atomically, see :func:`xpcnn.save`) after every epoch, or with
-    ``save_best_only`` after each epoch that improves ``monitor``; with the epoch's metrics and the training
-    data's normalization in its ``extra`` (``xpcnn predict`` reads it). ``path`` may hold ``{epoch}`` and any metric,
-    formatted like ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``."""
+    ``save_best_only`` after each epoch that improves ``monitor``. The one way a checkpoint is written during
+    training (``xpcnn train`` uses it too), so every one records the same ``extra``: ``logs`` (the epoch's
+    metrics), ``history`` (every epoch's), ``normalization`` (the training data's, for ``xpcnn predict``) and the
+    caller's own ``extra``.
+
+    ``path`` may hold ``{epoch}`` and metric names, formatted like ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``
+    (``{{`` and ``}}`` for literal braces); a malformed pattern, an unknown name, a suffix other than .npz or
+    .safetensors, or a missing folder is refused here. ``history``: the :class:`xpcnn.History` given to ``fit``
+    (a resumed run's, so its checkpoints hold every epoch); by default the epochs this callback saw.
+    """
 
     def __init__(self, path: str | os.PathLike, monitor: str = "val_loss", save_best_only: bool = False,
-                 mode: str = "auto"):
+                 mode: str = "auto", history: Any = None, extra: dict | None = None):
         super().__init__("ModelCheckpoint", monitor, mode)
         self.path, self.save_best_only = str(path), bool(save_best_only)
+        self.fields = self._check_pattern(self.path)
+        self.history, self.extra = history, dict(extra or {})
         self.saved: list[pathlib.Path] = []
+        self.last_epoch: int | None = None        # of the last checkpoint written
+
+    @staticmethod
+    def _check_pattern(path: str) -> tuple[str, ...]:
+        """The metric names ``path`` formats in; ValueError for what would fail only when the first save comes."""
+        from .checkpoint import check_path
+
+        owner = f"ModelCheckpoint: path {path!r}"
+        try:
+            fields = tuple(name for _, name, _, _ in string.Formatter().parse(path) if name is not None)
+        except ValueError as exc:
+            raise ValueError(f"{owner} is not a valid pattern ({exc}); write {{{{ and }}}} for a literal "
+                             f"brace") from None
+        known = metric_names()
+        for name in fields:
+            if name not in known:
+                raise ValueError(f"{owner}: {{{name}}} is not a metric fit logs; known: {', '.join(known)}")
+        try:
+            example = path.format(**{name: 1 if name == "epoch" else 0.5 for name in known})
+        except (ValueError, TypeError, IndexError) as exc:
+            raise ValueError(f"{owner} cannot be formatted ({exc}); epoch is an integer, the metrics are floats") \
+                from None
+        try:
+            check_path(example)
+        except ValueError as exc:
+            raise ValueError(f"ModelCheckpoint: {exc}") from None
+        if "{" not in os.path.dirname(path):
+            _check_folder("ModelCheckpoint", pathlib.Path(example))
+        return fields
+
+    def check_metrics(self, metrics):
+        if self.save_best_only:
+            super().check_metrics(metrics)
+        for name in self.fields:
+            if name not in metrics:
+                raise _missing_metric(self.owner, name, metrics, f"{{{name}}} in path {self.path!r}")
 
     def on_train_begin(self, model, optimizer):
         super().on_train_begin(model, optimizer)
         self.best = math.inf if self.mode == "min" else -math.inf
+        self._own: dict[str, list] = {}
+        self._checked = False
 
     def on_epoch_end(self, epoch, logs):
         from .checkpoint import save
 
+        if not self._checked:
+            self.check_metrics(logs)
+            self._checked = True
+        for key, value in logs.items():
+            self._own.setdefault(key, []).append(value)
         if self.save_best_only:
             value = self._value(logs)
             if not self._improves(value):
                 return
             self.best = value
-        path = self.path.format(**{**logs, "epoch": epoch})
-        extra = {"logs": dict(logs)}
+        path = pathlib.Path(self.path.format(**{**logs, "epoch": epoch}))
+        extra = {**self.extra, "logs": dict(logs),
+                 "history": self.history.as_dict() if self.history is not None else self._own}
         if self.normalization is not None:
-            extra["normalization"] = self.normalization         # for xpcnn predict
-        self.saved.append(save(path, self.model, self.optimizer, epoch=epoch,
-                               step=getattr(self.optimizer, "steps", 0), extra=extra))
+            extra["normalization"] = self.normalization
+        try:
+            save(path, self.model, self.optimizer, epoch=epoch, step=getattr(self.optimizer, "steps", 0),
+                 extra=extra)
+        except OSError as exc:        # atomic writes: the previous checkpoint is whole
+            raise CheckpointSaveError(f"could not write the checkpoint of epoch {epoch} to {path}: "
+                                      f"{exc.strerror or exc}", path, epoch) from None
+        self.saved.append(path)
+        self.last_epoch = epoch
 
 
 class CSVLogger(Callback):
-    """One CSV row per epoch with every metric in ``logs`` (the header from the first epoch), flushed each epoch.
-    ``append``: add to an existing file (a resumed run) instead of starting a new one."""
+    """One CSV row per epoch with every metric in ``logs``, flushed each epoch. ``append``: add to an existing
+    file (a resumed run) instead of starting a new one. The header always names every column: when a run logs a
+    metric the file lacks (a resumed run that adds validation), the file is rewritten once under the wider
+    header, earlier rows blank there; a column this run lacks stays blank in its rows."""
 
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path, self.append = pathlib.Path(path), bool(append)
+        _check_folder("CSVLogger", self.path)
         self._file = self._writer = None
+        self._fields: list[str] = []
 
     def on_train_begin(self, model, optimizer):
         super().on_train_begin(model, optimizer)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._header = self.append and self.path.exists() and self.path.stat().st_size > 0
+        self._fields = self._header() if self.append else []
         self._file = open(self.path, "a" if self.append else "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self._fields, restval="")
+
+    def _header(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as handle:
+            return next(csv.reader(handle), [])
 
     def on_epoch_end(self, epoch, logs):
-        if self._writer is None:
-            self._writer = csv.DictWriter(self._file, fieldnames=list(logs))
-            if not self._header:
-                self._writer.writeheader()
+        new = [key for key in logs if key not in self._fields]
+        if new:
+            self._widen(new)
         self._writer.writerow(logs)
         self._file.flush()
+
+    def _widen(self, new: list[str]) -> None:
+        """Add columns ``new``: the file so far is rewritten (atomically) under the wider header."""
+        from .atomic import write_atomic
+
+        self._file.close()
+        rows = []
+        if self._fields:
+            with open(self.path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        self._fields = [*self._fields, *new]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self._fields, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, text.getvalue().encode())
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self._fields, restval="")
 
     def on_train_end(self):
         if self._file is not None:
