@@ -330,3 +330,121 @@ def test_a_module_cycle_is_a_clear_error_and_a_shared_module_is_not():
     model.layers.append(model)
     with pytest.raises(ValueError, match="module cycle: Sequential at '3' contains itself"):
         model.parameters()
+
+
+# --------------------------------------------------------------------------- a changed tree, a half-loaded model
+def test_replacing_a_layer_between_forward_and_backward_is_refused_and_hands_it_no_gradient():
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(4, 3, rng=rng), nn.ReLU(), nn.Linear(3, 3, rng=rng), nn.Linear(3, 2, rng=rng))
+    x = np.ones((5, 4), np.float32)
+    model(x)
+    new = nn.Linear(3, 2, rng=rng)
+    model[3] = new
+    with pytest.raises(RuntimeError, match=r"Sequential.backward: the forward before it no longer applies, as item 3 "
+                                           r"of a ModuleList was replaced since; run the training-mode forward again"):
+        model.backward(np.ones((5, 2), np.float32))
+    assert new.weight.grad is None and all(p.grad is None for p in model.parameters())
+    model(x)
+    model.backward(np.ones((5, 2), np.float32))                 # a new forward: the new layer trains
+    assert new.weight.grad is not None
+
+    class Tower(nn.Module):                                     # a user's own module: an attribute replaced
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+
+        def _forward(self, x, run):
+            return run.call(self.head, x)
+
+        def _backward(self, dy, cache, run, input_grad):
+            return self.head._backward(dy, cache, run, input_grad)
+
+    tower = nn.Sequential(Tower())
+    tower(x)
+    tower[0].head = nn.Linear(4, 2)
+    with pytest.raises(RuntimeError, match=r"as Tower.head was reassigned since"):
+        tower.backward(np.ones((5, 2), np.float32))
+    tower(x)
+    tower.eval()
+    with pytest.raises(RuntimeError, match="as the model was switched to eval mode since"):
+        tower.backward(np.ones((5, 2), np.float32))
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (np.array(["a", "b"]), TypeError, "bias must hold real numbers (floating or integer); got dtype <U1"),
+    (np.array([True, False]), TypeError, "bias must hold real numbers (floating or integer); got dtype bool"),
+    (np.array([1 + 1j, 2]), TypeError, "bias must hold real numbers (floating or integer); got dtype complex128"),
+    (np.zeros(3), ValueError, r"bias must have shape (2,); got (3,)"),
+    ([[1, 2], [3]], ValueError, "bias must be an array of numbers; got list"),
+])
+def test_load_state_dict_checks_every_value_before_it_assigns_any(bad, error, words):
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    before = {name: np.array(value, copy=True) for name, value in model.state_dict().items()}
+    state = {name: np.full(value.shape, 7.0) for name, value in before.items()}
+    state["2.bias"] = bad                                       # the last value in name order is the bad one
+    with pytest.raises(error) as info:
+        model.load_state_dict(state)
+    assert f"load_state_dict: 2.{words}" in str(info.value)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])      # nothing was assigned
+
+
+def test_load_state_dict_widens_float16_and_bfloat16_torch_tensors_exactly():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    layer = nn.Linear(2, 2)
+    values = [[0.5, -1.25], [3.0, 0.0078125]]                   # exact in float16 and bfloat16
+    for dtype in (torch.float16, torch.bfloat16):
+        layer.load_state_dict({"weight": torch.tensor(values, dtype=dtype), "bias": torch.tensor([1, 2], dtype=dtype)})
+        np.testing.assert_array_equal(layer.weight.data, np.array(values, np.float32))
+        assert layer.weight.data.dtype == np.float32 and isinstance(layer.weight.data, np.ndarray)
+
+
+def test_a_model_with_a_shared_layer_refuses_a_configuration_it_could_not_be_rebuilt_from():
+    shared = nn.Linear(2, 2)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    with pytest.raises(ValueError, match=r"Sequential.config: the module at '2' is the one at '0' \(shared weights\); "
+                                         r"a configuration cannot describe a shared module"):
+        model.config()
+
+
+def test_a_sequential_appended_to_itself_is_a_cycle_not_a_shape_error():
+    model = nn.Sequential(nn.Linear(3, 2))
+    model.append(model)
+    with pytest.raises(ValueError, match="module cycle: Sequential at '1' contains itself"):
+        model(np.ones((4, 3), np.float32))
+
+
+def test_three_threads_sharing_a_model_without_its_lock_are_each_told_the_model_is_in_use():
+    """A, B and C run forwards in turn, then backwards: C's pending backward is C's; A and B, whose forwards were
+    replaced, are each told why (not that they never ran a forward)."""
+    import threading
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    x, dy = np.ones((4, 3), np.float32), np.ones((4, 2), np.float32)
+    turns = [threading.Event() for _ in range(7)]
+    outcome = {}
+
+    def worker(name, forward_turn, backward_turn):
+        def run():
+            turns[forward_turn].wait(30)
+            model(x)
+            turns[forward_turn + 1].set()
+            turns[backward_turn].wait(30)
+            try:
+                model.backward(dy)
+                outcome[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 -- inspected below
+                outcome[name] = exc
+            turns[backward_turn + 1].set() if backward_turn + 1 < len(turns) else None
+        return threading.Thread(target=run)
+
+    threads = [worker("A", 0, 3), worker("B", 1, 5), worker("C", 2, 4)]   # backwards: A, then C, then B
+    for thread in threads:
+        thread.start()
+    turns[0].set()
+    for thread in threads:
+        thread.join(60)
+    assert outcome["C"] == "ok"
+    for name in "AB":
+        assert isinstance(outcome[name], nn.ModelInUseError), (name, outcome[name])
+        assert "another thread ran a training-mode forward of this model after this thread's" in str(outcome[name])

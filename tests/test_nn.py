@@ -98,7 +98,7 @@ def test_dropout_train_and_eval():
     np.testing.assert_array_equal(layer.backward(np.ones_like(x)), y)
     layer.eval()
     assert layer(x) is x
-    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"Dropout: p must be a finite number in \[0, 1\); got 1.0"):
         nn.Dropout(1.0)
 
 
@@ -167,9 +167,17 @@ def test_resnets_follow_he_et_al():
     (lambda: nn.Linear(3, 2.5), "Linear: out_features must be an integer"),
     (lambda: nn.Conv2D(0, 3, 3), "Conv2D: in_channels must be >= 1; got 0"),
     (lambda: nn.Conv2D(1, 3, 3, dtype="int32"), "Conv2D: dtype must be one of float32, float64; got 'int32'"),
-    (lambda: nn.Dropout(float("nan")), "Dropout: p must be in [0, 1)"),
+    (lambda: nn.Dropout(float("nan")), "Dropout: p must be a finite number in [0, 1); got nan"),
     (lambda: xpcnn.models.lenet5(num_classes=-1), "lenet5: num_classes must be >= 1; got -1"),
     (lambda: xpcnn.models.seed_cnn(dtype="complex64"), "dtype must be one of float32, float64; got 'complex64'"),
+    # a bool is never taken for 0 or 1
+    (lambda: nn.Dropout(True), "Dropout: p must be a finite number in [0, 1); got True"),
+    (lambda: nn.Linear(True, 2), "Linear: in_features must be an integer; got True"),
+    (lambda: nn.Conv2D(1, 3, 3, bias=1), "Conv2D: bias must be one of True, False, untied; got 1"),
+    (lambda: nn.LeakyReLU(negative_slope=False), "LeakyReLU: negative_slope must be a finite number; got False"),
+    (lambda: nn.BatchNorm2D(3, momentum=True), "BatchNorm2D: momentum must be a finite number in [0, 1]; got True"),
+    (lambda: nn.Sequential(nn.ReLU()).predict(np.ones((1, 2), np.float32), batch_size=True),
+     "predict: batch_size must be an integer; got True"),
 ])
 def test_layer_and_model_arguments_are_validated(make, words):
     with pytest.raises((ValueError, TypeError)) as info:
@@ -197,3 +205,20 @@ def test_predict_gives_probabilities_in_batches_and_keeps_the_mode(B):
         np.testing.assert_allclose(already.predict(images).sum(axis=1), 1, rtol=1e-5)    # not softmax twice
         with pytest.raises(ValueError, match="predict: batch_size must be >= 1; got 0"):
             model.predict(images, batch_size=0)
+
+
+def test_softmax_normalizes_over_channels_alone_and_inside_a_sequential():
+    """As PyTorch's Softmax(dim=1): the channels of (N, C, H, W), the classes of (N, K)."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    expected = e / e.sum(axis=1, keepdims=True)
+    alone, inside = nn.Softmax(), nn.Sequential(nn.Softmax())
+    np.testing.assert_allclose(alone(x), expected, rtol=1e-12)
+    np.testing.assert_allclose(inside(x), expected, rtol=1e-12)
+    dy = np.random.default_rng(1).standard_normal(x.shape)
+    want = expected * (dy - (dy * expected).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(alone.backward(dy), want, rtol=1e-10)
+    np.testing.assert_allclose(inside.backward(dy, input_grad=True), want, rtol=1e-10)
+    logits = x[:, :, 0, 0]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(nn.Sequential(nn.Softmax())(logits), e / e.sum(axis=1, keepdims=True), rtol=1e-12)

@@ -155,11 +155,13 @@ def test_batchnorm2d_layer_train_and_eval_match_pytorch():
 def test_batchnorm2d_validates_its_arguments():
     with pytest.raises(ValueError, match="BatchNorm2D: num_features must be >= 1; got 0"):
         nn.BatchNorm2D(0)
-    for eps in (0, float("inf"), float("nan"), True, "1e-5"):
-        with pytest.raises(ValueError, match="BatchNorm2D: eps must be a finite number > 0"):
+    for eps, error in ((0, ValueError), (float("inf"), ValueError), (float("nan"), ValueError), (True, TypeError),
+                       ("1e-5", TypeError)):
+        with pytest.raises(error, match=f"BatchNorm2D: eps must be a finite number > 0; got {eps!r}"):
             nn.BatchNorm2D(3, eps=eps)
-    for momentum in (True, False, -0.1, 1.5, None):
-        with pytest.raises(ValueError, match=r"BatchNorm2D: momentum must be a number in \[0, 1\]"):
+    for momentum, error in ((True, TypeError), (False, TypeError), (-0.1, ValueError), (1.5, ValueError),
+                            (None, TypeError)):
+        with pytest.raises(error, match=r"BatchNorm2D: momentum must be a finite number in \[0, 1\]; got "):
             nn.BatchNorm2D(3, momentum=momentum)
     with pytest.raises(ValueError, match="BatchNorm2D: dtype must be one of float32, float64; got 'int32'"):
         nn.BatchNorm2D(3, dtype="int32")

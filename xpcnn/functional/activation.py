@@ -1,4 +1,4 @@
-"""Elementwise activations and the softmax family (over the last axis), forward and backward.
+"""Elementwise activations and the softmax family (over the last axis unless told ``axis``), forward and backward.
 
 sigmoid, softmax and log_softmax never exponentiate a positive number, so they are
 finite and warning-free for any finite input (sigmoid(-1000) == 0, softmax([1000, 0]) == [1, 0]).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._checks import check_cache, check_floating, check_shape, namespace
+from ._checks import as_float, as_int, check_cache, check_floating, check_shape, namespace
 
 __all__ = [
     "LeakyReLUCache", "LogSoftmaxCache", "ReLUCache", "SigmoidCache", "SoftmaxCache", "TanhCache",
@@ -54,6 +54,7 @@ class TanhCache(NamedTuple):
 
 class SoftmaxCache(NamedTuple):
     y: Any
+    axis: int = -1     # the axis normalized over
 
 
 class LogSoftmaxCache(NamedTuple):
@@ -82,6 +83,7 @@ def relu(x: Any) -> Any:
 def leaky_relu_forward(x: Any, negative_slope: float = 0.01) -> tuple[Any, tuple]:
     """x where x > 0, else negative_slope * x."""
     xp = _input("leaky_relu", x)
+    negative_slope = as_float("leaky_relu", "negative_slope", negative_slope)
     mask = x > 0
     return xp.where(mask, x, x * negative_slope), LeakyReLUCache(mask, negative_slope)
 
@@ -132,27 +134,33 @@ def tanh(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- softmax family
-def _shifted(xp: Any, x: Any) -> Any:
-    """x minus its maximum along the last axis: every entry <= 0, so exp never overflows."""
-    return x - xp.max(x, axis=-1, keepdims=True)
+def _shifted(xp: Any, x: Any, axis: int = -1) -> Any:
+    """x minus its maximum along ``axis``: every entry <= 0, so exp never overflows."""
+    return x - xp.max(x, axis=axis, keepdims=True)
 
 
-def softmax_forward(x: Any) -> tuple[Any, Any]:
-    """exp(x) / sum(exp(x)) along the last axis; the cache is the output."""
+def _axis(op: str, x: Any, axis: Any) -> int:
+    return as_int(op, "axis", axis, -x.ndim, x.ndim - 1) if x.ndim else -1
+
+
+def softmax_forward(x: Any, axis: int = -1) -> tuple[Any, Any]:
+    """exp(x) / sum(exp(x)) along ``axis`` (the last by default; 1 for the channels of NCHW images); the cache is
+    the output and the axis."""
     xp = _input("softmax", x)
-    e = xp.exp(_shifted(xp, x))
-    y = e / xp.sum(e, axis=-1, keepdims=True)
-    return y, SoftmaxCache(y)
+    axis = _axis("softmax", x, axis)
+    e = xp.exp(_shifted(xp, x, axis))
+    y = e / xp.sum(e, axis=axis, keepdims=True)
+    return y, SoftmaxCache(y, axis)
 
 
 def softmax_backward(dy: Any, cache: SoftmaxCache) -> Any:
     xp = _grad_input("softmax_backward", dy, cache, SoftmaxCache)
     y = cache.y
-    return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True))
+    return y * (dy - xp.sum(dy * y, axis=cache.axis, keepdims=True))
 
 
-def softmax(x: Any) -> Any:
-    return softmax_forward(x)[0]
+def softmax(x: Any, axis: int = -1) -> Any:
+    return softmax_forward(x, axis)[0]
 
 
 def log_softmax_forward(x: Any) -> tuple[Any, Any]:

@@ -13,18 +13,35 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "LAYOUTS", "batch_axis", "channel_axis", "channel_shape", "check_layout", "from_nchw", "nchw_shape",
-    "reduce_axes",
+    "CHWN", "LAYOUTS", "NCHW", "axes_name", "batch_axis", "batch_last", "broadcast_sample", "channel_axis",
+    "channel_shape", "check_layout", "for_ndim", "from_nchw", "from_nchw_shape", "nchw_shape", "reduce_axes",
     "sample_shape", "spatial_axes", "to_nchw",
 ]
 
-LAYOUTS = ("NCHW", "CHWN")
+NCHW, CHWN = LAYOUTS = ("NCHW", "CHWN")
 
 
 def check_layout(op: str, layout: str) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"{op}: layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     return layout
+
+
+def batch_last(layout: str) -> bool:
+    """Whether the batch is the innermost axis (CHWN): then a convolution is one matrix product over all
+    samples, where NCHW needs a batched one."""
+    return layout == CHWN
+
+
+def for_ndim(layout: str, ndim: int) -> str:
+    """The layout an ``ndim``-D activation runs in: ``layout`` for images (4-D) and vectors (2-D), NCHW (the
+    user's own order) for anything else."""
+    return layout if ndim in (2, 4) else NCHW
+
+
+def axes_name(layout: str) -> str:
+    """The axes of a 4-D activation in ``layout``, for error messages: "N, C, H, W" or "C, H, W, N"."""
+    return "C, H, W, N" if layout == CHWN else "N, C, H, W"
 
 
 def spatial_axes(ndim: int, layout: str = "NCHW") -> tuple[int, int]:
@@ -68,6 +85,19 @@ def nchw_shape(shape: tuple, layout: str = "NCHW") -> tuple:
     if layout == "CHWN" and len(shape) in (2, 4):
         return (shape[-1], *shape[:-1])
     return shape
+
+
+def from_nchw_shape(shape: tuple, layout: str = "NCHW") -> tuple:
+    """The shape in ``layout`` of an activation whose NCHW shape is ``shape`` (the inverse of :func:`nchw_shape`)."""
+    shape = tuple(shape)
+    if layout == CHWN and len(shape) in (2, 4):
+        return (*shape[1:], shape[0])
+    return shape
+
+
+def broadcast_sample(a: Any, xp: Any, layout: str) -> Any:
+    """An array shaped like one sample ((C, H, W) or (features,)) made to broadcast along ``layout``'s batch axis."""
+    return xp.expand_dims(a, axis=a.ndim) if layout == CHWN else a
 
 
 def from_nchw(x: Any, xp: Any, layout: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
-from ._checks import check_cache, check_floating, check_shape, namespace
+from ._checks import as_float, check_cache, check_floating, check_shape, namespace
 
 __all__ = ["DropoutCache", "dropout", "dropout_backward", "dropout_forward", "key", "uniform"]
 
@@ -80,8 +80,7 @@ def dropout_forward(x: Any, p: float, key_: int, index_shape: tuple | None = Non
     op = "dropout"
     xp = namespace(op, x=x)
     check_floating(op, "x", x, xp)
-    if not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"{op}: p must be in [0, 1); got {p!r}")
+    p = as_float(op, "p", p, 0, 1, high_open=True)
     if p == 0:
         return x, DropoutCache(None)
     u = uniform(key_, tuple(x.shape) if index_shape is None else index_shape, xp, device(x), x.dtype)

@@ -144,8 +144,8 @@ class Calls:
         with self.using():
             try:
                 y, cache, run = _executor.forward(self, x, training)
-            except RecursionError:
-                self.modules()           # a module cycle says so; any other recursion is re-raised as it was
+            except (RecursionError, ValueError, TypeError):
+                self.modules()           # a module cycle says so; any other error is re-raised as it was
                 raise
             if keep:
                 self._keep(cache, run, y.dtype, training)
@@ -156,11 +156,14 @@ class Calls:
         return self.run_layout if x.ndim in (2, 4) else "NCHW"
 
     def _keep(self, cache: Any, run: Run, dtype: Any, training: bool) -> None:
-        """After a public ``forward``: in training mode its cache is kept for :meth:`backward` (replacing another
-        thread's is noted, so that thread's backward says why it has none); in eval mode any is dropped."""
+        """After a public ``forward``: in training mode its cache is kept for :meth:`backward` (the threads whose
+        pending backward another thread replaced are remembered, so each one's backward says why it has none); in
+        eval mode any is dropped."""
         me = threading.get_ident()
+        displaced = self._displaced - {me}
         if training and self._last is not None and self._last.thread != me:
-            self._displaced = self._last.thread
+            displaced |= {self._last.thread}
+        self._displaced, self._dropped = displaced, None
         self._last = Pending(cache, run, dtype, me) if training else None
 
     def backward(self, dy: Any, input_grad: bool | None = None) -> Any:
@@ -178,14 +181,17 @@ class Calls:
         me = threading.get_ident()
         pending = self._last
         if pending is None or pending.thread != me:
-            if pending is not None or self.__dict__.get("_displaced") == me:
-                self._displaced = None
+            if pending is not None or me in self._displaced:
+                self._displaced = self._displaced - {me}
                 raise ModelInUseError(
                     f"{type(self).__name__}.backward in thread {threading.current_thread().name!r}: another thread ran "
                     f"a training-mode forward of this model after this thread's, so the pending backward is not this "
                     f"thread's. One model trains in one thread at a time: train it from one thread, or hold "
                     f"'with model.using():' around each whole step (forward, backward, optimizer step); evaluate from "
                     f"other threads with xpcnn.evaluate, model.predict or model.infer, which leave training alone")
+            if self._dropped:
+                raise RuntimeError(f"{type(self).__name__}.backward: the forward before it no longer applies, as "
+                                   f"{self._dropped} since; run the training-mode forward again, then backward")
             raise RuntimeError(f"{type(self).__name__}.backward called without a training-mode forward before it")
         if not hasattr(dy, "dtype"):
             raise TypeError(f"{type(self).__name__}.backward: dy must be an array; got {type(dy).__name__}")

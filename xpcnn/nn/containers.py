@@ -37,6 +37,18 @@ class ModuleList(Module):
         for i, module in enumerate(self._items):
             yield str(i), module
 
+    def _own_children(self) -> list[Module]:
+        return list(self._items)
+
+    def _change(self, edit: Any, reason: str) -> None:
+        """Apply ``edit`` to the item list (a new list each time, so a walk in another thread keeps its
+        snapshot), then relink the items and drop the pending backward above (:meth:`Module._relink`)."""
+        before = self._items
+        after = list(before)
+        edit(after)
+        object.__setattr__(self, "_items", after)          # a list of modules, which an attribute may not be
+        self._relink(before, after, changed=[*map(id, before)] != [*map(id, after)], reason=reason)
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -47,13 +59,15 @@ class ModuleList(Module):
         return ModuleList(self._items[index]) if isinstance(index, slice) else self._items[index]
 
     def __setitem__(self, index: int, module: Module) -> None:
-        self._items[index] = _check_module("ModuleList", f"item {index}", module)
+        _check_module("ModuleList", f"item {index}", module)
+        self._change(lambda items: items.__setitem__(index, module), f"item {index} of a ModuleList was replaced")
 
     def __delitem__(self, index: Any) -> None:
-        del self._items[index]
+        self._change(lambda items: items.__delitem__(index), f"item {index} of a ModuleList was deleted")
 
     def append(self, module: Module) -> "ModuleList":
-        self._items.append(_check_module("ModuleList", f"item {len(self._items)}", module))
+        _check_module("ModuleList", f"item {len(self._items)}", module)
+        self._change(lambda items: items.append(module), "a module was appended to a ModuleList")
         return self
 
     def extend(self, modules: Iterable[Module]) -> "ModuleList":
@@ -62,13 +76,15 @@ class ModuleList(Module):
         return self
 
     def insert(self, index: int, module: Module) -> None:
-        self._items.insert(index, _check_module("ModuleList", f"item {index}", module))
+        _check_module("ModuleList", f"item {index}", module)
+        self._change(lambda items: items.insert(index, module), f"a module was inserted at {index} of a ModuleList")
 
     def _forward(self, x, run):
         raise TypeError("ModuleList holds modules but has no forward: call its items in your module's _forward "
                         "(or use Sequential for a chain)")
 
     def config(self) -> dict:
+        self._refuse_shared()
         return {"type": "ModuleList", "modules": [module.config() for module in self._items]}
 
     @classmethod
@@ -180,6 +196,7 @@ class Sequential(Module):
         return dy
 
     def config(self) -> dict:
+        self._refuse_shared()
         return {"type": "Sequential", "name": self.name,
                 "input_shape": None if self.input_shape is None else list(self.input_shape),
                 "layers": [layer.config() for layer in self.layers]}
@@ -244,6 +261,7 @@ class Residual(Module):
         return dx + skip if input_grad else None
 
     def config(self) -> dict:
+        self._refuse_shared()
         return {"type": "Residual", "body": self.body.config(),
                 "shortcut": None if self.shortcut is None else self.shortcut.config()}
 

@@ -14,7 +14,7 @@ from array_api_compat import array_namespace
 from .. import functional as F
 from .. import init as _init
 from ..functional import layout as _layout
-from ..functional._checks import as_int
+from ..functional._checks import as_choice, as_float, as_int
 from .module import Module, check_dtype, make_parameter
 
 __all__ = [
@@ -38,8 +38,7 @@ class Conv2D(Module):
         super().__init__(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride,
                          padding=padding, dilation=dilation, bias=bias, input_size=input_size,
                          **({} if route is None else {"route": list(F.conv._check_route(route, None))}))
-        if bias not in (True, False, "untied"):
-            raise ValueError(f"Conv2D: bias must be True, False or 'untied'; got {bias!r}")
+        bias = as_choice("Conv2D", "bias", bias, (True, False, "untied"))
         in_channels = as_int("Conv2D", "in_channels", in_channels, 1)
         out_channels = as_int("Conv2D", "out_channels", out_channels, 1)
         kh, kw = F._checks.pair("Conv2D", "kernel_size", kernel_size, 1)
@@ -69,8 +68,7 @@ class Conv2D(Module):
             if out_hw != self.bias.shape[1:]:
                 raise ValueError(f"Conv2D: untied bias was sized for output {self.bias.shape[1:]}; "
                                  f"input {tuple(x.shape)} gives {out_hw}")
-            bias = self.bias.data
-            y += array_namespace(bias).expand_dims(bias, axis=3) if run.layout == "CHWN" else bias   # y is ours
+            y += _layout.broadcast_sample(self.bias.data, array_namespace(y), run.layout)    # y is ours
         return y, cache
 
     def _backward(self, dy, cache, run, input_grad):
@@ -101,20 +99,17 @@ class Linear(Module):
 
     def _forward(self, x, run):
         bias = None if self.bias is None else self.bias.data
-        if run.layout == "CHWN":           # x is (in_features, N): compute on the transposed view
-            y, cache = F.linear_forward(x.T, self.weight.data, bias)
-            return y.T, cache
-        return F.linear_forward(x, self.weight.data, bias)
+        xp = array_namespace(x)             # computes on the (N, features) view of a (features, N) input
+        y, cache = F.linear_forward(_layout.to_nchw(x, xp, run.layout), self.weight.data, bias)
+        return _layout.from_nchw(y, xp, run.layout), cache
 
     def _backward(self, dy, cache, run, input_grad):
-        transposed = run.layout == "CHWN"
-        dx, dw, db = F.linear_backward(dy.T if transposed else dy, cache, input_grad=input_grad)
+        xp = array_namespace(dy)
+        dx, dw, db = F.linear_backward(_layout.to_nchw(dy, xp, run.layout), cache, input_grad=input_grad)
         run.accumulate(self.weight, dw)
         if self.bias is not None:
             run.accumulate(self.bias, db)
-        if dx is None:
-            return None
-        return dx.T if transposed else dx
+        return None if dx is None else _layout.from_nchw(dx, xp, run.layout)
 
 
 # --------------------------------------------------------------------------- parameter-free layers
@@ -140,7 +135,7 @@ class LeakyReLU(_Function):
     forward_fn, backward_fn = F.leaky_relu_forward, F.leaky_relu_backward
 
     def __init__(self, negative_slope: float = 0.01):
-        super().__init__(negative_slope=negative_slope)
+        super().__init__(negative_slope=as_float("LeakyReLU", "negative_slope", negative_slope))
 
 
 class Sigmoid(_Function):
@@ -187,16 +182,14 @@ class Flatten(_Function):
 
 
 class Softmax(_Function):
-    """Softmax over the classes (for probabilities; train with CrossEntropyLoss on the logits instead)."""
+    """Softmax over the classes or channels, axis 1 of (N, K) or (N, C, H, W), as PyTorch's ``Softmax(dim=1)``
+    (for probabilities; train with CrossEntropyLoss on the logits instead)."""
 
     def _forward(self, x, run):
-        if run.layout == "CHWN":           # (K, N): the classes are the first axis
-            y, cache = F.softmax_forward(x.T)
-            return y.T, cache
-        return F.softmax_forward(x)
+        return F.softmax_forward(x, axis=_layout.channel_axis(x.ndim, run.layout))
 
     def _backward(self, dy, cache, run, input_grad):
-        return F.softmax_backward(dy.T, cache).T if run.layout == "CHWN" else F.softmax_backward(dy, cache)
+        return F.softmax_backward(dy, cache)
 
 
 class Dropout(Module):
@@ -211,8 +204,7 @@ class Dropout(Module):
     counters = ("calls",)       # a compiled training step passes the counter in and out (xpcnn.step)
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None, seed: int | None = None):
-        if not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1); got {p!r}")
+        p = as_float("Dropout", "p", p, 0, 1, high_open=True)
         super().__init__(p=p)
         self.p = p
         self.seed = int((rng or _init.default_rng()).integers(1 << 31)) if seed is None else \
@@ -226,8 +218,8 @@ class Dropout(Module):
         self.calls += 1
         xp = array_namespace(x)
         # drawn in NCHW order, so the layer drops the same elements alone and inside a container
-        to_layout = None if run.layout == "NCHW" else (lambda u: _layout.from_nchw(u, xp, run.layout))
-        return F.dropout_forward(x, self.p, key, _layout.nchw_shape(x.shape, run.layout), to_layout)
+        return F.dropout_forward(x, self.p, key, _layout.nchw_shape(x.shape, run.layout),
+                                 lambda u: _layout.from_nchw(u, xp, run.layout))
 
     def _backward(self, dy, cache, run, input_grad):
         return F.dropout_backward(dy, cache)

@@ -67,7 +67,8 @@ class Module(Tree, State, Calls, Summary):
     def __init__(self, **config: Any):
         self._config = config          # constructor arguments, for checkpoints and summaries
         self._last = None              # the Pending of the last training-mode public call
-        self._displaced = None         # the thread whose pending backward another thread's forward replaced
+        self._displaced = frozenset()  # the threads whose pending backward another thread's forward replaced
+        self._dropped = None           # why the last pending backward was dropped (the tree changed, eval, ...)
         self._start_tree()
 
     @property

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import functional as F
 from .. import init as _init
-from ..functional._checks import as_int
+from ..functional._checks import as_float, as_int
 from .module import Module, check_dtype, make_buffer, make_parameter
 
 __all__ = ["BatchNorm2D"]
-
-
-def _number(value) -> bool:
-    """A real number, not a bool (True would pass as 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class BatchNorm2D(Module):
@@ -35,12 +28,9 @@ class BatchNorm2D(Module):
                  dtype: str = "float32"):
         super().__init__(num_features=num_features, eps=eps, momentum=momentum, affine=affine)
         channels = as_int("BatchNorm2D", "num_features", num_features, 1)
-        if not (_number(eps) and 0 < eps < math.inf):
-            raise ValueError(f"BatchNorm2D: eps must be a finite number > 0; got {eps!r}")
-        if not (_number(momentum) and 0 <= momentum <= 1):
-            raise ValueError(f"BatchNorm2D: momentum must be a number in [0, 1]; got {momentum!r}")
+        self.eps = as_float("BatchNorm2D", "eps", eps, 0, low_open=True)
+        self.momentum = as_float("BatchNorm2D", "momentum", momentum, 0, 1)
         check_dtype("BatchNorm2D", dtype)
-        self.eps, self.momentum = float(eps), float(momentum)
         self.weight = make_parameter(_init.filled((channels,), 1), dtype) if affine else None
         self.bias = make_parameter(_init.filled((channels,), 0), dtype) if affine else None
         self.running_mean = make_buffer(_init.filled((channels,), 0), dtype)

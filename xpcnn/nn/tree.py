@@ -5,10 +5,16 @@ Each module keeps a registry (``_tree``) of its attributes that are modules, par
 order. An assignment replaces the registry whole instead of changing it, so a walk in one thread reads one
 consistent snapshot while another thread assigns (a call sets its pending backward on the model meanwhile).
 A plain list, tuple or dict holding modules is refused: the walk cannot see into it (use ``ModuleList``).
+
+Each module also knows its parents (weakly). A change of the tree (a child, parameter or buffer replaced, added
+or removed, here or in any descendant) drops the pending backward of the module and of every ancestor: the
+cache of a forward describes the tree that ran it, and a backward through another tree would hand one layer's
+gradient to another.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Iterator
 
 from .. import backend as _backend
@@ -17,7 +23,7 @@ from .slots import Buffer, Parameter, check_dtype, dtype_name
 __all__ = ["Tree"]
 
 # bookkeeping attributes: set on every call or at construction, never part of the tree
-_INTERNAL = frozenset({"_config", "_last", "_displaced", "_tree", "_plain"})
+_INTERNAL = frozenset({"_config", "_last", "_displaced", "_dropped", "_tree", "_plain", "_parents"})
 
 
 class Tree:
@@ -26,6 +32,21 @@ class Tree:
     def _start_tree(self) -> None:
         object.__setattr__(self, "_tree", {})    # name -> Module, Parameter or Buffer; replaced, never mutated
         object.__setattr__(self, "_plain", ())   # names of list, tuple and dict attributes, checked at each walk
+        object.__setattr__(self, "_parents", {})  # id -> weakref.ref of each module holding this one
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the parent links out (they are weak); :meth:`__setstate__` relinks."""
+        return {k: v for k, v in self.__dict__.items() if k != "_parents"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_parents", {})
+        for child in self._own_children():
+            child._parents[id(self)] = weakref.ref(self)
+
+    def _own_children(self) -> list["Tree"]:
+        """The modules this one holds directly (its attributes; a ModuleList's items)."""
+        return [v for v in self._tree.values() if isinstance(v, Tree)]
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _INTERNAL:
@@ -47,11 +68,39 @@ class Tree:
     def _register(self, name: str, value: Any) -> None:
         """Update the registries after attribute ``name`` became ``value`` (None: deleted)."""
         if isinstance(value, (Tree, Parameter, Buffer)) or name in self._tree:
+            before = self._tree
             attributes = list(vars(self).items())        # one snapshot, in attribute order
             object.__setattr__(self, "_tree", {n: v for n, v in attributes if isinstance(v, (Tree, Parameter, Buffer))})
+            self._relink([v for v in before.values() if isinstance(v, Tree)],
+                         [v for v in self._tree.values() if isinstance(v, Tree)],
+                         changed=[*map(id, before.values())] != [*map(id, self._tree.values())],
+                         reason=f"{type(self).__name__}.{name} was reassigned")
         plain = isinstance(value, (list, tuple, dict))
         if plain != (name in self._plain):
             object.__setattr__(self, "_plain", tuple(n for n in self._plain if n != name) + ((name,) * plain))
+
+    def _relink(self, before: list, after: list, changed: bool, reason: str) -> None:
+        """After this module's children went from ``before`` to ``after``: their parent links, and if the tree
+        changed, the pending backward of this module and its ancestors dropped (saying ``reason``)."""
+        for child in before:
+            if not any(child is other for other in after):
+                child._parents.pop(id(self), None)
+        for child in after:
+            child._parents[id(self)] = weakref.ref(self)
+        if changed:
+            self._drop_pending(reason)
+
+    def _drop_pending(self, reason: str) -> None:
+        """Forget the pending backward of this module and of every module above it, noting why."""
+        seen, todo = set(), [self]
+        while todo:
+            module = todo.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            if module._last is not None:
+                module._last, module._dropped = None, reason
+            todo.extend(parent for parent in (ref() for ref in list(module._parents.values())) if parent is not None)
 
     # -- walks
     def named_children(self) -> Iterator[tuple[str, "Tree"]]:
@@ -113,8 +162,8 @@ class Tree:
         """Training mode (batch statistics, dropout) for this module and all below it; ``train(False)``: eval."""
         for module in self.modules():
             module.training = bool(mode)
-            if not mode:
-                module._last = None        # switching to eval drops a pending backward
+            if not mode and module._last is not None:      # switching to eval drops a pending backward
+                module._last, module._dropped = None, "the model was switched to eval mode"
         return self
 
     def eval(self) -> "Tree":
@@ -137,13 +186,14 @@ class Tree:
         for slot in slots:
             if isinstance(slot, Parameter):
                 slot.grad = None
-        self._forget()
+        self._forget("its arrays were moved by .to()")
         return self
 
-    def _forget(self) -> None:
-        """Drop every pending backward in the tree (its arrays or its structure changed)."""
+    def _forget(self, reason: str = "its arrays were replaced") -> None:
+        """Drop every pending backward in the tree (its arrays changed), noting why."""
         for module in self.modules():
-            module._last = None
+            if module._last is not None:
+                module._last, module._dropped = None, reason
 
 
 def _refuse_hidden_modules(owner: Tree, name: str, value: Any) -> None:
