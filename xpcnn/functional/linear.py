@@ -6,7 +6,7 @@ import math
 from typing import Any, NamedTuple
 
 from ._checks import check_cache, check_floating, check_ndim, check_same_dtype, check_shape, namespace
-from .layout import check_layout
+from .layout import batch_axis, check_layout, from_nchw_shape
 
 __all__ = ["FlattenCache", "LinearCache", "flatten", "flatten_backward", "flatten_forward", "linear", "linear_backward", "linear_forward"]
 
@@ -62,9 +62,8 @@ class FlattenCache(NamedTuple):
 
 
 def _flat_shape(shape: tuple, layout: str) -> tuple[int, int]:
-    if layout == "CHWN":
-        return math.prod(shape[:-1]), shape[-1]
-    return shape[0], math.prod(shape[1:])
+    axis = batch_axis(len(shape), layout)
+    return from_nchw_shape((shape[axis], math.prod(shape[:axis] + shape[axis + 1:])), layout)
 
 
 def flatten_forward(x: Any, layout: str = "NCHW") -> tuple[Any, FlattenCache]:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from ._checks import check_cache, check_floating, check_ndim, check_shape, namespace, pair
-from .layout import check_layout, spatial_axes
+from .layout import axes_name, check_layout, spatial_axes
 from .windows import ConvGeometry, add_at, crop, pad, set_at
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 def _pool_geometry(op: str, x: Any, kernel_size: Any, stride: Any, padding: Any, layout: str) -> tuple[Any, ConvGeometry]:
     xp = namespace(op, x=x)
     check_layout(op, layout)
-    check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
+    check_ndim(op, "x", x, 4, axes_name(layout))
     check_floating(op, "x", x, xp)
     kernel = pair(op, "kernel_size", kernel_size, 1)
     stride = kernel if stride is None else pair(op, "stride", stride, 1)
@@ -164,7 +164,7 @@ def global_avg_pool2d_forward(x: Any, layout: str = "NCHW") -> tuple[Any, Global
     op = "global_avg_pool2d"
     xp = namespace(op, x=x)
     check_layout(op, layout)
-    check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
+    check_ndim(op, "x", x, 4, axes_name(layout))
     check_floating(op, "x", x, xp)
     return xp.mean(x, axis=spatial_axes(4, layout)), GlobalAvgPool2DCache(tuple(x.shape), layout)
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 from array_api_compat import device, is_writeable_array
 
-from .layout import spatial_axes
+from .layout import batch_axis, batch_last, channel_axis, from_nchw_shape, spatial_axes
 
 __all__ = ["ConvGeometry", "add_at", "col2im", "crop", "im2col", "pad", "region", "row_columns", "row_part",
            "set_at"]
@@ -34,11 +34,11 @@ class ConvGeometry(NamedTuple):
 
     @property
     def batch(self) -> int:
-        return self.x_shape[3] if self.layout == "CHWN" else self.x_shape[0]
+        return self.x_shape[batch_axis(4, self.layout)]
 
     @property
     def channels(self) -> int:
-        return self.x_shape[0] if self.layout == "CHWN" else self.x_shape[1]
+        return self.x_shape[channel_axis(4, self.layout)]
 
     @property
     def in_hw(self) -> tuple[int, int]:
@@ -53,7 +53,7 @@ class ConvGeometry(NamedTuple):
 
     def shape(self, channels: int, hw: tuple[int, int]) -> tuple:
         """A 4-D shape in this geometry's layout."""
-        return (channels, *hw, self.batch) if self.layout == "CHWN" else (self.batch, channels, *hw)
+        return from_nchw_shape((self.batch, channels, *hw), self.layout)
 
     def windows(self) -> tuple[tuple, ...]:
         """For each kernel offset (row-major), the index of the strided view of the padded input it reads."""
@@ -137,7 +137,7 @@ def im2col(xpad: Any, xp: Any, geometry: ConvGeometry) -> Any:
     (kh, kw), (ho, wo) = geometry.kernel, geometry.out_hw
     c, n = geometry.channels, geometry.batch
     views = [xpad[index] for index in geometry.windows()]
-    if geometry.layout == "CHWN":
+    if batch_last(geometry.layout):
         return xp.reshape(xp.stack(views, axis=1), (c * kh * kw, ho * wo * n))
     return xp.reshape(xp.stack(views, axis=2), (n, c * kh * kw, ho * wo))
 
@@ -153,7 +153,7 @@ def col2im(dcols: Any, xp: Any, geometry: ConvGeometry) -> Any:
     (kh, kw), (sh, sw), (dil_h, dil_w), (ho, wo) = geometry.kernel, geometry.stride, geometry.dilation, geometry.out_hw
     c, n = geometry.channels, geometry.batch
     hp, wp = geometry.padded_hw
-    chwn = geometry.layout == "CHWN"
+    chwn = batch_last(geometry.layout)
     lead = (c, kw) if chwn else (n, c, kw)             # the axes before H in the column buffer
     tail = (n,) if chwn else ()                        # the axes after W
     cols = xp.reshape(dcols, (*lead, kh, ho, wo, *tail))
@@ -184,7 +184,7 @@ def row_columns(xpad: Any, xp: Any, geometry: ConvGeometry) -> Any:
     rows = slice(0, (kh - 1) * dil_h + ho)
     axes = spatial_axes(4, geometry.layout)
     views = [xpad[region(4, axes, rows, slice(j * dil_w, j * dil_w + sw * (wo - 1) + 1, sw))] for j in range(kw)]
-    return xp.stack(views, axis=1 if geometry.layout == "CHWN" else 2)
+    return xp.stack(views, axis=channel_axis(4, geometry.layout) + 1)     # the offsets right after the channels
 
 
 def row_part(cols: Any, xp: Any, geometry: ConvGeometry, i: int) -> Any:
@@ -192,6 +192,6 @@ def row_part(cols: Any, xp: Any, geometry: ConvGeometry, i: int) -> Any:
     (N, C * kw, out_h * out_w) in NCHW; a view (no copy) where the library can express it as one."""
     (ho, wo), dil_h = geometry.out_hw, geometry.dilation[0]
     c, n, kw = geometry.channels, geometry.batch, geometry.kernel[1]
-    if geometry.layout == "CHWN":
+    if batch_last(geometry.layout):
         return xp.reshape(cols[:, :, i * dil_h:i * dil_h + ho, ...], (c * kw, ho * wo * n))
     return xp.reshape(cols[:, :, :, i * dil_h:i * dil_h + ho, :], (n, c * kw, ho * wo))

@@ -153,7 +153,7 @@ class Calls:
 
     def _layout_for(self, x: Any) -> str:
         """The layout a public call on ``x`` runs in: the model's own for batches of images or vectors."""
-        return self.run_layout if x.ndim in (2, 4) else "NCHW"
+        return _layout.for_ndim(self.run_layout, x.ndim)
 
     def _keep(self, cache: Any, run: Run, dtype: Any, training: bool) -> None:
         """After a public ``forward``: in training mode its cache is kept for :meth:`backward` (the threads whose

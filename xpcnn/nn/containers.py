@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from ..functional._checks import check_cache
-from ..functional.layout import nchw_shape
+from ..functional.layout import CHWN, nchw_shape
 from .layers import MaxPool2D, ReLU
 from .module import Module, from_config
 
@@ -117,7 +117,7 @@ class Sequential(Module):
     the next call runs the new one.
     """
 
-    run_layout = "CHWN"
+    run_layout = CHWN
     input_grad_default = False
     shardable = True
 
@@ -231,7 +231,7 @@ class Residual(Module):
     ``Sequential(..., Residual(body, shortcut), ReLU(), ...)``.
     """
 
-    run_layout = "CHWN"
+    run_layout = CHWN
     shardable = True
 
     def __init__(self, body: Module, shortcut: Module | None = None):

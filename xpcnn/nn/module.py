@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..functional import layout as _layout
 from .calls import Calls, ModelInUseError, Pending, Run, Serial, _library, pair, set_executor
 from .slots import (DTYPES, Buffer, Parameter, add_gradient, check_dtype, check_gradient, dtype_name, flatten,
                     make_buffer, make_parameter, precision, set_buffer, split, unflatten)
@@ -50,7 +51,7 @@ class Module(Tree, State, Calls, Summary):
     """
 
     training = True
-    run_layout = "NCHW"         # the layout a public call runs in: containers use the fast CHWN
+    run_layout = _layout.NCHW   # the layout a public call runs in: containers use the fast CHWN
     counters: tuple[str, ...] = ()  # attributes holding call counters (ints) that a training step advances
 
     def __init_subclass__(cls, **kwargs):

@@ -27,8 +27,8 @@ class Summary:
     def _trace(self, sample_shape: tuple) -> dict[int, tuple]:
         params = [*self.parameters(), *self.buffers()]
         like = params[0].data if params else _backend.asarray(np.zeros(1, np.float32))
-        layout = self.run_layout if len(sample_shape) in (1, 3) else "NCHW"
-        empty = np.zeros((*sample_shape, 0) if layout == "CHWN" else (0, *sample_shape), dtype=dtype_name(like))
+        layout = _layout.for_ndim(self.run_layout, len(sample_shape) + 1)
+        empty = np.zeros(_layout.from_nchw_shape((0, *sample_shape), layout), dtype=dtype_name(like))
         run = Run(layout, training=False, trace=[])
         try:
             run.call(self, _backend.asarray_like(empty, like))
