@@ -193,3 +193,30 @@ def test_an_update_is_a_function_of_its_arguments_so_lr_and_step_can_be_arrays(B
             d1 = opt._update(d1, B.asarray(grad), numbers_state, 0.01, step)
             d2 = opt._update(d2, B.asarray(grad), arrays_state, B.asarray(np.float64(0.01)), B.asarray(np.float64(step)))
         np.testing.assert_allclose(B.numpy(d2), B.numpy(d1), rtol=1e-12)
+
+
+def test_apply_then_commit_is_a_step_and_gradients_may_be_given_as_a_list():
+    """The pure apply and the public commit make one step (what TrainStep does): the parameters become views of
+    the new flat array, the state and the step counter advance; flat_gradients takes the gradients as a list
+    (None for zeros) and refuses a list of the wrong length."""
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal((2, 3)), rng.standard_normal(4)]
+    grads = [rng.standard_normal((2, 3)), None]
+    by_step, by_commit = ([Parameter(v.copy()) for v in values] for _ in range(2))
+    stepped, committed = optim.Adam(by_step, lr=0.1), optim.Adam(by_commit, lr=0.1)
+    by_step[0].grad = grads[0]
+    stepped.step()
+    flat = committed.flat_parameters()
+    grad = committed.flat_gradients(grads)
+    np.testing.assert_array_equal(grad, np.concatenate([grads[0].ravel(), np.zeros(4)]))
+    new, state = committed.apply(flat, grad, committed.initial_state(flat), committed.lr, committed.steps + 1, (1,))
+    committed.commit(new, state)
+    assert committed.steps == stepped.steps == 1
+    for a, b in zip(by_commit, by_step):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert np.shares_memory(a.data, committed.flat_parameters())
+    for name in stepped.state:
+        np.testing.assert_array_equal(committed.state[name], stepped.state[name])
+    with pytest.raises(ValueError, match=r"Adam.flat_gradients: grads must hold one entry per parameter \(2\); "
+                                         r"got 1"):
+        committed.flat_gradients(grads[:1])

@@ -234,3 +234,87 @@ def test_every_layer_and_loss_compiles_to_the_eager_numbers(jax, loss):
             losses = [float(step(x, y)[0]) for _, _, step in runs]
             np.testing.assert_allclose(losses[1], losses[0], rtol=1e-10)
         _assert_states_close(_state(*runs[1][:2]), _state(*runs[0][:2]), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- stateless runs and the hook
+def test_a_stateless_run_returns_the_hand_written_gradients_and_leaves_the_model_as_it_was():
+    """stateless.run computes on the state it is given: outputs, loss, gradients and the new state (BatchNorm's
+    running statistics, the Dropout counter) come back; the model's arrays, gradients, counters and its pending
+    backward are untouched."""
+    from xpcnn.nn import stateless
+
+    x, y = _batches(1)[0]
+    model, reference = _net(), _net()
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    pending = model(x)                                       # a pending backward the run must not disturb
+    given = stateless.state(reference)
+    before = _state(model, optim.SGD(model.parameters(), lr=0.1))
+    result = stateless.run(model, given, x, lambda out: (loss_fn(out, y), loss_fn.backward()))
+    after = _state(model, optim.SGD(model.parameters(), lr=0.1))
+    _assert_states_close(after, before, rtol=0)
+    assert all(p.grad is None for p in model.parameters())
+    model.backward(np.ones_like(pending))                    # still this thread's own pending call
+    loss = loss_fn(reference(x), y)
+    reference.backward(loss_fn.backward())
+    np.testing.assert_array_equal(result.loss, loss)
+    for got, p in zip(result.gradients, reference.parameters()):
+        np.testing.assert_array_equal(got, p.grad)
+    assert result.state.counters == (1,) and stateless.state(reference).counters == (1,)
+    for got, b in zip(result.state.buffers, reference.buffers()):
+        np.testing.assert_array_equal(got, b.data)
+    forward_only = stateless.run(model, given, x, training=False)
+    assert forward_only.gradients is None and forward_only.loss is None and forward_only.state.counters == (0,)
+
+
+def test_a_gradient_reduction_hook_sees_the_flat_gradient_and_the_metrics():
+    """Two processes holding the same half of a batch each, summed by the hook, take the step one process takes
+    on the whole batch: share=0.5 halves each gradient (exactly), the hook doubles it back."""
+    x, y = _batches(1)[0]
+    single, pair = _net(), _net()
+    single_opt, pair_opt = optim.SGD(single.parameters(), lr=0.1, momentum=0.9), \
+        optim.SGD(pair.parameters(), lr=0.1, momentum=0.9)
+    seen = []
+
+    def two_alike(grad, metrics):
+        seen.append((grad.shape, metrics.shape))
+        return grad + grad, metrics + metrics
+
+    loss, correct = xpcnn.TrainStep(single, nn.CrossEntropyLoss(), single_opt)(x, y)
+    step = xpcnn.TrainStep(pair, nn.CrossEntropyLoss(), pair_opt, reduce_gradients=two_alike)
+    pair_loss, pair_correct = step(x, y, share=0.5)
+    assert seen == [((single_opt.flat_parameters().shape[0],), (2,))]
+    np.testing.assert_array_equal(pair_loss, loss)
+    assert int(pair_correct) == 2 * int(correct)            # each process's count, summed
+    _assert_states_close(_state(pair, pair_opt), _state(single, single_opt), rtol=0)
+    assert not hasattr(step, "_updates")                      # results are returned, not left on the step
+
+
+def test_an_empty_part_of_a_split_batch_contributes_zeros_and_an_empty_batch_alone_is_refused():
+    x, y = _batches(1)[0]
+    model = _net()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    sums = []
+    step = xpcnn.TrainStep(model, nn.CrossEntropyLoss(), opt,
+                           reduce_gradients=lambda g, m: sums.append((float(np.abs(g).sum()), m.tolist())) or (g, m))
+    step(x[:0], y[:0], share=0.0)
+    assert sums == [(0.0, [0.0, 0.0])] and opt.steps == 1
+    with pytest.raises(ValueError, match=r"TrainStep: the batch is empty \(x has 0 samples\)"):
+        xpcnn.TrainStep(model, nn.CrossEntropyLoss(), opt)(x[:0], y[:0])
+    with pytest.raises(ValueError, match=r"TrainStep: share must be None or a number in \[0, 1\]; got 2"):
+        step(x, y, share=2)
+    with pytest.raises(TypeError, match=r"TrainStep: reduce_gradients must be None or a function"):
+        xpcnn.TrainStep(model, nn.CrossEntropyLoss(), opt, reduce_gradients="allreduce")
+
+
+def test_an_optimizer_listing_the_parameters_in_another_order_steps_alike():
+    batches = _batches(2)
+    model, other = _net(), _net()
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    reversed_opt = optim.Adam(other.parameters()[::-1], lr=0.01)
+    steps = [xpcnn.TrainStep(m, nn.CrossEntropyLoss(), o) for m, o in ((model, opt), (other, reversed_opt))]
+    for x, y in batches:
+        for step in steps:
+            step(x, y)
+    for a, b in zip(model.parameters(), other.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)

@@ -238,7 +238,7 @@ def test_evaluate_top_k_accuracy():
         result = xpcnn.evaluate(model, data, top_k=k, batch_size=64)
         assert result["top_k_accuracy"] == np.mean(rank < k)
     assert xpcnn.evaluate(model, data, top_k=1)["top_k_accuracy"] == xpcnn.evaluate(model, data)["accuracy"]
-    with pytest.raises(ValueError, match="evaluate: top_k must be a positive integer; got 0"):
+    with pytest.raises(ValueError, match="evaluate: top_k must be >= 1; got 0"):
         xpcnn.evaluate(model, data, top_k=0)
 
 
@@ -271,3 +271,65 @@ def test_per_epoch_lines_are_printed_without_any_logging_setup(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "epoch 1/2: loss" in done.stdout and "epoch 2/2: loss" in done.stdout, (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("name, value, error, words", [
+    ("epochs", True, TypeError, "fit: epochs must be an integer; got True"),
+    ("batch_size", True, TypeError, "fit: batch_size must be an integer; got True"),
+    ("epochs", 0, ValueError, "fit: epochs must be >= 1; got 0"),
+    ("batch_size", 2.5, TypeError, "fit: batch_size must be an integer"),
+    ("seed", -1, ValueError, "fit: seed must be >= 0; got -1"),
+])
+def test_fit_refuses_numbers_that_are_not_whole(name, value, error, words):
+    model = xpcnn.models.lenet5()
+    kwargs = {"epochs": 1, "batch_size": 32, name: value}
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()), _subset(32), progress=False,
+                  **kwargs)
+
+
+def test_fit_takes_numpy_arrays_as_from_numpy_makes_them():
+    """(uint8 images, labels) trains exactly as Dataset.from_numpy of them; a uint8 validation pair is normalized
+    with the training images' statistics."""
+    histories = []
+    for train, val in (((IMAGES[:128], LABELS[:128]), (IMAGES[200:264], LABELS[200:264])),
+                       (_subset(128), None)):
+        model = xpcnn.models.lenet5(seed=0)
+        if val is None:
+            val = xpcnn.data.Dataset.from_numpy(IMAGES[200:264], LABELS[200:264], mean=train.mean, std=train.std)
+        opt = xpcnn.optim.SGD(model.parameters(), lr=0.05)
+        histories.append(xpcnn.fit(model, nn.CrossEntropyLoss(), opt, train, epochs=1, batch_size=32,
+                                   validation_data=val, progress=False))
+    assert histories[0].loss == histories[1].loss and histories[0].val_loss == histories[1].val_loss
+    model = xpcnn.models.lenet5()
+    with pytest.raises(TypeError, match=r"data: uint8 pixels must be normalized as the training images were; make "
+                                        r"them a Dataset: xpcnn.data.Dataset.from_numpy"):
+        xpcnn.evaluate(model, (IMAGES[:8], LABELS[:8]))
+    with pytest.raises(TypeError, match=r"train_data: labels \(N,\) must be whole class indices; got float64"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()),
+                  (IMAGES[:8], np.linspace(0, 2, 8)), epochs=1, progress=False)
+
+
+def test_evaluate_refuses_no_samples_and_labels_the_model_cannot_score():
+    model = xpcnn.models.lenet5()
+    images = xpcnn.data.normalize(IMAGES[:4])
+    with pytest.raises(ValueError, match="evaluate: data has no samples"):
+        xpcnn.evaluate(model, xpcnn.data.Dataset(images[:0], LABELS[:0].astype(np.int64)))
+    for bad in (10, -1):
+        labels = np.array([0, 1, bad, 2])
+        with pytest.raises(ValueError, match=rf"evaluate: data: labels must lie in \[0, 10\) for a model with 10 "
+                                             rf"outputs; got values from {min(bad, 0)} to {max(bad, 2)}"):
+            xpcnn.evaluate(model, xpcnn.data.Dataset(images, labels))
+
+
+def test_every_split_is_checked_against_the_model_before_training():
+    model = xpcnn.models.lenet5()
+    before = model.layers[0].weight.data.copy()
+    wrong = xpcnn.data.Dataset(np.zeros((4, 1, 32, 32), np.float32), np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(N, 1, 28, 28\); got \(1, 1, 32, 32\)"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()), _subset(32), epochs=1,
+                  validation_data=wrong, progress=False)
+    with pytest.raises(ValueError, match=r"validation_data: labels must lie in \[0, 10\)"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()), _subset(32), epochs=1,
+                  validation_data=xpcnn.data.Dataset(_subset(4).images, np.full(4, 12)), progress=False)
+    np.testing.assert_array_equal(model.layers[0].weight.data, before)

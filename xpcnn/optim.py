@@ -76,20 +76,29 @@ class Optimizer:
             self._views = [p.data for p in self.params]
         return self._flat
 
-    def flat_gradients(self) -> Any:
-        """All gradients as one fresh 1-D array (zeros for parameters without one)."""
+    def flat_gradients(self, grads: Iterable[Any] | None = None) -> Any:
+        """All gradients as one fresh 1-D array, zeros for a parameter without one: the parameters' ``.grad``, or
+        ``grads`` (one array or None per parameter, in order: what :func:`xpcnn.nn.stateless.run` returns)."""
+        grads = [p.grad for p in self.params] if grads is None else list(grads)
+        if len(grads) != len(self.params):
+            raise ValueError(f"{type(self).__name__}.flat_gradients: grads must hold one entry per parameter "
+                             f"({len(self.params)}); got {len(grads)}")
         xp = array_namespace(self.params[0].data)
-        return flatten([p.grad if p.grad is not None else xp.zeros(p.shape, dtype=p.data.dtype, device=device(p.data))
-                        for p in self.params])
+        return flatten([g if g is not None else xp.zeros(p.shape, dtype=p.data.dtype, device=device(p.data))
+                        for p, g in zip(self.params, grads)])
 
-    def _scatter(self, flat: Any, parts: list | None = None) -> None:
-        """Rebind the parameters to their parts of ``flat`` (``parts``, if the caller has them already)."""
+    def commit(self, flat: Any, state: dict, steps: int = 1, parts: list | None = None) -> None:
+        """Make an update's results the optimizer's own: the parameters become their parts of the new flat
+        parameters ``flat`` (or ``parts``, those parts already cut), ``state`` the optimizer's state, and the
+        step counter advances by ``steps`` (the number of updates these values include)."""
         if parts is None:
             unflatten(flat, self.params)
         else:
             for p, part in zip(self.params, parts):
                 p.data = part
         self._flat, self._views = flat, [p.data for p in self.params]
+        self.state = state
+        self.steps += steps
 
     def step(self, flat_grad: Any = None) -> None:
         """Apply one update from the parameters' gradients (or from ``flat_grad``, a 1-D array in parameter
@@ -98,13 +107,10 @@ class Optimizer:
         missing = self.missing() if flat_grad is None else ()
         if len(missing) == len(self.params):
             return
-        self.steps += 1
         flat = self.flat_parameters()
-        if not self.state:
-            self.state = self.initial_state(flat)
+        state = self.state or self.initial_state(flat)
         grad = self.flat_gradients() if flat_grad is None else flat_grad
-        new, self.state = self.apply(flat, grad, self.state, self.lr, self.steps, missing)
-        self._scatter(new)
+        self.commit(*self.apply(flat, grad, state, self.lr, self.steps + 1, missing))
 
     def missing(self) -> tuple[int, ...]:
         """The indices of the parameters that have no gradient."""

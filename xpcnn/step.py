@@ -2,28 +2,21 @@
 
 ``step = TrainStep(model, loss_fn, optimizer)`` then ``loss, correct = step(x, y)`` runs the forward, the loss,
 the backward and the optimizer's update, as the README's loop does, and returns the batch's mean loss and its
-number of correct predictions, both left on the device. Inside, the step is one function whose inputs are
-everything that changes from step to step:
+number of correct predictions, both left on the device. Inside, the step is one function of everything that
+changes from step to step (:class:`StepState`: the flat parameters, the buffers, the counters of the modules that
+draw random numbers, the optimizer's state, the learning rate and the step number) and the batch, and it returns
+their new values and the metrics. The model runs on that state through :func:`xpcnn.nn.stateless.run`; the
+optimizer takes the new values through :meth:`~xpcnn.optim.Optimizer.commit`.
 
-- the flat parameters (:meth:`xpcnn.optim.Optimizer.flat_parameters`) and the buffers (BatchNorm's running
-  statistics);
-- the optimizer's state (momentum, Adam's moments), its learning rate and its step number;
-- the counters of the modules that draw random numbers (each :class:`~xpcnn.nn.Dropout`'s ``calls``: its masks
-  are a hash of its seed and that counter, see :mod:`xpcnn.functional.random`);
-- the batch.
+The function reads nothing else that changes, writes nothing outside its result, reads nothing back to the host
+and branches on no array value. So on JAX it is compiled once per batch shape with ``jax.jit``; elsewhere it runs
+eagerly from the same code: the hand-written loop's operations in its order, so its numbers. A compiled step
+keeps what its trace saw as constants: the model's structure and the optimizer's hyper-parameters (not the
+learning rate or the step number, which are inputs): after changing those, make a new ``TrainStep``.
 
-It returns their new values and the metrics. The model's own ``_forward``/``_backward`` run inside it, on the
-parameters and buffers it was given; the function reads nothing else that changes, writes nothing outside its
-result, reads nothing back to the host and branches on no array value. So on JAX it is compiled once per batch
-shape with ``jax.jit`` (the smaller last batch of an epoch compiles once more: it is not padded), and elsewhere it
-runs eagerly from the same code: the hand-written loop's operations in its order, so its numbers.
-
-Between steps the model holds real arrays, never a compiler's placeholders: ``Parameter.data``, the buffers, the
-optimizer's state and the Dropout counters are set from the step's results, so ``model(x)``, ``xpcnn.save`` and
-:func:`xpcnn.evaluate` work between steps as always. The step leaves the gradients empty (``.grad`` None), as
-:func:`xpcnn.fit` does after each step. A compiled step keeps what its trace saw as constants: the model's
-structure and the optimizer's hyper-parameters (but not the learning rate or the step number, which are inputs):
-after changing those, make a new ``TrainStep``.
+Data-parallel training is the same step with a gradient-reduction hook (``reduce_gradients``): each process
+runs its part of the batch and the hook sums the flat gradient and the metrics across processes before the
+update, so every process takes the same step.
 """
 
 from __future__ import annotations
@@ -33,7 +26,9 @@ from typing import Any, Callable, NamedTuple
 from array_api_compat import array_namespace, device
 
 from . import backend as _backend
-from .nn.module import Module, split, unflatten
+from . import metrics as _metrics
+from .nn import stateless
+from .nn.module import Module, split
 from .optim import Optimizer
 
 __all__ = ["StepState", "TrainStep"]
@@ -42,10 +37,10 @@ __all__ = ["StepState", "TrainStep"]
 class StepState(NamedTuple):
     """The inputs of one step besides the batch (each a backend array, or a number where eager)."""
 
-    params: Any                 # the flat parameters (1-D)
+    params: Any                 # the flat parameters (1-D), in the optimizer's order
     buffers: tuple              # each buffer's array, in model.buffers() order
     optimizer: dict             # the optimizer's flat state arrays by name
-    counters: tuple             # each random module's counter, in TrainStep.counters order
+    counters: tuple             # each counter, in xpcnn.nn.stateless.counters(model) order
     lr: Any                     # the learning rate
     step: Any                   # the number of this update (1 for the first)
 
@@ -55,24 +50,20 @@ class TrainStep:
 
     ``compile``: None (the default) compiles where the backend has a compiler (jax), True insists on it (a
     ValueError elsewhere), False runs eagerly everywhere. The optimizer must hold the model's parameters.
+    ``reduce_gradients(flat_grad, metrics) -> (flat_grad, metrics)``: None (the default) leaves them as they are;
+    data-parallel training sums both across processes (``metrics`` is ``[share of the mean loss, correct]``, see
+    :meth:`__call__`). It runs inside the step: a compiled step needs a traceable one.
     """
 
-    def __init__(self, model: Module, loss_fn: Any, optimizer: Optimizer, compile: bool | None = None):
-        if not isinstance(model, Module):
-            raise TypeError(f"TrainStep: model must be an xpcnn.nn.Module; got {type(model).__name__}")
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"TrainStep: optimizer must be an xpcnn.optim.Optimizer; got {type(optimizer).__name__}")
-        if not callable(loss_fn) or not callable(getattr(loss_fn, "backward", None)):
-            raise TypeError(f"TrainStep: loss_fn must be an xpcnn loss object (called, then .backward()); got "
-                            f"{type(loss_fn).__name__}")
-        if compile not in (None, True, False):
-            raise ValueError(f"TrainStep: compile must be None, True or False; got {compile!r}")
-        if {id(p) for p in model.parameters()} != {id(p) for p in optimizer.params}:
-            raise ValueError("TrainStep: the optimizer must hold exactly the model's parameters "
-                             "(make it with optimizer(model.parameters(), ...))")
+    def __init__(self, model: Module, loss_fn: Any, optimizer: Optimizer, compile: bool | None = None,
+                 reduce_gradients: Callable[[Any, Any], tuple[Any, Any]] | None = None):
+        _check_arguments(model, loss_fn, optimizer, compile, reduce_gradients)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.buffers = model.buffers()
-        self.counters = [(module, name) for module in _unique(model.modules()) for name in module.counters]
+        self.reduce_gradients = reduce_gradients
+        position = {id(p): i for i, p in enumerate(model.parameters())}
+        self._to_model = [i for i, _ in sorted(enumerate(optimizer.params), key=lambda item: position[id(item[1])])]
+        self._to_optimizer = [position[id(p)] for p in optimizer.params]
+        self._shapes = [p.shape for p in optimizer.params]
         compiler = _backend.compiler(optimizer.params[0].data)
         if compile and compiler is None:
             raise ValueError(f"TrainStep: compile=True needs a backend with a compiler (jax); the parameters are "
@@ -80,151 +71,93 @@ class TrainStep:
                              f"False to run the step eagerly)")
         self.compiled = compiler is not None and compile is not False
         self._function: Callable = compiler(self._pure) if self.compiled else self._pure
-        self._updates = True        # whether the traced step updated any parameter (set while it runs)
-        self._threshold = decision_threshold(model, loss_fn)
+        self._threshold = _metrics.decision_threshold(model, loss_fn)
 
     def state(self) -> StepState:
         """The current explicit state, read from the model and the optimizer. Compiled, the counters become int32
-        arrays (once: the step returns them as arrays) and the learning rate and step number Python floats (a
-        compiled function takes numbers as inputs, not constants), so that changing them compiles nothing."""
+        arrays and the learning rate and step number Python floats (inputs of the compiled function, not
+        constants), so that changing them compiles nothing."""
         opt = self.optimizer
         flat = opt.flat_parameters()
-        if not opt.state:
-            opt.state = opt.initial_state(flat)
-        counters = tuple(getattr(module, name) for module, name in self.counters)
+        own = stateless.state(self.model)
+        counters = own.counters
         lr, step = opt.lr, opt.steps + 1
         if self.compiled:
             xp = array_namespace(flat)
             counters = tuple(xp.asarray(c, dtype=xp.int32, device=device(flat)) if isinstance(c, int) else c
                              for c in counters)
             lr, step = float(lr), float(step)
-        return StepState(flat, tuple(b.data for b in self.buffers), dict(opt.state), counters, lr, step)
+        return StepState(flat, own.buffers, dict(opt.state or opt.initial_state(flat)), counters, lr, step)
 
-    def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
+    def __call__(self, x: Any, y: Any, share: float | None = None) -> tuple[Any, Any]:
         """One step on the batch ``(x, y)``: ``(mean loss, number of correct predictions)``, 0-d arrays on the
-        device."""
+        device. ``share``: for data-parallel training, this process's part of the global batch (its samples /
+        the global batch size), which scales its loss gradient so that the summed gradients are the global
+        mean's; the results are then the global batch's. The model's parameters, buffers and counters, and the
+        optimizer, hold the new values afterwards; the gradients are left empty."""
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                  or not 0 <= share <= 1):
+            raise ValueError(f"TrainStep: share must be None or a number in [0, 1]; got {share!r}")
+        if not x.shape[0] and self.reduce_gradients is None:
+            raise ValueError("TrainStep: the batch is empty (x has 0 samples)")
         with self.model.using():        # other threads' calls of the model wait: they never see a step half done
-            if not self.model.training:
-                self.model.train()
-            new, parts, loss, correct = self._function(self.state(), x, y)
-            opt = self.optimizer
-            if self._updates:
-                opt.steps += 1
-                opt._scatter(new.params, parts)        # the parts come out of the step: no slicing out here
-                opt.state = new.optimizer
-            for buffer, value in zip(self.buffers, new.buffers):
-                buffer.data = value
-            for (module, name), value in zip(self.counters, new.counters):
-                setattr(module, name, value)
-            opt.zero_grad()
+            new, parts, loss, correct = self._function(self.state(), x, y, share)
+            self.optimizer.commit(new.params, new.optimizer, parts=parts)
+            stateless.assign(self.model, stateless.State(tuple(parts[i] for i in self._to_model), new.buffers,
+                                                         new.counters))
+            self.optimizer.zero_grad()
         return loss, correct
 
-    def _pure(self, state: StepState, x: Any, y: Any) -> tuple[StepState, list, Any, Any]:
-        """The step as a function of its arguments: ``(new state, the new parameters one by one, loss, correct)``.
-        The model's slots hold the arguments only while it runs."""
-        model, opt = self.model, self.optimizer
-        saved = self._slots()
-        try:
-            unflatten(state.params, opt.params)
-            for p in opt.params:
-                p.grad = None
-            for buffer, value in zip(self.buffers, state.buffers):
-                buffer.data = value
-            for (module, name), value in zip(self.counters, state.counters):
-                setattr(module, name, value)
-            logits = model(x)
-            loss = self.loss_fn(logits, y)
-            model.backward(self.loss_fn.backward(), input_grad=False)
-            missing = opt.missing()
-            self._updates = len(missing) < len(opt.params)
-            params, opt_state = opt.apply(state.params, opt.flat_gradients(), state.optimizer, state.lr, state.step,
-                                          missing)
-            new = StepState(params, tuple(b.data for b in self.buffers), opt_state,
-                            tuple(getattr(module, name) for module, name in self.counters), state.lr, state.step)
-            return (new, split(params, [p.shape for p in opt.params]), loss,
-                    _correct(logits, y, self._threshold))
-        finally:
-            self._restore(saved)
-
-    def _slots(self) -> tuple:
+    def _pure(self, state: StepState, x: Any, y: Any, share: float | None) -> tuple[StepState, list, Any, Any]:
+        """The step as a function of its arguments: ``(new state, the new parameters one by one, loss, correct)``."""
         opt = self.optimizer
-        return ([(p.data, p.grad) for p in opt.params], [b.data for b in self.buffers],
-                [getattr(module, name) for module, name in self.counters], (opt._flat, opt._views))
+        parts = split(state.params, self._shapes)
+        given = stateless.State(tuple(parts[i] for i in self._to_model), state.buffers, state.counters)
+        if x.shape[0]:
+            def loss(outputs: Any) -> tuple[Any, Any]:
+                value = self.loss_fn(outputs, y)
+                return value, self.loss_fn.backward() if share is None else self.loss_fn.backward(share)
 
-    def _restore(self, saved: tuple) -> None:
-        params, buffers, counters, flat = saved
-        opt = self.optimizer
-        for p, (data, grad) in zip(opt.params, params):
-            p.data, p.grad = data, grad
-        for buffer, data in zip(self.buffers, buffers):
-            buffer.data = data
-        for (module, name), value in zip(self.counters, counters):
-            setattr(module, name, value)
-        opt._flat, opt._views = flat
-        self.model._forget()
+            result = stateless.run(self.model, given, x, loss)
+            grads = [result.gradients[i] for i in self._to_optimizer]
+            value, correct, after = result.loss, _metrics.correct(result.outputs, y, self._threshold), result.state
+        else:                       # this process's part of a batch split across processes is empty
+            xp = array_namespace(state.params)
+            value = xp.zeros((), dtype=state.params.dtype, device=device(state.params))
+            grads, correct, after = [None] * len(parts), xp.astype(value, xp.int32), given
+        grad = opt.flat_gradients(grads)
+        missing = tuple(i for i, g in enumerate(grads) if g is None)
+        if self.reduce_gradients is not None:
+            value, correct, grad = self._reduce(value, correct, grad, share)
+            missing = ()            # another process's part may have reached them
+        elif len(missing) == len(grads):
+            raise ValueError("TrainStep: the loss's gradient reached none of the model's parameters: nothing to "
+                             "train")
+        params, opt_state = opt.apply(state.params, grad, state.optimizer, state.lr, state.step, missing)
+        new = StepState(params, after.buffers, opt_state, after.counters, state.lr, state.step)
+        return new, split(params, self._shapes), value, correct
 
-
-def _correct(logits: Any, labels: Any, threshold: float | None = None) -> Any:
-    """Number of correct predictions, left on the device (0-d int32 array; JAX has no int64 by default).
-    ``labels`` are class indices (N,) or one-hot / probability targets (N, K), whose largest entry is the class.
-    A model with one output is a binary classifier: its prediction is output > ``threshold`` (see
-    :func:`decision_threshold`), its label the target rounded (labels (N,) or (N, 1))."""
-    xp = array_namespace(logits)
-    predicted, truth, _ = _classes(logits, labels, threshold)
-    return xp.sum(xp.astype(predicted == truth, xp.int32))
-
-
-def _classes(logits: Any, labels: Any, threshold: float | None) -> tuple[Any, Any, int]:
-    """(predicted class, true class, number of classes) per sample, as :func:`_correct` decides them."""
-    xp = array_namespace(logits)
-    if logits.ndim == 2 and logits.shape[1] == 1:
-        truth = xp.reshape(xp.astype(labels, logits.dtype), (-1,)) >= 0.5
-        predicted = logits[:, 0] > (0.0 if threshold is None else threshold)
-        return xp.astype(predicted, xp.int32), xp.astype(truth, xp.int32), 2
-    truth = xp.argmax(labels, axis=1) if labels.ndim == 2 else labels
-    return xp.argmax(logits, axis=1), truth, int(logits.shape[1])
+    def _reduce(self, value: Any, correct: Any, grad: Any, share: float | None) -> tuple[Any, Any, Any]:
+        """The hook on the flat gradient and ``[share of the mean loss, correct]``: the global batch's values."""
+        xp = array_namespace(grad)
+        metrics = xp.stack([value * (1.0 if share is None else share), xp.astype(correct, value.dtype)])
+        grad, metrics = self.reduce_gradients(grad, metrics)
+        return metrics[0], xp.astype(xp.round(metrics[1]), xp.int32), grad
 
 
-def _one_hot(classes: Any, count: int, like: Any) -> Any:
-    """(N, count) rows with 1 at each sample's class, in ``like``'s floating dtype and device."""
-    xp = array_namespace(like)
-    row = xp.arange(count, device=device(like))
-    return xp.astype(xp.expand_dims(xp.astype(classes, row.dtype), axis=1) == row, like.dtype)
-
-
-def _confusion(logits: Any, labels: Any, threshold: float | None = None) -> Any:
-    """The batch's K x K confusion counts (rows: the true class), an int32 array on the device: one product of
-    the one-hot true and predicted classes (exact: counts are at most the batch size)."""
-    xp = array_namespace(logits)
-    predicted, truth, classes = _classes(logits, labels, threshold)
-    product = _one_hot(truth, classes, logits).T @ _one_hot(predicted, classes, logits)
-    return xp.astype(xp.round(product), xp.int32)
-
-
-def _in_top_k(logits: Any, labels: Any, k: int) -> Any:
-    """How many samples have their true class among the ``k`` largest outputs (ties counted in its favour), a
-    0-d int32 array on the device."""
-    xp = array_namespace(logits)
-    truth = xp.argmax(labels, axis=1) if labels.ndim == 2 else labels
-    true_output = xp.sum(logits * _one_hot(truth, logits.shape[1], logits), axis=1, keepdims=True)
-    above = xp.sum(xp.astype(logits > true_output, xp.int32), axis=1)
-    return xp.sum(xp.astype(above < k, xp.int32))
-
-
-def decision_threshold(model: Any, loss_fn: Any = None) -> float:
-    """Where a one-output model's prediction turns positive: the loss's (0.5 for probabilities, BCELoss; 0 for
-    logits, BCEWithLogitsLoss), else 0.5 after a final Sigmoid and 0 otherwise."""
-    threshold = getattr(loss_fn, "decision_threshold", None)
-    if threshold is not None:
-        return threshold
-    modules = model.modules() if isinstance(model, Module) else []
-    return 0.5 if modules and type(modules[-1]).__name__ == "Sigmoid" else 0.0
-
-
-def _unique(modules: list) -> list:
-    seen, out = set(), []
-    for module in modules:
-        if id(module) not in seen:
-            seen.add(id(module))
-            out.append(module)
-    return out
+def _check_arguments(model: Any, loss_fn: Any, optimizer: Any, compile: Any, reduce_gradients: Any) -> None:
+    if not isinstance(model, Module):
+        raise TypeError(f"TrainStep: model must be an xpcnn.nn.Module; got {type(model).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"TrainStep: optimizer must be an xpcnn.optim.Optimizer; got {type(optimizer).__name__}")
+    if not callable(loss_fn) or not callable(getattr(loss_fn, "backward", None)):
+        raise TypeError(f"TrainStep: loss_fn must be an xpcnn loss object (called, then .backward()); got "
+                        f"{type(loss_fn).__name__}")
+    if compile not in (None, True, False):
+        raise ValueError(f"TrainStep: compile must be None, True or False; got {compile!r}")
+    if reduce_gradients is not None and not callable(reduce_gradients):
+        raise TypeError(f"TrainStep: reduce_gradients must be None or a function (flat_grad, metrics) -> "
+                        f"(flat_grad, metrics); got {type(reduce_gradients).__name__}")
+    if {id(p) for p in model.parameters()} != {id(p) for p in optimizer.params}:
+        raise ValueError("TrainStep: the optimizer must hold exactly the model's parameters "
+                         "(make it with optimizer(model.parameters(), ...))")
