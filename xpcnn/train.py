@@ -50,15 +50,19 @@ class History:
         return asdict(self)
 
 
-def _as_dataset(data: Any, name: str, model: Any, normalization: Dataset | None | bool = None) -> Dataset:
-    """``data`` as a Dataset on the backend and device of ``model``'s parameters (moved there once, as Keras does).
-    A pair of NumPy arrays becomes one as :func:`_from_pair` says."""
+def _as_dataset(data: Any, name: str, model: Any, normalization: Any = None) -> Any:
+    """``data`` on the backend and device of ``model``'s parameters (moved there once, as Keras does): a
+    :class:`Dataset`, a dataset that streams its batches (a ``FolderDataset``, placed with its ``like``), or a
+    pair of NumPy arrays made a Dataset as :func:`_from_pair` says."""
     if isinstance(data, (tuple, list)) and len(data) == 2:
         data = _from_pair(data, name, model, normalization)
-    if not isinstance(data, Dataset):
-        raise TypeError(f"{name} must be an xpcnn.data.Dataset or a pair (images, labels) of NumPy arrays; got "
-                        f"{type(data).__name__}")
+    streams = all(callable(getattr(data, method, None)) for method in ("batches", "split", "like"))
+    if not isinstance(data, Dataset) and not streams:
+        raise TypeError(f"{name} must be an xpcnn.data.Dataset (or a folder's, Dataset.from_folder) or a pair "
+                        f"(images, labels) of NumPy arrays; got {type(data).__name__}")
     first = next(iter(model.parameters()), None) if isinstance(model, Module) else None
+    if first is not None and streams:
+        return data.like(first.data)
     if first is not None:
         images, labels = (_backend.asarray_like(a, first.data) for a in (data.images, data.labels))
         if images is not data.images or labels is not data.labels:
@@ -66,7 +70,7 @@ def _as_dataset(data: Any, name: str, model: Any, normalization: Dataset | None 
     return data
 
 
-def _from_pair(pair: Any, name: str, model: Any, normalization: Dataset | None | bool) -> Dataset:
+def _from_pair(pair: Any, name: str, model: Any, normalization: Any) -> Dataset:
     """A pair ``(images, labels)`` of NumPy arrays through :meth:`Dataset.from_numpy` (its layouts and label
     types), in the model's dtype. Floating images are taken as already normalized; uint8 pixels are normalized
     with the statistics of ``normalization`` (the training Dataset) where given, with their own where it is
@@ -84,7 +88,7 @@ def _from_pair(pair: Any, name: str, model: Any, normalization: Dataset | None |
     if images.dtype != np.uint8:
         data = Dataset.from_numpy(images, labels, dtype=dtype, mean=0.0, std=1.0)    # as they are: x - 0 / 1
         return Dataset(data.images, data.labels, data.source)
-    if normalization is False or (isinstance(normalization, Dataset) and normalization.mean is None):
+    if normalization is False or (normalization is not None and getattr(normalization, "mean", None) is None):
         raise TypeError(f"{name}: uint8 pixels must be normalized as the training images were; make them a "
                         f"Dataset: xpcnn.data.Dataset.from_numpy(images, labels, mean=train.mean, std=train.std)")
     stats = {} if normalization is None else {"mean": normalization.mean, "std": normalization.std}
