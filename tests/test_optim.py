@@ -92,11 +92,11 @@ def test_schedules():
     (lambda: optim.SGD([Parameter(np.ones(1))], lr=0), "SGD: lr must be a finite number > 0; got 0"),
     (lambda: optim.SGD([Parameter(np.ones(1))], lr=float("inf")), "lr must be a finite number > 0; got inf"),
     (lambda: optim.SGD([Parameter(np.ones(1))], lr="0.1"), "lr must be a finite number > 0; got '0.1'"),
-    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=1.0), "momentum must be a finite number >= 0 and < 1"),
-    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=-5), "momentum must be a finite number >= 0"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=1.0), "momentum must be a finite number in [0, 1)"),
+    (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, momentum=-5), "momentum must be a finite number in [0, 1); got -5"),
     (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, weight_decay=-1), "weight_decay must be a finite number >= 0"),
     (lambda: optim.SGD([Parameter(np.ones(1))], lr=0.1, nesterov=True), "nesterov=True needs a momentum"),
-    (lambda: optim.Adam([Parameter(np.ones(1))], betas=(0.9, float("nan"))), "betas must be a finite number"),
+    (lambda: optim.Adam([Parameter(np.ones(1))], betas=(0.9, float("nan"))), "betas must be a finite number in [0, 1)"),
     (lambda: optim.Adam([Parameter(np.ones(1))], eps=0), "Adam: eps must be a finite number > 0"),
 ])
 def test_bad_hyperparameters_are_refused(bad, words):
@@ -220,3 +220,18 @@ def test_apply_then_commit_is_a_step_and_gradients_may_be_given_as_a_list():
     with pytest.raises(ValueError, match=r"Adam.flat_gradients: grads must hold one entry per parameter \(2\); "
                                          r"got 1"):
         committed.flat_gradients(grads[:1])
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (lambda opt: optim.StepLR(opt, step_size=True), TypeError, "StepLR: step_size must be an integer"),
+    (lambda opt: optim.StepLR(opt, step_size=0), ValueError, "StepLR: step_size must be >= 1; got 0"),
+    (lambda opt: optim.StepLR(opt, 2, gamma=-1), ValueError, "StepLR: gamma must be a finite number > 0; got -1"),
+    (lambda opt: optim.CosineLR(opt, 0), ValueError, "CosineLR: total_epochs must be a finite number > 0; got 0"),
+    (lambda opt: optim.CosineLR(opt, 3, min_lr=-0.1), ValueError, "CosineLR: min_lr must be a finite number >= 0"),
+    (lambda opt: optim.CosineLR(opt, 3, base_lr="1"), TypeError, "CosineLR: base_lr must be a finite number > 0"),
+    (lambda opt: optim.CosineLR([opt], 3), TypeError, "CosineLR: optimizer must be an xpcnn.optim.Optimizer; got list"),
+])
+def test_schedules_check_their_numbers_as_the_optimizers_do(bad, error, words):
+    with pytest.raises(error) as info:
+        bad(optim.SGD([Parameter(np.ones(1))], lr=0.1))
+    assert words in str(info.value)

@@ -14,24 +14,10 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from . import backend as _backend
+from .functional._checks import as_float, as_int
 from .nn.module import Parameter, flatten, unflatten
 
 __all__ = ["SCHEDULES", "SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR", "OPTIMIZERS", "build", "schedule"]
-
-
-def _check_number(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None,
-                  low_open: bool = False) -> None:
-    """A finite real number in [low, high) (or (low, ...) with ``low_open``), else a ValueError saying so."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high
-    if not ok:
-        low_text = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        high_text = "" if high is None else f"< {high:g}"
-        rule = " and ".join(t for t in (low_text, high_text) if t)
-        raise ValueError(f"{owner}: {name} must be a finite number{' ' + rule if rule else ''}; got {value!r}")
 
 
 class Optimizer:
@@ -59,7 +45,7 @@ class Optimizer:
                                  f"{self.params[0].data.dtype}, params[{i}] is {p.data.dtype}")
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError(f"{owner}: a parameter is listed twice")
-        _check_number(owner, "lr", lr, low=0, low_open=True)
+        as_float(owner, "lr", lr, low=0, low_open=True)
         self.lr = self.initial_lr = float(lr)
         self.hyper = hyper
         self.sizes = [math.prod(p.shape) for p in self.params]
@@ -200,7 +186,7 @@ def _check_saved_settings(kind: type, params: list, state: dict) -> None:
         hyper = dict(state["hyper"])
         kind(params, lr=state["lr"], **hyper)                   # the constructor's own checks
         if state.get("initial_lr") is not None:
-            _check_number(kind.__name__, "initial_lr", state["initial_lr"], low=0, low_open=True)
+            as_float(kind.__name__, "initial_lr", state["initial_lr"], low=0, low_open=True)
         steps = state["steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"{kind.__name__}: steps must be a whole number >= 0; got {steps!r}")
@@ -213,10 +199,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
-        _check_number("SGD", "momentum", momentum, low=0, high=1)
+        as_float("SGD", "momentum", momentum, 0, 1, high_open=True)
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
-        _check_number("SGD", "weight_decay", weight_decay, low=0)
+        as_float("SGD", "weight_decay", weight_decay, 0)
         super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
     def _update(self, data, grad, state, lr, step):
@@ -243,9 +229,9 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{type(self).__name__}: betas must be two numbers in [0, 1); got {betas!r}")
         for beta in betas:
-            _check_number(type(self).__name__, "betas", beta, low=0, high=1)
-        _check_number(type(self).__name__, "eps", eps, low=0, low_open=True)
-        _check_number(type(self).__name__, "weight_decay", weight_decay, low=0)
+            as_float(type(self).__name__, "betas", beta, 0, 1, high_open=True)
+        as_float(type(self).__name__, "eps", eps, 0, low_open=True)
+        as_float(type(self).__name__, "weight_decay", weight_decay, 0)
         super().__init__(params, lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
     def _update(self, data, grad, state, lr, step):
@@ -301,7 +287,11 @@ class _Schedule:
 
     def __init__(self, optimizer: Optimizer, base_lr: float | None = None):
         self.optimizer = optimizer
-        self.base_lr = optimizer.initial_lr if base_lr is None else float(base_lr)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: optimizer must be an xpcnn.optim.Optimizer; got "
+                            f"{type(optimizer).__name__}")
+        self.base_lr = optimizer.initial_lr if base_lr is None else \
+            as_float(type(self).__name__, "base_lr", base_lr, 0, low_open=True)
 
     def set_epoch(self, epoch: float) -> float:
         self.optimizer.lr = self.lr_at(epoch)
@@ -316,9 +306,8 @@ class StepLR(_Schedule):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, base_lr: float | None = None):
         super().__init__(optimizer, base_lr)
-        if step_size < 1:
-            raise ValueError(f"StepLR: step_size must be >= 1; got {step_size!r}")
-        self.step_size, self.gamma = step_size, gamma
+        self.step_size = as_int("StepLR", "step_size", step_size, 1)
+        self.gamma = as_float("StepLR", "gamma", gamma, 0, low_open=True)
 
     def lr_at(self, epoch: float) -> float:
         return self.base_lr * self.gamma ** math.floor(epoch / self.step_size)
@@ -329,9 +318,8 @@ class CosineLR(_Schedule):
 
     def __init__(self, optimizer: Optimizer, total_epochs: float, min_lr: float = 0.0, base_lr: float | None = None):
         super().__init__(optimizer, base_lr)
-        if total_epochs <= 0:
-            raise ValueError(f"CosineLR: total_epochs must be > 0; got {total_epochs!r}")
-        self.total_epochs, self.min_lr = total_epochs, min_lr
+        self.total_epochs = as_float("CosineLR", "total_epochs", total_epochs, 0, low_open=True)
+        self.min_lr = as_float("CosineLR", "min_lr", min_lr, 0)
 
     def lr_at(self, epoch: float) -> float:
         progress = min(max(epoch / self.total_epochs, 0.0), 1.0)
