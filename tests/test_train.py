@@ -333,3 +333,13 @@ def test_every_split_is_checked_against_the_model_before_training():
         xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()), _subset(32), epochs=1,
                   validation_data=xpcnn.data.Dataset(_subset(4).images, np.full(4, 12)), progress=False)
     np.testing.assert_array_equal(model.layers[0].weight.data, before)
+
+
+def test_a_validation_split_may_be_any_real_number_type():
+    model = xpcnn.models.lenet5()
+    history = xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.01), _subset(40),
+                        epochs=1, batch_size=32, validation_split=np.float32(0.2), progress=False)
+    assert len(history.val_accuracy) == 1
+    with pytest.raises(ValueError, match=r"fit: validation_split must be a finite number in \(0, 1\); got 1.5"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()), _subset(40), epochs=1,
+                  validation_split=1.5, progress=False)

@@ -17,7 +17,7 @@ from . import parallel as _parallel
 from . import metrics as _metrics
 from .callbacks import Callback
 from .data import Dataset
-from .functional._checks import as_int
+from .functional._checks import as_float, as_int
 from .nn import Module
 from .nn.module import dtype_name
 from .step import TrainStep
@@ -117,8 +117,8 @@ _HANDLER = _TqdmHandler()
 
 def _say(line: str) -> None:
     """One line of fit's output, at INFO on the ``xpcnn`` logger. Where the application has configured no logging
-    (no handler on the root logger or on ``xpcnn``), it is printed as before, between the progress bars; once it
-    has, the line goes to its handlers instead."""
+    (no handler on the root logger or on ``xpcnn``), it is printed between the progress bars; once it has, the
+    line goes to its handlers instead."""
     configured = bool(logging.getLogger().handlers) or any(h is not _HANDLER for h in LOG.handlers)
     if configured and _HANDLER in LOG.handlers:
         LOG.removeHandler(_HANDLER)
@@ -323,6 +323,7 @@ def _fit_data(model: Any, loss_fn: Any, train_data: Any, validation_data: Any, v
     """The training and validation Datasets on the model's backend, checked against the model and the loss."""
     train_data = _as_dataset(train_data, "train_data", model)
     if validation_split is not None:
+        validation_split = as_float("fit", "validation_split", validation_split, 0, 1, low_open=True, high_open=True)
         if validation_data is not None:
             raise ValueError("fit: give validation_data or validation_split, not both")
         train_data, validation_data = train_data.split(validation_split, seed=seed)
