@@ -5,16 +5,13 @@
 
 from __future__ import annotations
 
+import collections
 import os
 
 import pytest
 
 import xpcnn
 from helpers import ArrayBackend
-
-# the suite runs on the size rules alone: a user's measured routes (xpcnn tune) must not change what it checks,
-# and it writes nothing under ~/.cache (tests of the tuner set XPCNN_TUNE themselves)
-os.environ["XPCNN_TUNE"] = "0"
 
 REQUIRED = {name.strip() for name in os.environ.get("XPCNN_TEST_REQUIRE", "").split(",") if name.strip()}
 UNAVAILABLE = " unavailable: "          # in the reason of every skip for a backend this machine cannot run
@@ -58,3 +55,22 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_report_header(config):
     return [f"xpcnn backend {name}: {state}" for name, state in xpcnn.available_backends().items()]
+
+
+_EXAMPLES: "collections.Counter[str]" = collections.Counter()     # hypothesis examples run, by backend
+_PROPERTIES: "collections.Counter[str]" = collections.Counter()   # properties checked, by backend
+
+
+def pytest_runtest_logreport(report):
+    for name, value in report.user_properties:
+        if name == "hypothesis examples" and report.when == "call":
+            backend = report.nodeid.rpartition("[")[2].rstrip("]")
+            _EXAMPLES[backend] += value
+            _PROPERTIES[backend] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many hypothesis examples each backend met (JAX meets fewer: helpers.examples_for)."""
+    if _EXAMPLES:
+        counts = ", ".join(f"{b}: {_EXAMPLES[b]} in {_PROPERTIES[b]} properties" for b in sorted(_EXAMPLES))
+        terminalreporter.write_line(f"hypothesis examples run per backend: {counts}")

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reference
-from helpers import assert_gradients_close, assert_like, numerical_gradients, runs_this_example
+from helpers import assert_gradients_close, assert_like, numerical_gradients, per_backend_examples
 from xpcnn import functional as F
-
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
 
 @st.composite
 def pool_cases(draw):
@@ -34,11 +30,8 @@ def _input(case):
     return rng.standard_normal(case["shape"])
 
 
-@SETTINGS
-@given(case=pool_cases())
+@per_backend_examples(case=pool_cases())
 def test_max_pool2d_forward_and_backward_match_loop_reference(B, case):
-    if not runs_this_example(B, case):
-        return
     x = _input(case)
     stride = case["stride"] or case["kernel"]
     bx = B.asarray(x)
@@ -53,11 +46,8 @@ def test_max_pool2d_forward_and_backward_match_loop_reference(B, case):
     np.testing.assert_allclose(B.numpy(dx), expected, rtol=1e-12, atol=1e-12)
 
 
-@SETTINGS
-@given(case=pool_cases())
+@per_backend_examples(case=pool_cases())
 def test_avg_pool2d_forward_matches_loop_reference_and_backward_is_its_adjoint(B, case):
-    if not runs_this_example(B, case):
-        return
     x = _input(case)
     stride = case["stride"] or case["kernel"]
     bx = B.asarray(x)
@@ -177,11 +167,8 @@ def test_pooling_rejects_bad_input(B, op, xshape, kwargs, error, words):
         assert word in str(info.value)
 
 
-@SETTINGS
-@given(case=pool_cases())
+@per_backend_examples(case=pool_cases())
 def test_pooling_chwn_layout_matches_nchw(B, case):
-    if not runs_this_example(B, case):
-        return
     x = B.asarray(_input(case))
     dy_host = None
     for op in ("max", "avg"):
