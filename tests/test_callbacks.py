@@ -58,7 +58,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement_and_rest
     seen = []
 
     class Script(Callback):
-        """Feeds EarlyStopping a scripted val_loss: best at epoch 2, then worse."""
+        """Replaces the held-out val_loss by a scripted one: best at epoch 2, then worse."""
 
         def on_epoch_end(self, epoch, logs):
             logs["val_loss"] = {1: 1.0, 2: 0.5, 3: 0.7, 4: 0.6, 5: 0.9}.get(epoch, 1.0)
@@ -69,7 +69,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement_and_rest
     snapshot = Callback()
     snapshot.on_epoch_end = lambda epoch, logs: weights.__setitem__(epoch, xpcnn.to_numpy(model.parameters()[0].data))
     stop = EarlyStopping(patience=2, restore_best_weights=True)
-    history = _fit(model, _data(256), epochs=10, callbacks=[Script(), snapshot, stop])
+    history = _fit(model, _data(256), epochs=10, validation_split=0.25, callbacks=[Script(), snapshot, stop])
     assert seen == [1, 2, 3, 4] and history.epoch == [1, 2, 3, 4]       # two epochs without improvement on 0.5
     assert (stop.best, stop.best_epoch, stop.stopped_epoch) == (0.5, 2, 4)
     np.testing.assert_array_equal(xpcnn.to_numpy(model.parameters()[0].data), weights[2])   # epoch 2's weights
@@ -103,7 +103,7 @@ def test_model_checkpoint_best_only_and_csv_logger(tmp_path):
     best = ModelCheckpoint(tmp_path / "best.npz", save_best_only=True)
     every = ModelCheckpoint(tmp_path / "epoch-{epoch}.npz", monitor="loss")
     log = CSVLogger(tmp_path / "log.csv")
-    _fit(_small_model(), _data(128), epochs=3, callbacks=[script, best, every, log])
+    _fit(_small_model(), _data(128), epochs=3, validation_split=0.25, callbacks=[script, best, every, log])
     assert [p.name for p in best.saved] == ["best.npz", "best.npz"]          # epochs 1 and 2, not 3
     best_checkpoint = xpcnn.load(tmp_path / "best.npz")
     assert best_checkpoint.epoch == 2 and best_checkpoint.extra["logs"]["val_loss"] == 0.4

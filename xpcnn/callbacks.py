@@ -74,8 +74,9 @@ class Callback:
         pass
 
     def check_metrics(self, metrics: Collection[str]) -> None:
-        """Refuse (KeyError) a run that will not log what this callback needs; called before the first epoch's
-        work (by ``fit`` when it knows the names, else with the first epoch's ``logs``)."""
+        """Refuse (KeyError) a run whose ``metrics`` (the names each epoch will log) lack one of fit's own that
+        this callback needs; ``fit`` calls it before training. A name fit never logs is left for another callback
+        to add, and checked when the epoch's logs come."""
 
     def __call__(self, epoch: int, logs: dict) -> None:
         self.on_epoch_end(epoch, logs)
@@ -96,11 +97,12 @@ class _Monitor(Callback):
         self.best = math.inf if self.mode == "min" else -math.inf
 
     def check_metrics(self, metrics):
-        if self.monitor not in metrics:
+        if self.monitor in metric_names() and self.monitor not in metrics:
             raise _missing_metric(self.owner, self.monitor, metrics)
 
     def _value(self, logs: dict) -> float:
-        self.check_metrics(logs)
+        if self.monitor not in logs:
+            raise _missing_metric(self.owner, self.monitor, logs)
         return float(logs[self.monitor])
 
     def _improves(self, value: float) -> bool:
@@ -219,7 +221,7 @@ class ModelCheckpoint(_Monitor):
     def on_epoch_end(self, epoch, logs):
         from .checkpoint import save
 
-        if not self._checked:
+        if not self._checked:           # before anything is written, where fit did not check already
             self.check_metrics(logs)
             self._checked = True
         for key, value in logs.items():

@@ -18,7 +18,7 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "CommandError", "bui
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from .inspect import add_info_parser, add_parsers
+    from .inspection import add_info_parser, add_parsers
     from .train import add_parser as add_train_parser
 
     parser = argparse.ArgumentParser(

@@ -95,6 +95,8 @@ def resolve_train(args: argparse.Namespace, backend: Any, ctx: Any = None) -> Tr
     run's context, whose ranks must agree on it. A resumed run's data defaults to the one it recorded."""
     resumed = load_checkpoint(args.resume) if args.resume else None
     data = data_choice(args, resumed.extra.get("dataset") if resumed is not None else None)
+    if data.file and not args.data:                # the resumed run's recorded file: an input all the same
+        check_distinct({"--data (recorded by --resume)": data.file}, _outputs(args))
     training = _training(args, resumed)
     dtype = _resume_rules(args, resumed, data) if resumed is not None else (args.dtype or _default_dtype())
     check_dtype(backend, dtype)
@@ -146,13 +148,17 @@ def check_flags(args: argparse.Namespace) -> None:
             check_path(args.checkpoint)
         except (ValueError, ImportError) as exc:
             raise CommandError(f"--checkpoint: {exc}") from None
-    outputs = {"--checkpoint": args.checkpoint, "--log-csv": args.log_csv,
-               "--plot": None if args.plot is None else plot_path(args.plot)}
+    outputs = _outputs(args)
     for option, path in outputs.items():
         if path is not None:
             check_output(option, path)
     check_distinct({"--data": args.data, "--resume": args.resume}, outputs,
                    may_replace=(("--checkpoint", "--resume"),))
+
+
+def _outputs(args: argparse.Namespace) -> dict:
+    return {"--checkpoint": args.checkpoint, "--log-csv": args.log_csv,
+            "--plot": None if args.plot is None else plot_path(args.plot)}
 
 
 def plot_path(text: str | None) -> pathlib.Path | None:

@@ -27,8 +27,8 @@ __all__ = [
 class Conv2D(Module):
     """2-D convolution. ``bias`` is True, False, or ``"untied"``: one bias per output channel AND position,
     as the classic notebook's CNNLayer (then ``input_size=(H, W)`` is needed to size it). ``route`` forces one
-    of :func:`xpcnn.functional.conv2d_forward`'s routes (``"im2col"``: the textbook one); by default each call
-    picks the fastest measured for its shape."""
+    of :func:`xpcnn.functional.conv2d_forward`'s routes (``"im2col"``: the textbook one); by default the op's
+    size rules choose per shape."""
 
     shardable = True
 
