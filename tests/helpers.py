@@ -95,9 +95,3 @@ def per_backend_examples(examples: int = EXAMPLES, **strategies: Any) -> Callabl
         return run
 
     return decorate
-
-
-def runs_this_example(B: ArrayBackend, case: dict) -> bool:
-    """Deprecated: an early return on this counts as a pass; use :func:`per_backend_examples`. Kept until
-    tests/test_conv.py moves off it."""
-    return not B.name.startswith("jax") or case["seed"] % 5 == 0

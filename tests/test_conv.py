@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reference
-from helpers import assert_gradients_close, assert_like, numerical_gradients, runs_this_example
+from helpers import assert_gradients_close, assert_like, numerical_gradients, per_backend_examples
 from xpcnn import functional as F
-
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @st.composite
@@ -39,11 +36,8 @@ def _data(case, dtype=np.float64):
     return x, w, b
 
 
-@SETTINGS
-@given(case=conv_cases())
+@per_backend_examples(case=conv_cases())
 def test_conv2d_forward_matches_loop_reference(B, case):
-    if not runs_this_example(B, case):
-        return
     x, w, b = _data(case)
     ph, pw = case["padding"]
     want = reference.conv2d(x, w, b, case["stride"], (ph, ph, pw, pw), case["dilation"])
@@ -55,13 +49,10 @@ def test_conv2d_forward_matches_loop_reference(B, case):
     np.testing.assert_allclose(B.numpy(y), want, rtol=1e-10, atol=1e-10)
 
 
-@SETTINGS
-@given(case=conv_cases())
+@per_backend_examples(case=conv_cases())
 def test_conv2d_backward_shapes_and_adjointness(B, case):
     """<dy, conv(x)> is linear in x and w: the gradients satisfy <dx, x> + <dw, w> == 2 <dy, y - b>
     whatever the geometry, and have the shapes, dtype and device of their inputs."""
-    if not runs_this_example(B, case):
-        return
     x, w, b = _data(case)
     bx, bw = B.asarray(x), B.asarray(w)
     bb = None if b is None else B.asarray(b)
@@ -269,12 +260,9 @@ def _to_nchw(B, a):
     return B.xp.permute_dims(a, (3, 0, 1, 2))
 
 
-@SETTINGS
-@given(case=conv_cases())
+@per_backend_examples(case=conv_cases())
 def test_conv2d_chwn_layout_matches_nchw(B, case):
     """layout='CHWN' (what xpcnn's layers use) gives the NCHW results, permuted, forward and backward."""
-    if not runs_this_example(B, case):
-        return
     x, w, b = _data(case)
     bx, bw = B.asarray(x), B.asarray(w)
     bb = None if b is None else B.asarray(b)
@@ -329,14 +317,11 @@ def test_conv2d_rejects_unknown_layout_and_names_chwn_channels(B):
 ROUTES = [F.ConvRoute(columns, dx) for columns in F.COLUMN_ROUTES for dx in F.INPUT_GRAD_ROUTES]
 
 
-@SETTINGS
-@given(case=conv_cases(), layout=st.sampled_from(["NCHW", "CHWN"]))
+@per_backend_examples(case=conv_cases(), layout=st.sampled_from(["NCHW", "CHWN"]))
 def test_every_route_gives_the_textbook_results(B, case, layout):
     """Each named route, forced where the geometry admits it, gives the forward and both gradients of the
     textbook route (im2col + col2im, itself checked against the loops and finite differences above); the
     cache records the route and the backward follows it."""
-    if not runs_this_example(B, case):
-        return
     x, w, b = _data(case)
     bx = B.asarray(x) if layout == "NCHW" else _to_chwn(B, B.asarray(x))
     bw, bb = B.asarray(w), None if b is None else B.asarray(b)

@@ -7,7 +7,7 @@ work on arrays of any of them.
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import callbacks, data, distributed, export, functional, init, models, nn, optim, parallel, settings
+from . import callbacks, data, distributed, export, functional, init, metrics, models, nn, optim, parallel, settings
 from .backend import (
     BACKENDS,
     Backend,
@@ -33,8 +33,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "BACKENDS", "Backend", "BackendUnavailableError", "Checkpoint", "CheckpointError", "GradcheckError", "History",
-    "TrainStep",
-    "TrainingDivergedError", "__version__", "asarray", "available_backends", "callbacks", "data", "distributed",
-    "evaluate", "export", "export_onnx", "fit", "gradcheck", "functional", "get_backend", "init", "load", "models", "nn", "optim",
-    "parallel", "save", "set_backend", "settings", "to_numpy", "use_backend",
+    "TrainStep", "TrainingDivergedError", "__version__", "asarray", "available_backends", "callbacks", "data",
+    "distributed", "evaluate", "export", "export_onnx", "fit", "functional", "get_backend", "gradcheck", "init", "load",
+    "metrics", "models", "nn", "optim", "parallel", "save", "set_backend", "settings", "to_numpy", "use_backend",
 ]

@@ -34,7 +34,7 @@ from ._checks import (
     pair,
     padding4,
 )
-from .layout import check_layout
+from .layout import axes_name, batch_last, channel_axis, channel_shape, check_layout
 from .windows import ConvGeometry, col2im, crop, im2col, pad, row_columns, row_part
 
 __all__ = [
@@ -138,12 +138,12 @@ def _check_conv_args(x, w, b, layout, groups: int = 1) -> Any:
     xp = namespace(op, x=x, w=w, b=b)
     groups = as_int(op, "groups", groups, 1)
     check_layout(op, layout)
-    check_ndim(op, "x", x, 4, "N, C, H, W" if layout == "NCHW" else "C, H, W, N")
+    check_ndim(op, "x", x, 4, axes_name(layout))
     check_ndim(op, "w", w, 4, "out_channels, in_channels, kh, kw")
     check_floating(op, "x", x, xp)
     check_same_dtype(op, "x", x, "w", w)
     check_same_dtype(op, "x", x, "b", b)
-    channels = x.shape[0] if layout == "CHWN" else x.shape[1]
+    channels = x.shape[channel_axis(4, layout)]
     if channels % groups or w.shape[0] % groups:
         raise ValueError(f"{op}: groups={groups} must divide the input channels ({channels}) and the output "
                          f"channels ({w.shape[0]})")
@@ -260,7 +260,7 @@ def conv2d_forward(x: Any, w: Any, b: Any = None, stride: Any = 1, padding: Any 
         y = _grouped(xp, w, groups) @ _grouped(xp, cols, groups, -2)   # NCHW (N, [g,] O, L); CHWN ([g,] O, L * N)
     y = xp.reshape(y, geometry.shape(out_channels, geometry.out_hw))
     if b is not None:        # in place where it can be: y is a fresh array of ours
-        y += xp.reshape(b, (out_channels, 1, 1, 1) if layout == "CHWN" else (1, out_channels, 1, 1))
+        y += xp.reshape(b, channel_shape(4, layout, out_channels))
     return y, Conv2DCache(w, cols, geometry, b is not None, route, groups)
 
 
@@ -317,7 +317,7 @@ def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tup
     out_channels = w.shape[0]
     check_shape("conv2d_backward", "dy", dy, geometry.shape(out_channels, geometry.out_hw))
     (ho, wo), n = geometry.out_hw, geometry.batch
-    if geometry.layout == "CHWN":
+    if batch_last(geometry.layout):
         dy_flat = xp.reshape(dy, (out_channels, ho * wo * n))         # (O, L * N)
         db = xp.sum(dy_flat, axis=1) if has_bias else None
     else:
@@ -330,7 +330,7 @@ def conv2d_backward(dy: Any, cache: Conv2DCache, input_grad: bool = True) -> tup
         grad_w = xp.permute_dims(xp.reshape(per_row, (kh, out_channels, w.shape[1], kw)), (1, 2, 0, 3))
     elif groups > 1:
         grad_w = _grouped(xp, dy_flat, groups, -2) @ xp.matrix_transpose(_grouped(xp, cols, groups, -2))
-        grad_w = xp.sum(grad_w, axis=0) if geometry.layout == "NCHW" else grad_w     # over the batch
+        grad_w = grad_w if batch_last(geometry.layout) else xp.sum(grad_w, axis=0)     # over the batch
     else:
         grad_w = _weight_gradient(dy_flat, cols, xp, geometry.layout)
     if not input_grad:
@@ -354,7 +354,7 @@ def _weight_gradient(dy_flat: Any, cols: Any, xp: Any, layout: str, transposed: 
     where BLAS runs thin GEMMs slowly; ``transposed=True`` (the "rows" route, whose column rows are strided
     views) as ``(cols @ dy_flat.T).T``; otherwise the plain product.
     """
-    if layout == "NCHW":
+    if not batch_last(layout):
         return xp.tensordot(dy_flat, cols, axes=([0, 2], [0, 2]))
     if dy_flat.shape[0] < THIN_MAX_CHANNELS and cols.shape[0] <= THIN_MAX_PATCH:
         return xp.matmul(dy_flat[:, None, :], cols.T)[:, 0, :]
