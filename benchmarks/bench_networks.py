@@ -7,8 +7,9 @@
 A training step is forward, cross-entropy, backward and an SGD (momentum 0.9) update, float32. Two networks:
 LeNet-5 on MNIST images from the bundled subset (about 2.5 MFLOP per image and step), a CIFAR-like
 network on random 3x32x32 inputs (conv 64@3x3 'same', ReLU, pool 2, conv 64@3x3 'same', ReLU, pool 2,
-dense 10; about 66 MFLOP per image and step), and ResNet-8 (BatchNorm, residual blocks) on random 3x32x32
-inputs. PyTorch runs the same layers with the same initial weights.
+dense 10; about 66 MFLOP per image and step), ResNet-8 (BatchNorm, residual blocks) on random 3x32x32
+inputs, and MobileNet (depthwise-separable blocks, grouped convolutions) on the MNIST images. PyTorch runs the
+same layers with the same initial weights.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ NETWORKS = {
     "lenet5": ("LeNet-5", lambda: xpcnn.models.lenet5(seed=0)),
     "cifar": ("CIFAR-like", cifar_like),
     "resnet8": ("ResNet-8", lambda: xpcnn.models.resnet8(in_channels=3, seed=0)),
+    "mobilenet": ("MobileNet", lambda: xpcnn.models.mobilenet(seed=0)),
 }
 
 
@@ -61,7 +63,7 @@ def torch_twin(torch, model: nn.Module, device):
         if isinstance(layer, nn.Conv2D):
             return tnn.Conv2d(config["in_channels"], config["out_channels"], config["kernel_size"],
                               stride=config["stride"], padding=config["padding"], dilation=config["dilation"],
-                              bias=layer.bias is not None)
+                              groups=config.get("groups", 1), bias=layer.bias is not None)
         if isinstance(layer, nn.BatchNorm2D):
             return tnn.BatchNorm2d(config["num_features"], eps=config["eps"], momentum=config["momentum"],
                                    affine=config["affine"])
@@ -107,7 +109,7 @@ def forward_flops(model: nn.Module) -> float:
 
 
 def _inputs(network: str, batch: int):
-    if network == "lenet5":
+    if network in ("lenet5", "mobilenet"):
         images, labels = xpcnn.data.load_bundled("train")
         return xpcnn.data.normalize(images[:batch]), labels[:batch].astype(np.int64)
     rng = np.random.default_rng(0)

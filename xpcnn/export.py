@@ -13,7 +13,8 @@ A layer of your own gets a mapping with :func:`register_onnx`::
 
 Needs the ``onnx`` package (``pip install "xpcnn[onnx]"``); onnxruntime (or any ONNX runtime) runs the result.
 
-:func:`torch_state_dict` hands the weights to PyTorch instead, under the same names.
+:func:`torch_state_dict` hands the weights to PyTorch instead, by name or by structure;
+:func:`load_torch_state_dict` takes them back.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .nn import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool
                  Module, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh)
 from .nn.containers import ModuleList
 
-__all__ = ["OnnxGraph", "export_onnx", "register_onnx", "torch_state_dict"]
+__all__ = ["OnnxGraph", "export_onnx", "load_torch_state_dict", "register_onnx", "torch_state_dict"]
 
 _MAPPINGS: dict[type, Callable] = {}
 
@@ -151,22 +152,81 @@ def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple | Non
     return path
 
 
-def torch_state_dict(model: Module) -> dict:
-    """``model``'s parameters and buffers as a PyTorch ``state_dict``: CPU tensors under xpcnn's names, which are
-    PyTorch's for a torch module of the same structure (``nn.Sequential`` in the same order; a residual block as a
-    module with ``body`` and ``shortcut`` attributes), plus the ``num_batches_tracked`` counter (0) that each
-    ``torch.nn.BatchNorm2d`` expects, so ``torch_model.load_state_dict(torch_state_dict(model))`` works strictly.
-    The other way, ``model.load_state_dict(torch_model.state_dict())`` (see :meth:`xpcnn.nn.Module.load_state_dict`).
+def torch_state_dict(model: Module, like: Any = None) -> dict:
+    """``model``'s parameters and buffers as a PyTorch ``state_dict`` of CPU tensors, plus the
+    ``num_batches_tracked`` counter (0) each ``torch.nn.BatchNorm2d`` expects, so that
+    ``torch_model.load_state_dict(torch_state_dict(model, like=torch_model))`` works strictly.
+
+    Without ``like`` the names are xpcnn's, which are PyTorch's for a twin of the same structure. With ``like`` (a
+    torch module or its ``state_dict``) the tensors are matched by structure, module by module in order, each
+    module's parameters then its buffers (PyTorch's own order), so a twin written the natural way (a
+    ``GlobalAvgPool2D`` as ``AdaptiveAvgPool2d(1)`` + ``Flatten``, other container names) needs no renaming; a
+    ValueError names the first pair whose shapes differ. The other way: :func:`load_torch_state_dict`.
     """
     try:
         import torch
     except ImportError:
         raise ImportError("torch_state_dict needs PyTorch: pip install torch==2.13.0 (a CPU build)") from None
-    state = {name: torch.from_numpy(np.array(_backend.to_numpy(value))) for name, value in model.state_dict().items()}
-    for name, module in model.named_modules():
-        if isinstance(module, BatchNorm2D):
-            state[f"{name}.num_batches_tracked" if name else "num_batches_tracked"] = torch.tensor(0)
-    return state
+    if like is None:
+        state = {name: _to_torch(torch, value) for name, value in model.state_dict().items()}
+        for name, module in model.named_modules():
+            if isinstance(module, BatchNorm2D):
+                state[f"{name}.num_batches_tracked" if name else "num_batches_tracked"] = torch.tensor(0)
+        return state
+    theirs = like.state_dict() if hasattr(like, "state_dict") else like
+    pairs = _pair_by_structure("torch_state_dict", model, theirs)
+    return {key: (_to_torch(torch, slot.data) if slot is not None else torch.zeros_like(theirs[key]))
+            for key, slot in pairs}
+
+
+def load_torch_state_dict(model: Module, state: dict) -> None:
+    """Load a PyTorch ``state_dict`` into ``model``: by name where the names are xpcnn's, else matched by structure
+    as :func:`torch_state_dict` does (a ValueError names the first pair that differs). Everything is checked
+    before anything is assigned."""
+    if not isinstance(state, dict):
+        raise TypeError(f"load_torch_state_dict: state must be a dict of tensors by name; got {type(state).__name__}")
+    ours = set(model.state_dict())
+    given = {k for k in state if k.rpartition(".")[2] != "num_batches_tracked"}
+    if given == ours:
+        model.load_state_dict(state)
+        return
+    names = {id(slot): name for name, slot in _in_module_order(model)}
+    model.load_state_dict({names[id(slot)]: state[key] for key, slot in
+                           _pair_by_structure("load_torch_state_dict", model, state) if slot is not None})
+
+
+def _to_torch(torch: Any, value: Any) -> Any:
+    return torch.from_numpy(np.array(_backend.to_numpy(value)))
+
+
+def _in_module_order(model: Module) -> list[tuple[str, Any]]:
+    """Parameters and buffers module by module, each module's own parameters then its buffers (a slot shared by two
+    modules once): the order of a PyTorch ``state_dict``."""
+    from .nn.module import Buffer, Parameter
+
+    order, seen = [], set()
+    for prefix, module in model.named_modules():
+        for kind in (Parameter, Buffer):
+            for name, slot in module._named_own(kind):
+                if id(slot) not in seen:
+                    seen.add(id(slot))
+                    order.append((f"{prefix}.{name}" if prefix else name, slot))
+    return order
+
+
+def _pair_by_structure(op: str, model: Module, theirs: dict) -> list[tuple[str, Any]]:
+    """``(their key, our slot)`` in order; counters (``num_batches_tracked``) get None."""
+    ours = _in_module_order(model)
+    keys = [k for k in theirs if k.rpartition(".")[2] != "num_batches_tracked"]
+    if len(keys) != len(ours):
+        raise ValueError(f"{op}: the model has {len(ours)} parameters and buffers, the PyTorch state {len(keys)} "
+                         f"(besides num_batches_tracked); they cannot be matched by structure")
+    for key, (name, slot) in zip(keys, ours):
+        if tuple(theirs[key].shape) != tuple(slot.shape):
+            raise ValueError(f"{op}: matched in order, xpcnn's {name!r} {tuple(slot.shape)} meets PyTorch's {key!r} "
+                             f"{tuple(theirs[key].shape)}: the two networks differ there")
+    slots = dict(zip(keys, (slot for _, slot in ours)))
+    return [(key, slots.get(key)) for key in theirs]
 
 
 # --------------------------------------------------------------------------- the mappings
@@ -197,7 +257,7 @@ def _conv(module, graph, x, in_shape, out_shape):
     if module.bias is not None and not module.untied:
         inputs.append(graph.slot(module.bias))
     y = graph.node("Conv", inputs, kernel_shape=list(geometry.kernel), strides=list(geometry.stride),
-                   dilations=list(geometry.dilation), pads=[top, left, bottom, right])
+                   dilations=list(geometry.dilation), pads=[top, left, bottom, right], group=hyper["groups"])
     if module.untied:                       # one bias per channel and position: (1, O, H, W), broadcast over N
         y = graph.node("Add", [y, graph.slot(module.bias, (1, *module.bias.shape))])
     return y

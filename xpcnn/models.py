@@ -16,7 +16,7 @@ from .nn import (
 )
 from .nn.module import check_dtype
 
-__all__ = ["MODELS", "build", "build_for", "known", "lenet5", "resnet", "resnet20", "resnet8", "seed_binary", "seed_cnn"]
+__all__ = ["MODELS", "build", "build_for", "known", "lenet5", "mobilenet", "resnet", "resnet20", "resnet8", "seed_binary", "seed_cnn"]
 
 
 def _check(model: str, num_classes: int, dtype: str) -> None:
@@ -119,8 +119,37 @@ def resnet20(num_classes: int = 10, in_channels: int = 1, image_size: int | tupl
     return resnet(20, num_classes, in_channels, image_size, seed, dtype)
 
 
+def mobilenet(num_classes: int = 10, in_channels: int = 1, image_size: int | tuple | None = None, width: float = 1.0,
+              seed: int = 0, dtype: str = "float32") -> Sequential:
+    """A MobileNet (Howard et al. 2017) sized for 28x28 and 32x32 images: a 3x3 convolution to 16 channels, then
+    five depthwise-separable blocks (a depthwise 3x3 convolution, ``groups`` = its channels, BN, ReLU, then a
+    pointwise 1x1 convolution, BN, ReLU) to 32, 64 (stride 2), 64, 128 (stride 2) and 128 channels, global
+    average pooling and a dense layer. ``width`` scales every block's channels (MobileNet's width multiplier).
+    ``image_size`` only sets ``input_shape``: the network runs on any size. 37k parameters at width 1."""
+    name = "mobilenet"
+    _check(name, num_classes, dtype)
+    in_channels = as_int(name, "in_channels", in_channels, 1)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 8:
+        raise ValueError(f"mobilenet: width must be a number in (0, 8]; got {width!r}")
+    size = _image_size(name, image_size if image_size is not None else 28 if in_channels == 1 else 32)
+    rng = np.random.default_rng(seed)
+
+    def conv_bn_relu(cin, cout, kernel, stride=1, groups=1):
+        return [Conv2D(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False,
+                       dtype=dtype, rng=rng), BatchNorm2D(cout, dtype=dtype), ReLU()]
+
+    channels = max(1, round(16 * width))
+    layers = conv_bn_relu(in_channels, channels, 3)
+    for out, stride in ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1)):
+        out = max(1, round(out * width))
+        layers += conv_bn_relu(channels, channels, 3, stride, groups=channels) + conv_bn_relu(channels, out, 1)
+        channels = out
+    layers += [GlobalAvgPool2D(), Linear(channels, num_classes, init="glorot_uniform", dtype=dtype, rng=rng)]
+    return Sequential(*layers, input_shape=(in_channels, *size), name=name)
+
+
 MODELS = {"lenet5": lenet5, "seed_cnn": seed_cnn, "seed_binary": seed_binary, "resnet8": resnet8,
-          "resnet20": resnet20}
+          "resnet20": resnet20, "mobilenet": mobilenet}
 
 
 def _image_size(name: str, image_size: Any) -> tuple[int, int]:

@@ -28,32 +28,40 @@ class Conv2D(Module):
     """2-D convolution. ``bias`` is True, False, or ``"untied"``: one bias per output channel AND position,
     as the classic notebook's CNNLayer (then ``input_size=(H, W)`` is needed to size it). ``route`` forces one
     of :func:`xpcnn.functional.conv2d_forward`'s routes (``"im2col"``: the textbook one); by default the op's
-    size rules choose per shape."""
+    size rules choose per shape. ``groups``: the channels in that many groups with kernels of their own, weights
+    (out_channels, in_channels // groups, kh, kw) as in PyTorch; ``groups == in_channels`` is depthwise."""
 
     shardable = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, bias: bool | str = True, input_size: Any = None, init: str = "he_uniform",
-                 dtype: str = "float32", rng: np.random.Generator | None = None, route: Any = None):
+                 dtype: str = "float32", rng: np.random.Generator | None = None, route: Any = None, groups: int = 1):
         super().__init__(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride,
                          padding=padding, dilation=dilation, bias=bias, input_size=input_size,
-                         **({} if route is None else {"route": list(F.conv._check_route(route, None))}))
+                         **({} if route is None else {"route": list(F.conv._check_route(route, None))}),
+                         **({} if groups == 1 else {"groups": groups}))
         bias = as_choice("Conv2D", "bias", bias, (True, False, "untied"))
         in_channels = as_int("Conv2D", "in_channels", in_channels, 1)
         out_channels = as_int("Conv2D", "out_channels", out_channels, 1)
         kh, kw = F._checks.pair("Conv2D", "kernel_size", kernel_size, 1)
+        groups = as_int("Conv2D", "groups", groups, 1)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2D: groups={groups} must divide in_channels ({in_channels}) and out_channels "
+                             f"({out_channels})")
         check_dtype("Conv2D", dtype)
         rng = rng or _init.default_rng()
-        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
-        self.weight = make_parameter(_init.get(init)((out_channels, in_channels, kh, kw), fan_in, fan_out, rng), dtype)
-        self.hyper = dict(stride=stride, padding=padding, dilation=dilation)
+        fan_in, fan_out = in_channels // groups * kh * kw, out_channels // groups * kh * kw
+        self.weight = make_parameter(
+            _init.get(init)((out_channels, in_channels // groups, kh, kw), fan_in, fan_out, rng), dtype)
+        self.hyper = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.route = None if route is None else F.conv._check_route(route, None)
         self.untied = bias == "untied"
         if self.untied:
             if input_size is None:
                 raise ValueError("Conv2D: bias='untied' needs input_size=(H, W) to size one bias per output position")
             h, w = F._checks.pair("Conv2D", "input_size", input_size, 1)
-            geometry = F.conv.conv_geometry("Conv2D", (1, in_channels, h, w), self.weight.shape, **self.hyper)
+            geometry = F.conv.conv_geometry("Conv2D", (1, in_channels, h, w), self.weight.shape, stride, padding,
+                                            dilation)
             self.bias = make_parameter(_init.filled((out_channels, *geometry.out_hw), 0), dtype)
         elif bias:
             self.bias = make_parameter(_init.filled((out_channels,), 0), dtype)
@@ -201,7 +209,7 @@ class Dropout(Module):
     state kept on the layer, which is why batch shards leave a model with Dropout in one piece.
     """
 
-    counters = ("calls",)       # a compiled training step passes the counter in and out (xpcnn.step)
+    counters = ("calls",)       # ordinary state: a training step passes it in and out (xpcnn.nn.stateless)
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None, seed: int | None = None):
         p = as_float("Dropout", "p", p, 0, 1, high_open=True)
