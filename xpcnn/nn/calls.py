@@ -242,19 +242,21 @@ class Calls:
         model that ends in Softmax or Sigmoid already gives them as they are. Runs in batches of ``batch_size`` in
         eval mode, and leaves the model in the mode it was in."""
         from .. import functional as F
+        from ..metrics import outputs_are_probabilities     # (metrics imports nn: a deferred import)
 
         batch_size = as_int("predict", "batch_size", batch_size, 1)
         params = [*self.parameters(), *self.buffers()]
         x = x if hasattr(x, "shape") else np.asarray(x)
         if params:                                   # onto the model's backend and device (as is if there already)
             x = _backend.asarray_like(x, params[0].data)
-        modules = self.modules()
-        last = type(modules[-1]).__name__ if modules else ""
+        probabilities = outputs_are_probabilities(self)
         parts = []
         n = int(x.shape[0])
         for start in range(0, n, batch_size):
             y = self.infer(x[start:min(start + batch_size, n), ...])
-            if last not in ("Softmax", "Sigmoid"):
+            if not probabilities:
                 y = F.sigmoid(y) if y.shape[1] == 1 else F.softmax(y)
-            parts.append(_backend.to_numpy(y))
-        return np.concatenate(parts) if parts else np.zeros((0, *self._trace_shapes(tuple(x.shape[1:]))[id(self)]))
+            parts.append(y)
+        if not parts:
+            return np.zeros((0, *self._trace_shapes(tuple(x.shape[1:]))[id(self)]))
+        return _backend.to_numpy(array_namespace(parts[0]).concat(parts, axis=0))    # one read-back
