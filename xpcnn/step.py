@@ -100,7 +100,8 @@ class TrainStep:
             raise ValueError(f"TrainStep: share must be None or a number in [0, 1]; got {share!r}")
         if not x.shape[0] and self.reduce_gradients is None:
             raise ValueError("TrainStep: the batch is empty (x has 0 samples)")
-        with self.model.using():        # other threads' calls of the model wait: they never see a step half done
+        # other threads' calls of the model wait: they never see a step half done; new arrays land beside x
+        with self.model.using(), _backend.on_device(x):
             new, parts, loss, correct = self._function(self.state(), x, y, share)
             self.optimizer.commit(new.params, new.optimizer, parts=parts)
             stateless.assign(self.model, stateless.State(tuple(parts[i] for i in self._to_model), new.buffers,

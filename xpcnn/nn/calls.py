@@ -90,15 +90,17 @@ class Serial:
         xp = model._check_input(x)
         layout = model._layout_for(x)
         run = Run(layout, training)
-        y, cache = pair(model, model._forward(_layout.from_nchw(x, xp, layout), run))
-        return _layout.to_nchw(y, xp, layout), cache, run
+        with _backend.on_device(x):          # arrays the ops make without device= land beside x (CuPy)
+            y, cache = pair(model, model._forward(_layout.from_nchw(x, xp, layout), run))
+            return _layout.to_nchw(y, xp, layout), cache, run
 
     def backward(self, model: Any, dy: Any, pending: Pending, wanted: bool) -> Any:
         """``model``'s ``_backward`` for the pending call's output gradient ``dy`` (NCHW)."""
         xp = array_namespace(dy)
         layout = pending.run.layout
-        dx = model._backward(_layout.from_nchw(dy, xp, layout), pending.cache, pending.run, wanted)
-        return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
+        with _backend.on_device(dy):
+            dx = model._backward(_layout.from_nchw(dy, xp, layout), pending.cache, pending.run, wanted)
+            return None if dx is None or not wanted else _layout.to_nchw(dx, xp, layout)
 
 
 _executor: Serial = Serial()
