@@ -146,3 +146,14 @@ def test_profile_step_splits_a_step_by_layer_kind():
     theirs, their_step = profile_step.profile_torch(torch, bench_networks.torch_twin(torch, model, "cpu"),
                                                     torch.as_tensor(x), torch.as_tensor(y), steps=2)
     assert theirs.get("conv", 0) > 0 and their_step > 0
+
+
+def test_bench_folder_measures_two_folder_sizes():
+    """benchmarks/bench_folder.py: an epoch over a folder four times larger peaks at about the same memory."""
+    pytest.importorskip("PIL", reason="Pillow is not installed: no PNG files to write (pip install pillow)")
+    import bench_folder
+
+    rows = bench_folder.run((128, 512))
+    assert [r["images"] for r in rows] == [128, 512]
+    assert rows[1]["tracemalloc_peak_mb"] < 1.25 * rows[0]["tracemalloc_peak_mb"] + 1
+    assert "| 512 |" in bench_folder.report(rows)
