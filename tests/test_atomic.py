@@ -50,3 +50,18 @@ def test_a_download_left_by_a_killed_writer_is_removed_by_the_next_one(tmp_path)
     with atomic.replacing(tmp_path / "train.gz", suffix=".part.gz") as temp:
         temp.write_bytes(b"whole")
     assert [p.name for p in tmp_path.iterdir()] == ["train.gz"]
+
+
+def test_a_missing_folder_is_an_error_naming_it_and_is_never_made(tmp_path):
+    """As ``open`` refuses: a typo in the folder must not write somewhere unexpected."""
+    typo = tmp_path / "typo" / "dir"
+    with pytest.raises(FileNotFoundError, match=f"cannot write {typo / 'f.bin'}: the folder {typo} does not exist; "
+                                                f"create it first"):
+        atomic.write_atomic(typo / "f.bin", b"data")
+    with pytest.raises(FileNotFoundError, match=f"the folder {typo} does not exist"):
+        with atomic.replacing(typo / "g.bin"):
+            pass
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="notes.txt is not a folder"):
+        atomic.write_atomic(tmp_path / "notes.txt" / "f.bin", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -443,3 +443,14 @@ def test_crafted_but_consistent_values_are_refused_as_a_constructor_would(tmp_pa
         fresh = xpcnn.optim.SGD(lenet.parameters(), lr=0.05, momentum=0.9)
         with pytest.raises(xpcnn.CheckpointError, match=words):
             xpcnn.load(crafted, lenet, fresh)
+
+
+def test_a_missing_folder_is_an_error_naming_it_and_is_never_made(tmp_path):
+    """As ``open`` and ``torch.save`` refuse: ``/typo/dir/m.npz`` is never created silently."""
+    typo = tmp_path / "typo" / "dir"
+    with pytest.raises(FileNotFoundError, match=f"save: cannot write {typo / 'm.npz'}: the folder {typo} does not "
+                                                f"exist; create it first"):
+        xpcnn.save(typo / "m.npz", xpcnn.models.lenet5(seed=0))
+    assert not (tmp_path / "typo").exists()
+    typo.mkdir(parents=True)
+    assert xpcnn.load(xpcnn.save(typo / "m.npz", xpcnn.models.lenet5(seed=0))).epoch == 0

@@ -16,7 +16,7 @@ import re
 import tempfile
 from typing import Iterator
 
-__all__ = ["replacing", "write_atomic"]
+__all__ = ["check_folder", "replacing", "write_atomic"]
 
 
 def _umask() -> int:
@@ -52,13 +52,26 @@ def _remove_stale_temporaries(path: pathlib.Path, suffix: str) -> None:
                 temp.unlink()
 
 
+def check_folder(path: str | os.PathLike, owner: str = "") -> pathlib.Path:
+    """``path`` if its folder exists; FileNotFoundError naming the folder otherwise (NotADirectoryError when it is
+    a file). The folder is never made: a typo in it must not write somewhere unexpected, as ``open`` refuses too."""
+    path = pathlib.Path(path)
+    folder = path.parent
+    where = f"{owner}: " if owner else ""
+    if not folder.exists():
+        raise FileNotFoundError(f"{where}cannot write {path}: the folder {folder} does not exist; create it first (it "
+                                f"is never made for you, so a typo cannot write somewhere unexpected)")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{where}cannot write {path}: {folder} is not a folder")
+    return path
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[pathlib.Path]:
     """``with replacing(path) as temp:`` write (and check) ``temp``; when the block ends normally, ``temp``
     replaces ``path`` durably; when it raises (KeyboardInterrupt included), ``temp`` is removed and ``path`` is
-    as it was."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    as it was. The folder must exist (see :func:`check_folder`)."""
+    path = check_folder(path)
     _remove_stale_temporaries(path, suffix)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
     os.close(handle)

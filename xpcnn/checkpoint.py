@@ -35,7 +35,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import init as _init
-from .atomic import write_atomic
+from .atomic import check_folder, write_atomic
 from .nn import Module, from_config
 from .nn.module import check_dtype, flatten, precision
 
@@ -99,9 +99,10 @@ def save(path: str | os.PathLike, model: Module, optimizer: Any = None, *, epoch
          rng_state: Any = None, extra: dict | None = None) -> pathlib.Path:
     """Write a checkpoint of ``model`` (and ``optimizer``) to ``path`` (.npz or .safetensors), atomically.
 
-    Refuses (ValueError) to save non-finite weights, so a diverged run never overwrites a good checkpoint.
+    Refuses (ValueError) to save non-finite weights, so a diverged run never overwrites a good checkpoint, and
+    (FileNotFoundError) a ``path`` whose folder does not exist: it is never made, so a typo writes nowhere.
     """
-    path = check_path(path)
+    path = check_folder(check_path(path), "save")
     named: dict[str, Any] = {}
     with model.using():                  # one consistent state, even while another thread trains the model
         for kind, slots in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
