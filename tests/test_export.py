@@ -157,3 +157,55 @@ def test_a_model_that_is_the_identity_in_eval_mode_exports(tmp_path):
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     (theirs,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
     np.testing.assert_array_equal(theirs, x)
+
+
+def test_the_file_carries_its_preprocessing_and_a_raw_input_graph_normalizes_itself(tmp_path):
+    """Metadata a server reads with onnxruntime (mean, std, classes, which input), and raw_input=True: the graph
+    on raw [0, 1] pixels equals the plain graph on pixels normalized outside."""
+    import json
+
+    model = with_statistics(xpcnn.models.resnet8(in_channels=3, num_classes=3, seed=0))
+    stats = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    plain = xpcnn.export_onnx(model, tmp_path / "plain.onnx", normalization=stats, classes=["ant", "bee", "cat"])
+    raw = xpcnn.export_onnx(model, tmp_path / "raw.onnx", normalization=stats, classes=("ant", "bee", "cat"),
+                            raw_input=True)
+    sessions = {p.stem: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (plain, raw)}
+    meta = {name: s.get_modelmeta().custom_metadata_map for name, s in sessions.items()}
+    assert json.loads(meta["plain"]["mean"]) == stats["mean"] and json.loads(meta["raw"]["std"]) == stats["std"]
+    assert json.loads(meta["plain"]["classes"]) == ["ant", "bee", "cat"]
+    assert meta["plain"]["input"] == "normalized" and meta["raw"]["input"] == "raw"
+    pixels = np.random.default_rng(0).random((5, *model.input_shape)).astype(np.float32)
+    normalized = ((pixels - np.reshape(stats["mean"], (3, 1, 1))) / np.reshape(stats["std"], (3, 1, 1)))
+    (expected,) = sessions["plain"].run(None, {"input": normalized.astype(np.float32)})
+    (got,) = sessions["raw"].run(None, {"input": pixels})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(expected))))
+    ops = [node.op_type for node in onnx.load(str(raw)).graph.node]
+    assert ops[:2] == ["Sub", "Div"] and "Sub" not in [n.op_type for n in onnx.load(str(plain)).graph.node]
+    bare = ort.InferenceSession(str(xpcnn.export_onnx(model, tmp_path / "bare.onnx")),
+                                providers=["CPUExecutionProvider"])
+    assert bare.get_modelmeta().custom_metadata_map == {"input": "normalized"}       # nothing known, nothing said
+
+
+def test_preprocessing_arguments_are_checked(tmp_path):
+    model = xpcnn.models.lenet5(seed=0)
+    with pytest.raises(ValueError, match="raw_input=True puts the normalization in the graph; give normalization="):
+        xpcnn.export_onnx(model, tmp_path / "m.onnx", raw_input=True)
+    with pytest.raises(ValueError, match=r"normalization's std must be positive"):
+        xpcnn.export_onnx(model, tmp_path / "m.onnx", normalization=(0.1, 0.0))
+    with pytest.raises(TypeError, match=r"normalization must be \{'mean': ..., 'std': ...\} or a \(mean, std\) pair"):
+        xpcnn.export_onnx(model, tmp_path / "m.onnx", normalization=0.5)
+    with pytest.raises(ValueError, match=r"3 class names for a model with 10 output\(s\)"):
+        xpcnn.export_onnx(model, tmp_path / "m.onnx", classes=["a", "b", "c"])
+    with pytest.raises(TypeError, match="classes must be a sequence of names"):
+        xpcnn.export_onnx(model, tmp_path / "m.onnx", classes="abc")
+    assert not (tmp_path / "m.onnx").exists()
+    path = xpcnn.export_onnx(model, tmp_path / "m.onnx", normalization=(0.1307, 0.3081), raw_input=True)
+    assert onnx.load(str(path)).graph.input[0].doc_string == "raw pixels on the [0, 1] scale"
+
+
+def test_a_missing_folder_is_an_error_naming_it_and_is_never_made(tmp_path):
+    typo = tmp_path / "typo" / "dir"
+    with pytest.raises(FileNotFoundError, match=f"export_onnx: cannot write {typo / 'm.onnx'}: the folder {typo} "
+                                                f"does not exist; create it first"):
+        xpcnn.export_onnx(xpcnn.models.lenet5(seed=0), typo / "m.onnx")
+    assert not (tmp_path / "typo").exists()

@@ -28,7 +28,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from . import backend as _backend
-from .atomic import write_atomic
+from .atomic import check_folder, write_atomic
 from .functional._checks import pair
 from .functional.conv import conv_geometry
 from .nn import (AvgPool2D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool2D, LeakyReLU, Linear, MaxPool2D,
@@ -105,14 +105,21 @@ class OnnxGraph:
                         f"in_shape, out_shape) -> output name (see xpcnn.export)")
 
 
-def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple | None = None,
-                opset: int = 17) -> pathlib.Path:
+def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple | None = None, opset: int = 17, *,
+                normalization: Any = None, classes: Any = None, raw_input: bool = False) -> pathlib.Path:
     """Write ``model`` to ``path`` as an ONNX graph of standard operators (see the module's text); returns the path.
 
     ``input_shape``: one sample's shape, e.g. ``(1, 28, 28)``; by default the model's own ``input_shape``. The
     graph's input is ``input`` of shape (N, *input_shape) and its output ``output``; N is dynamic. A float64 model
     is written in float32 (with a warning): runtimes have few float64 kernels (onnxruntime has no float64 Conv).
-    The file is checked with ``onnx.checker`` and written atomically.
+    The file is checked with ``onnx.checker`` and written atomically; its folder must exist.
+
+    So that whoever serves the file knows how to feed it, what is known of the input goes into the model's
+    ``metadata_props`` (JSON values): ``normalization`` (``{"mean": [...], "std": [...]}``, as
+    ``Dataset.normalization()`` and checkpoints hold it, or a ``(mean, std)`` pair; per channel, pixels on the
+    [0, 1] scale) as ``mean`` and ``std``, ``classes`` (the name of each output) as ``classes``, and ``input``:
+    ``"normalized"`` or ``"raw"``. ``raw_input=True`` puts the normalization in the graph (Sub and Div before the
+    first layer), so raw [0, 1] pixels go in.
     """
     try:
         import onnx
@@ -124,32 +131,90 @@ def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple | Non
         raise TypeError(f"export_onnx: model must be an xpcnn.nn.Module; got {type(model).__name__}")
     if not isinstance(opset, int) or opset < 13:
         raise ValueError(f"export_onnx: opset must be an integer >= 13; got {opset!r}")
+    path = check_folder(path, "export_onnx")
     shape = input_shape if input_shape is not None else model.input_shape
     if shape is None:
         raise ValueError(f"export_onnx: {model.name} has no input_shape; pass input_shape=(C, H, W) (one sample's)")
     shape = tuple(int(s) for s in shape)
     if any(s < 1 for s in shape):
         raise ValueError(f"export_onnx: input_shape must hold positive sizes; got {shape}")
+    stats = _normalization(normalization, shape[0])
+    if raw_input and stats is None:
+        raise ValueError("export_onnx: raw_input=True puts the normalization in the graph; give normalization="
+                         "{'mean': [...], 'std': [...]} (the training Dataset's .normalization())")
     if any(s.data.dtype == array_namespace(s.data).float64 for s in [*model.parameters(), *model.buffers()]):
         warnings.warn("export_onnx: the model is float64; the ONNX graph is float32 (runtimes have few float64 "
                       "kernels)", stacklevel=2)
     graph = OnnxGraph(model, helper, numpy_helper)
     graph._shapes = model._trace_shapes(shape)           # also refuses an input the model cannot take
+    names = _class_names(classes, graph._shapes[id(model)])
     x, final = graph.name("input"), graph.name("output")
-    output, out_shape = graph.emit(model, x, shape)
+    first = _normalize_in_graph(graph, x, stats, len(shape)) if raw_input else x
+    output, out_shape = graph.emit(model, first, shape)
     if graph.nodes and graph.nodes[-1].output[0] == output:
         graph.nodes[-1].output[0] = final                   # the last node writes the graph's output
     else:                                                   # a model that ends in the identity (Dropout, nothing)
         graph.nodes.append(helper.make_node("Identity", [output], [final], name="output_node"))
     output = final
+    described = "raw pixels on the [0, 1] scale" if raw_input else (
+        "pixels on the [0, 1] scale normalized as (x - mean) / std" if stats else "as the model was trained on")
     onnx_graph = helper.make_graph(
-        graph.nodes, model.name, [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, ["N", *shape])],
+        graph.nodes, model.name,
+        [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, ["N", *shape], doc_string=described)],
         [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["N", *out_shape])], graph.initializers)
     proto = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="xpcnn")
+    helper.set_model_props(proto, _metadata(stats, names, raw_input))
     onnx.checker.check_model(proto, full_check=True)
-    path = pathlib.Path(path)
     write_atomic(path, proto.SerializeToString())
     return path
+
+
+def _normalization(given: Any, channels: int) -> tuple[tuple, tuple] | None:
+    """``(mean, std)`` of ``given`` (a ``{"mean", "std"}`` mapping or a pair), one float per channel; None stays."""
+    from .data.checks import check_statistics
+
+    if given is None:
+        return None
+    if isinstance(given, dict) and {"mean", "std"} <= set(given):
+        mean, std = given["mean"], given["std"]
+    elif isinstance(given, (tuple, list)) and len(given) == 2:
+        mean, std = given
+    else:
+        raise TypeError(f"export_onnx: normalization must be {{'mean': ..., 'std': ...}} or a (mean, std) pair; "
+                        f"got {given!r}")
+    return check_statistics(mean, std, channels, "export_onnx: normalization's ")
+
+
+def _class_names(classes: Any, out_shape: tuple) -> list[str] | None:
+    """``classes`` as a list of names, one per output (two for a single-output binary model)."""
+    if classes is None:
+        return None
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise TypeError(f"export_onnx: classes must be a sequence of names (str); got {classes!r}")
+    names = list(classes)
+    outputs = out_shape[0] if len(out_shape) == 1 else None
+    if outputs is not None and len(names) != (2 if outputs == 1 else outputs):
+        raise ValueError(f"export_onnx: {len(names)} class names for a model with {outputs} output(s)")
+    return names
+
+
+def _normalize_in_graph(graph: OnnxGraph, x: str, stats: tuple, rank: int) -> str:
+    """(x - mean) / std per channel (axis 1 of the batch), as the graph's first nodes."""
+    shape = (-1,) + (1,) * (rank - 1)
+    mean = graph.constant(np.reshape(stats[0], shape), "input_mean")
+    std = graph.constant(np.reshape(stats[1], shape), "input_std")
+    return graph.node("Div", [graph.node("Sub", [x, mean], "centered"), std], "normalized")
+
+
+def _metadata(stats: tuple | None, classes: list[str] | None, raw_input: bool) -> dict[str, str]:
+    import json
+
+    props = {"input": "raw" if raw_input else "normalized"}
+    if stats is not None:
+        props.update(mean=json.dumps(list(stats[0])), std=json.dumps(list(stats[1])))
+    if classes is not None:
+        props["classes"] = json.dumps(classes)
+    return props
 
 
 def torch_state_dict(model: Module, like: Any = None) -> dict:
