@@ -357,3 +357,93 @@ def test_a_forked_child_gets_its_own_shard_threads(tiny_shards):
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung on its parent's shard threads")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _others(monkeypatch, count):
+    """Pretend ``count`` tasks of other processes are running (and forget the last readings)."""
+    monkeypatch.setattr(parallel, "_others_running", lambda: count)
+    monkeypatch.setattr(parallel, "_load_readings", [float("-inf"), count, count])
+
+
+def test_the_default_thread_count_gives_way_to_other_processes_and_a_set_one_does_not(monkeypatch):
+    monkeypatch.delenv("XPCNN_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 4)
+    _others(monkeypatch, 0)
+    assert parallel.threads() == 4
+    _others(monkeypatch, 3)
+    assert parallel.threads() == 1
+    _others(monkeypatch, 9)
+    assert parallel.threads() == 1, "never below one"
+    monkeypatch.setenv("XPCNN_THREADS", "4")
+    assert parallel.threads() == 4, "a number the user set is kept"
+    monkeypatch.delenv("XPCNN_THREADS")
+    with parallel.use_threads(3):
+        assert parallel.threads() == 3
+
+
+def test_one_passing_reading_does_not_take_the_cores(monkeypatch):
+    """The smaller of the last two readings counts: a process seen once changes nothing."""
+    readings = iter([0, 2, 0, 2, 2])
+    monkeypatch.setattr(parallel, "_others_running", lambda: next(readings))
+    monkeypatch.setattr(parallel, "_load_readings", [float("-inf"), 0, 0])
+    monkeypatch.setattr(parallel, "LOAD_INTERVAL_S", 0.0)
+    assert [parallel.busy_elsewhere() for _ in range(5)] == [0, 0, 0, 0, 2]
+
+
+class _BlasProbe(xpcnn.nn.Module):
+    """Records BLAS's thread count while it runs (forward and backward; not the shape traces of empty batches)."""
+
+    shardable = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def _forward(self, x, run):
+        if x.size:
+            self.seen.append(_blas_threads())
+        return x, None
+
+    def _backward(self, dy, cache, run, input_grad):
+        self.seen.append(_blas_threads())
+        return dy
+
+
+def test_under_load_a_call_in_one_piece_holds_blas_to_the_free_cores_and_gives_them_back(monkeypatch):
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    before = _blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip(f"BLAS runs {before} threads here: nothing to hold back")
+    monkeypatch.delenv("XPCNN_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    probe = _BlasProbe()
+    model = xpcnn.nn.Sequential(probe, xpcnn.nn.Flatten())
+    x = np.zeros((2, 1, 2, 2), np.float32)
+    _others(monkeypatch, 0)
+    model.backward(model(x))
+    _others(monkeypatch, 2)
+    model.backward(model(x))
+    assert probe.seen[:2] == [before, before], "quiet: BLAS as it was"
+    assert probe.seen[2:] == [[1] * len(before)] * 2, "loaded: one thread"
+    assert _blas_threads() == before
+
+
+def test_busy_processes_are_seen():
+    """Two pure-Python busy loops in other processes show in busy_elsewhere() (Linux)."""
+    import subprocess
+    import sys
+    import time
+
+    if not os.path.exists("/proc/loadavg"):
+        pytest.skip("no /proc/loadavg on this platform: xpcnn cannot see other processes' load here")
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        deadline, seen = time.monotonic() + 5, 0
+        while time.monotonic() < deadline and seen < 1:
+            time.sleep(parallel.LOAD_INTERVAL_S)
+            seen = parallel.busy_elsewhere()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert seen >= 1

@@ -33,6 +33,7 @@ import functools
 import math
 import os
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, NamedTuple
@@ -44,8 +45,8 @@ from .functional import layout as _layout
 from .nn import module as _module
 from .nn.module import Module, Pending, Run, add_gradient, check_gradient, set_buffer
 
-__all__ = ["BARRIER_TIMEOUT_S", "MIN_SHARD_ELEMENTS", "ShardTimeoutError", "Shards", "limit_threads", "plan",
-           "shard_sizes", "threads", "tune_allocator", "usable_cores", "use_threads"]
+__all__ = ["BARRIER_TIMEOUT_S", "LOAD_INTERVAL_S", "MIN_SHARD_ELEMENTS", "ShardTimeoutError", "Shards", "busy_elsewhere",
+           "limit_threads", "plan", "shard_sizes", "threads", "tune_allocator", "usable_cores", "use_threads"]
 
 BARRIER_TIMEOUT_S = 600.0      # how long a shard waits for the others at a BatchNorm sum before giving up
 # A shard must hold at least this many elements, counted as its batch times the elements an average module of the
@@ -71,17 +72,55 @@ def usable_cores() -> int:
 
 
 def threads(settings: _settings.Settings | None = None) -> int:
-    """How many shards a batch may be split into: :func:`use_threads`'s value inside its block, else
-    ``XPCNN_THREADS``, else the cores this process may run on (divided among the MPI ranks on this node under
-    :func:`xpcnn.distributed.init`)."""
+    """How many threads a call may use: :func:`use_threads`'s value inside its block, else ``XPCNN_THREADS``,
+    else the cores this process may run on (divided among the MPI ranks on this node under
+    :func:`xpcnn.distributed.init`) less the cores other processes are busy on right now (:func:`busy_elsewhere`):
+    a default that gives way on a loaded machine, while a number the user set is kept."""
+    explicit = _explicit(settings)
+    if explicit is not None:
+        return explicit
+    return max(1, _default_cores() - busy_elsewhere())
+
+
+def _explicit(settings: _settings.Settings | None = None) -> int | None:
     override = _override.get()
-    if override is not None:
-        return override
-    configured = (settings or _settings.get()).threads
-    if configured is not None:
-        return configured
+    return override if override is not None else (settings or _settings.get()).threads
+
+
+def _default_cores() -> int:
     cores = usable_cores()
     return cores if _core_share is None else max(1, min(cores, _core_share))
+
+
+LOAD_INTERVAL_S = 0.2          # how often the load of the other processes is read (a read costs ~0.1 ms)
+_load_lock = threading.Lock()
+_load_readings: list = [float("-inf"), 0, 0]     # when last read, the last two counts of others' running tasks
+
+
+def busy_elsewhere() -> int:
+    """How many tasks of other processes are running now (Linux's /proc/loadavg, less this process's own running
+    threads), the smaller of the last two readings (one reading at most every ``LOAD_INTERVAL_S``), so that a
+    passing process does not halve a step; 0 where /proc is not there."""
+    now = time.monotonic()
+    with _load_lock:
+        checked, previous, last = _load_readings
+        if now - checked >= LOAD_INTERVAL_S:
+            _load_readings[:] = [now, last, _others_running()]
+        return min(_load_readings[1:])
+
+
+def _others_running() -> int:
+    try:
+        with open("/proc/loadavg") as handle:
+            running = int(handle.read().split()[3].partition("/")[0])
+        own = 0
+        for stat in os.scandir("/proc/self/task"):
+            with open(os.path.join(stat.path, "stat")) as handle:
+                text = handle.read()
+            own += text[text.rindex(")") + 2] == "R"
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, running - own)
 
 
 @contextlib.contextmanager
@@ -171,11 +210,12 @@ class ShardedCache(NamedTuple):
     sizes: tuple           # the shards' batch sizes
 
 
-def plan(model: Module, x: Any) -> int:
-    """How many shards a call of ``model`` on ``x`` runs in by the size rule: 1 means one piece."""
+def plan(model: Module, x: Any, allowed: int | None = None) -> int:
+    """How many shards a call of ``model`` on ``x`` runs in by the size rule, with ``allowed`` threads (default
+    :func:`threads`): 1 means one piece."""
     if not is_numpy_array(x) or x.ndim < 2 or x.shape[0] < 2:
         return 1
-    most = min(threads(), x.shape[0])
+    most = min(threads() if allowed is None else allowed, x.shape[0])
     modules = model.modules()
     if most < 2 or not all(getattr(m, "shardable", False) for m in modules):
         return 1
@@ -201,11 +241,15 @@ class Shards(_module.Serial):
     """The executor xpcnn installs: a public call in :func:`plan`'s number of shards, or in one piece."""
 
     def forward(self, model: Module, x: Any, training: bool) -> tuple[Any, Any, Run]:
-        n = plan(model, x)
-        if n < 2 or not _busy.acquire(blocking=False):      # busy: another sharded call owns the cores
+        allowed = threads()
+        n = plan(model, x, allowed)
+        if not _busy.acquire(blocking=False):      # another call owns the cores: one piece, BLAS left alone
             return super().forward(model, x, training)
         try:
-            with _one_blas_thread():
+            if n < 2:
+                with _blas_threads(_one_piece_blas(x, allowed)):
+                    return super().forward(model, x, training)
+            with _blas_threads(1):
                 return _sharded_forward(model, x, n, training)
         finally:
             _busy.release()
@@ -213,7 +257,13 @@ class Shards(_module.Serial):
     def backward(self, model: Module, dy: Any, pending: Pending, wanted: bool) -> Any:
         cache = pending.cache
         if not isinstance(cache, ShardedCache):
-            return super().backward(model, dy, pending, wanted)
+            if not _busy.acquire(blocking=False):
+                return super().backward(model, dy, pending, wanted)
+            try:
+                with _blas_threads(_one_piece_blas(dy, threads())):
+                    return super().backward(model, dy, pending, wanted)
+            finally:
+                _busy.release()
         if tuple(dy.shape[:1]) != (sum(cache.sizes),):
             raise ValueError(f"{type(model).__name__}.backward: dy must have the output's batch size "
                              f"{sum(cache.sizes)}; got shape {tuple(dy.shape)}")
@@ -221,7 +271,7 @@ class Shards(_module.Serial):
             raise ShardTimeoutError(f"{type(model).__name__}.backward waited {BARRIER_TIMEOUT_S:g} s for "
                                     f"another sharded call to finish")
         try:
-            with _one_blas_thread():
+            with _blas_threads(1):
                 dx = _shards_backward(model, dy, cache, pending.run, wanted)
         finally:
             _busy.release()
@@ -270,16 +320,27 @@ def _split(x: Any, sizes: tuple) -> list:
     return [x[start:start + size, ...] for start, size in zip(starts, sizes)]
 
 
+def _one_piece_blas(x: Any, allowed: int) -> int | None:
+    """BLAS's thread count for a call in one piece: None (as it is) unless xpcnn's default gave way to other
+    processes, then what is left (a thread more than the free cores only waits for them)."""
+    if not is_numpy_array(x) or _explicit() is not None or allowed >= _default_cores():
+        return None
+    return allowed
+
+
 @contextlib.contextmanager
-def _one_blas_thread():
-    """BLAS held to one thread (every shard's thread runs its own products); restored after. Only the holder of
-    ``_busy`` calls this, so limits are set and restored in order."""
+def _blas_threads(n: int | None):
+    """BLAS held to ``n`` threads (1 while shards run: each shard's thread runs its own products), restored after;
+    None leaves it alone. Only the holder of ``_busy`` calls this, so limits are set and restored in order."""
     global _blas
+    if n is None:
+        yield
+        return
     if _blas is None:
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
+    with _blas.limit(limits=n, user_api="blas"):
         yield
 
 
