@@ -256,6 +256,28 @@ def test_info_reports_a_bad_thread_count_and_fails(tmp_path):
     assert "xpcnn train: error: XPCNN_THREADS must be a whole number >= 1 (1: no batch shards); got 'two'" in done.stderr
 
 
+def test_info_runs_the_preflight_after_the_backend_line_and_a_failed_check_exits_1(tmp_path, capsys, monkeypatch):
+    """Each named check of xpcnn.backend.preflight on one line after the selected backend; a failure is named
+    (what a GPU without its CUDA libraries shows) and the exit status is 1."""
+    from xpcnn import backend, cli
+
+    done = xpcnn_cmd("info", tmp_path=tmp_path)
+    lines = done.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("selected backend: numpy"))
+    checks = [line for line in lines if line.startswith("preflight: ")]
+    assert lines[first + 1:first + 1 + len(checks)] == checks and len(checks) == 4, done.stdout
+    assert re.match(r"preflight: kernel ok \(\d+\.\d\d s\): ", checks[0]) and "matrix product ok" in checks[1]
+
+    def broken(selected):
+        raise RuntimeError("CUBLAS_STATUS_NOT_INITIALIZED\nsecond line")
+
+    monkeypatch.setattr(backend, "_CHECKS", {**backend._CHECKS, "matrix product": broken})
+    assert cli.main(["info"]) == 1
+    out = capsys.readouterr().out
+    assert "preflight: FAILED matrix product: RuntimeError: CUBLAS_STATUS_NOT_INITIALIZED\n" in out, out
+    assert "preflight: kernel ok" in out and "backends here:" in out          # the rest is still reported
+
+
 def test_train_a_resnet8_and_predict_with_it(tmp_path):
     """`--model resnet8`: BatchNorm, residual blocks; one epoch learns, the checkpoint rebuilds the tree."""
     done = xpcnn_cmd("train", "--model", "resnet8", "--epochs", "1", "--batch-size", "64", "--lr", "0.05",

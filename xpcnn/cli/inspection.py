@@ -210,7 +210,8 @@ def add_info_parser(commands: Any) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Versions, the selected backend, the threads; a bad setting or backend is reported and exits 2."""
+    """Versions, the selected backend and its preflight, the threads; a bad setting or backend is reported and exits
+    2, a failed preflight check exits 1."""
     import array_api_compat
 
     import xpcnn
@@ -227,6 +228,8 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         api = getattr(selected.xp, "__array_api_version__", "unknown")
         print(f"selected backend: {selected.name} {selected.version}, device {selected.device}, array API {api}")
+        if not _preflight():
+            status = EXIT_FAILED
     try:
         print(f"batch shards: {_shards_line()}")
     except _settings.SettingsError as exc:
@@ -236,6 +239,18 @@ def run_info(args: argparse.Namespace) -> int:
     for name, state in _backend.available_backends().items():
         print(f"  {name:<17} {state}")
     return status
+
+
+def _preflight() -> bool:
+    """Print :func:`xpcnn.backend.preflight`'s checks of the selected backend, one line each; whether all passed."""
+    passed = True
+    for check in _backend.preflight():
+        if check.name == "select" and check.ok:          # the line above already says which backend it is
+            continue
+        passed = passed and check.ok
+        state = f"{check.name} ok ({check.seconds:.2f} s)" if check.ok else f"FAILED {check.name}"
+        print(f"preflight: {state}: {check.detail}", flush=True)
+    return passed
 
 
 def _shards_line() -> str:
