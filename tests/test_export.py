@@ -209,3 +209,44 @@ def test_a_missing_folder_is_an_error_naming_it_and_is_never_made(tmp_path):
                                                 f"does not exist; create it first"):
         xpcnn.export_onnx(xpcnn.models.lenet5(seed=0), typo / "m.onnx")
     assert not (tmp_path / "typo").exists()
+
+
+def test_export_command_stores_the_checkpoints_preprocessing_and_says_which(tmp_path, capsys):
+    """The normalization and class names a checkpoint records go into the file's metadata (and with --raw-input
+    into the graph); the command says which, and what is missing."""
+    import json
+
+    from xpcnn import cli
+
+    model = xpcnn.models.lenet5(seed=0)
+    mnist = xpcnn.save(tmp_path / "mnist.npz", model, extra={"dataset": "bundled"})
+    assert cli.main(["export", "--checkpoint", str(mnist), str(tmp_path / "plain.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "normalization (mean 0.1307, std 0.3081) stored as metadata; add --raw-input to put it in the graph" in out
+    assert "no class names stored: the checkpoint records none" in out
+    assert cli.main(["export", "--checkpoint", str(mnist), "--raw-input", str(tmp_path / "raw.onnx")]) == 0
+    assert ("normalization (mean 0.1307, std 0.3081) put in the graph: it takes raw pixels on the [0, 1] scale"
+            in capsys.readouterr().out)
+    session = {name: ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+               for name in ("plain", "raw")}
+    assert json.loads(session["raw"].get_modelmeta().custom_metadata_map["mean"]) == [0.1307]
+    pixels = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    (got,) = session["raw"].run(None, {"input": pixels})
+    (expected,) = session["plain"].run(None, {"input": ((pixels - 0.1307) / 0.3081).astype(np.float32)})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+    bare = xpcnn.save(tmp_path / "bare.npz", model)
+    assert cli.main(["export", "--checkpoint", str(bare), "--raw-input", str(tmp_path / "x.onnx")]) == 2
+    assert "--raw-input puts the input normalization in the graph, but" in capsys.readouterr().err
+    assert cli.main(["export", "--checkpoint", str(bare), str(tmp_path / "x.onnx")]) == 0
+    assert "no normalization stored: the checkpoint records none" in capsys.readouterr().out
+    named = xpcnn.save(tmp_path / "named.npz", model, extra={"classes": [str(k) for k in range(10)],
+                                                               "normalization": {"mean": [0.5], "std": [0.25]}})
+    assert cli.main(["export", "--checkpoint", str(named), "--onnx", str(tmp_path / "n.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "(mean 0.5, std 0.25)" in out and "class names (0, 1, 2, 3, 4, 5, 6, 7, 8, 9) stored as metadata" in out
+    meta = onnx.load(str(tmp_path / "n.onnx")).metadata_props
+    assert json.loads({p.key: p.value for p in meta}["classes"]) == [str(k) for k in range(10)]
+    assert cli.main(["export", "--checkpoint", str(named), str(tmp_path / "a.onnx"), "--onnx",
+                     str(tmp_path / "b.onnx")]) == 2
+    assert "give the ONNX file to write once" in capsys.readouterr().err

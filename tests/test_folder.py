@@ -198,3 +198,108 @@ def test_fit_and_evaluate_consume_a_folder(tmp_path):
         pytest.skip(f"fit does not take a FolderDataset yet (xpcnn/train.py's _as_dataset): {exc}")
     assert history.accuracy[-1] == 1.0
     assert xpcnn.evaluate(model, ds)["accuracy"] == 1.0
+
+
+# --------------------------------------------------------------------------- the command line on image folders
+def _shades(root, counts, size=(8, 8), mode="L", seed=0):
+    """Class folders a small network tells apart in one epoch: dark, mid and light noise images."""
+    rng = np.random.default_rng(seed)
+    lows = {"dark": 0, "mid": 80, "light": 160}
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shape = size + ((3,) if mode == "RGB" else ())
+            Image.fromarray(rng.integers(lows[name], lows[name] + 96, shape, dtype=np.uint8), mode).save(
+                root / name / f"{i:02d}.png")
+    return root
+
+
+def _cli(capsys, *argv):
+    from xpcnn import cli
+
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_train_on_a_folder_then_evaluate_predict_and_export_read_images_as_it_did(tmp_path, capsys):
+    """train --data FOLDER --val-split: one output per class folder; the checkpoint records the classes, image
+    size, colour mode and normalization, which evaluate on a test folder of some of the classes, predict and
+    export use."""
+    train = _shades(tmp_path / "train", {"dark": 10, "mid": 10, "light": 10})
+    test = _shades(tmp_path / "test", {"light": 4, "mid": 3}, seed=1)
+    path = tmp_path / "m.npz"
+    status, out, err = _cli(capsys, "train", "--data", train, "--val-split", "0.2", "--epochs", "1", "--quiet",
+                            "--checkpoint", path)
+    assert status == 0, err
+    assert f"on {train} (30 train images / no test split; 3 classes: dark, light, mid)" in out, out
+    assert f"{train} is one image folder (no test split), so no test accuracy; score a test folder with xpcnn " \
+           f"evaluate --checkpoint {path} --data TESTFOLDER" in out
+    saved = xpcnn.load(path)
+    folder_data = data.Dataset.from_folder(train)
+    assert saved.model.input_shape == (1, 8, 8) and saved.model.check_input((1, 1, 8, 8)) == (3,)
+    assert saved.extra["classes"] == ["dark", "light", "mid"] and saved.extra["image_size"] == [8, 8]
+    assert saved.extra["color_mode"] == "grayscale" and saved.extra["normalization"] == folder_data.normalization()
+
+    status, out, err = _cli(capsys, "evaluate", "--checkpoint", path, "--data", test)
+    assert status == 0, err
+    reference = data.Dataset.from_folder(test, classes=folder_data.classes, mean=folder_data.mean,
+                                         std=folder_data.std)
+    assert list(xpcnn.to_numpy(reference.labels)) == [1] * 4 + [2] * 3
+    expected = xpcnn.evaluate(saved.model, reference)
+    assert f"accuracy: {100 * expected['accuracy']:.2f}% ({round(expected['accuracy'] * 7)}/7)" in out, out
+    assert f"on {test}, backend" in out and "classes: 0 dark, 1 light, 2 mid" in out
+
+    for argv, words in ((["--split", "train"], "--split is for a data file; --data"),
+                        ([], f"was trained on the image folder {train}, which has no test split; give --data "
+                             f"TESTFOLDER")):
+        status, _, err = _cli(capsys, "evaluate", "--checkpoint", path, *(["--data", test] if argv else []), *argv)
+        assert status == 2 and words in err, err
+    status, out, err = _cli(capsys, "evaluate", "--checkpoint", path, "--split", "train")
+    assert status == 0 and "/30), loss" in out and "(as recorded by the checkpoint)" in out, out + err
+
+    picture = test / "light" / "00.png"                              # the first of reference's batches
+    status, out, err = _cli(capsys, "predict", "--checkpoint", path, picture)
+    probabilities = xpcnn.to_numpy(xpcnn.functional.softmax(saved.model.eval()(next(reference.batches(1))[0])))
+    assert status == 0 and out.startswith(f"{picture}: {saved.extra['classes'][int(np.argmax(probabilities))]} "
+                                          f"(probability {np.max(probabilities):.3f}; next "), out
+    assert "background looks light" not in err                       # that warning is about MNIST digits
+
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
+    status, out, err = _cli(capsys, "export", "--checkpoint", path, tmp_path / "m.onnx")
+    mean, std = folder_data.mean[0], folder_data.std[0]
+    assert status == 0, err
+    assert f"normalization (mean {mean:.4g}, std {std:.4g}) stored as metadata; add --raw-input to put it in the " \
+           f"graph" in out and "class names (dark, light, mid) stored as metadata" in out, out
+
+
+def test_folder_options_are_recorded_and_a_resume_reads_the_folder_alike(tmp_path, capsys):
+    """--image-size and --color-mode read a folder of mixed sizes; a resumed run takes them (and the classes) from
+    the checkpoint, and refuses others or a new class folder; they are refused for a data file; no output may
+    be written into the folder."""
+    train = _shades(tmp_path / "train", {"dark": 6, "light": 6}, size=(9, 7), mode="RGB")
+    _shades(train, {"mid": 6}, size=(8, 8), mode="RGB", seed=2)
+    path = tmp_path / "m.npz"
+    status, _, err = _cli(capsys, "train", "--data", train, "--epochs", "1", "--quiet", "--checkpoint", path)
+    assert status == 2 and "images of different sizes" in err and "pass image_size" in err, err
+    status, out, err = _cli(capsys, "train", "--data", train, "--epochs", "1", "--quiet", "--checkpoint", path,
+                            "--image-size", "6x5", "--color-mode", "grayscale")
+    assert status == 0, err
+    saved = xpcnn.load(path)
+    assert saved.model.input_shape == (1, 6, 5) and saved.extra["image_size"] == [6, 5]
+    assert saved.extra["color_mode"] == "grayscale"
+    status, _, err = _cli(capsys, "train", "--epochs", "2", "--quiet", "--resume", path, "--image-size", "7")
+    assert status == 2 and f"read its images with --image-size 6x5; drop --image-size" in err, err
+    status, out, err = _cli(capsys, "train", "--epochs", "2", "--quiet", "--resume", path, "--checkpoint", path)
+    assert status == 0 and f"on {train} (18 train images" in out, err
+    assert xpcnn.load(path).epoch == 2
+    status, _, err = _cli(capsys, "train", "--data", train, "--epochs", "1", "--image-size", "32",
+                          "--plot", train / "dark" / "curves.png")
+    assert status == 2 and f"is inside the --data folder {train}, whose files are read as images" in err, err
+    (train / "extra").mkdir()
+    Image.new("L", (8, 8)).save(train / "extra" / "0.png")
+    status, _, err = _cli(capsys, "train", "--epochs", "3", "--quiet", "--resume", path)
+    assert status == 2 and "extra are not among the classes dark, light, mid" in err, err
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((4, 6, 6), np.uint8), y_train=np.arange(4) % 2)
+    status, _, err = _cli(capsys, "train", "--data", tmp_path / "d.npz", "--image-size", "4")
+    assert status == 2 and "--image-size and --color-mode are for --data FOLDER (an image folder)" in err, err

@@ -49,6 +49,14 @@ fraction = number(float, "a number in (0, 1)", lambda v: 0 < v < 1)
 non_negative_int = number(int, "an integer >= 0", lambda v: v >= 0)
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """An argparse type: ``SIZE`` or ``HEIGHTxWIDTH`` in pixels, as (height, width)."""
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return (int(parts[0]), int(parts[-1]))
+    raise argparse.ArgumentTypeError(f"must be SIZE or HEIGHTxWIDTH in pixels (e.g. 32 or 48x64); got {text!r}")
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=_backend.BACKENDS, help="array library (overrides XPCNN_BACKEND)")
     parser.add_argument("--device", help="device where the backend has several, e.g. 0 or cuda:1 (overrides "
@@ -58,9 +66,11 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     from ..data import DATASETS
 
-    parser.add_argument("--data", metavar="FILE.npz",
+    parser.add_argument("--data", metavar="FILE.npz|FOLDER",
                         help="your own arrays: x_train, y_train and optionally x_test, y_test (uint8 or float images "
-                             "(N, H, W), NCHW or NHWC; integer labels), normalized with x_train's statistics")
+                             "(N, H, W), NCHW or NHWC; integer labels), normalized with x_train's statistics; or an "
+                             "image folder with one subfolder of images per class (PNG, JPEG, BMP; read batch by "
+                             "batch, normalized with its own statistics; no test split)")
     parser.add_argument("--dataset", choices=list(DATASETS), default=None,
                         help="; ".join(f"{name}: {spec.title}" for name, spec in DATASETS.items()) +
                              " (a full set is read from --data-dir, XPCNN_DATA_DIR, ~/.cache/xpcnn/NAME or a "
@@ -105,12 +115,25 @@ def load_checkpoint(path: str | os.PathLike, model: Any = None, optimizer: Any =
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class DataChoice:
-    """Where the images come from: ``file`` (--data FILE.npz) or ``dataset`` (a name of ``xpcnn.data.DATASETS``)."""
+    """Where the images come from: ``file`` (--data FILE.npz or FOLDER) or ``dataset`` (a name of
+    ``xpcnn.data.DATASETS``). For an image folder: ``image_size`` (height, width) and ``mode`` ("grayscale" or
+    "rgb") to read it as (None: from the files), ``classes`` the training classes its subfolders are among, and
+    ``mean``/``std`` the normalization (None: the folder's own statistics)."""
 
     dataset: str = "bundled"
     file: str | None = None
     data_dir: str | None = None
     download: bool = True
+    image_size: tuple[int, int] | None = None
+    mode: str | None = None
+    classes: tuple[str, ...] | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+
+    @property
+    def folder(self) -> bool:
+        """Whether --data names an image folder."""
+        return self.file is not None and os.path.isdir(self.file)
 
     @property
     def recorded(self) -> str:
@@ -122,33 +145,52 @@ class DataChoice:
         return f"--data {self.file}" if self.file else f"--dataset {self.dataset}"
 
     def load(self, split: str, dtype: str):
-        """The split as a Dataset (None for a test split the file lacks)."""
-        from ..data import DataError, DataNotFoundError, load_arrays, load_dataset
+        """The split as a Dataset, or a FolderDataset for a folder's "train" (None for a test split the file or
+        folder lacks)."""
+        from ..data import DataError, DataNotFoundError, load_data, load_dataset
 
+        folder = {"image_size": self.image_size, "mode": self.mode, "classes": self.classes, "mean": self.mean,
+                  "std": self.std} if self.folder else {}
         try:
             if self.file:
-                return load_arrays(self.file, split, dtype=dtype)
+                return load_data(self.file, split, dtype=dtype, **folder)
             return load_dataset(self.dataset, split, data_dir=self.data_dir, download=self.download, dtype=dtype)
-        except (DataNotFoundError, DataError) as exc:
+        except (DataNotFoundError, DataError, ImportError) as exc:
             raise CommandError(str(exc)) from None
 
 
+def data_record(data) -> dict:
+    """What a checkpoint records of an image folder it was trained on, so that evaluate, predict and export read
+    new images alike: the class names, the image size (height, width) and the colour mode."""
+    classes = getattr(data, "classes", None)
+    if classes is None:
+        return {}
+    channels, height, width = data.sample_shape
+    return {"classes": list(classes), "image_size": [height, width],
+            "color_mode": "grayscale" if channels == 1 else "rgb"}
+
+
 def data_choice(args: argparse.Namespace, recorded: str | None = None) -> DataChoice:
-    """--data or --dataset/--data-dir, else the dataset a checkpoint ``recorded`` (a name or a file), else bundled."""
+    """--data or --dataset/--data-dir, else the dataset a checkpoint ``recorded`` (a name, a file or a folder), else
+    bundled; --image-size and --color-mode only where that is an image folder."""
     if args.data and (args.dataset or args.data_dir):
         raise CommandError("give --data FILE.npz or --dataset/--data-dir, not both")
     download = not getattr(args, "no_download", False)
-    if args.data:
-        return DataChoice(file=args.data, download=download)
-    name = args.dataset or recorded or "bundled"
-    if args.data_dir and name == "bundled":
+    name = args.data or args.dataset or recorded or "bundled"
+    if not args.data and args.data_dir and name == "bundled":
         raise CommandError("--data-dir is for --dataset mnist, fashion-mnist or cifar10; the bundled subset ships "
                            "with xpcnn")
     from ..data import DATASETS
 
-    if name in DATASETS:
-        return DataChoice(dataset=name, data_dir=args.data_dir, download=download)
-    return DataChoice(file=name, download=download)       # a --data file the checkpoint recorded
+    if not args.data and name in DATASETS:
+        choice = DataChoice(dataset=name, data_dir=args.data_dir, download=download)
+    else:                                                 # --data, or the file or folder a checkpoint recorded
+        choice = DataChoice(file=name, download=download, image_size=getattr(args, "image_size", None),
+                            mode=getattr(args, "color_mode", None))
+    if (choice.image_size or choice.mode) and not choice.folder:
+        raise CommandError(f"--image-size and --color-mode are for --data FOLDER (an image folder); "
+                           f"{choice.option} is not one")
+    return choice
 
 
 # --------------------------------------------------------------------------- paths
@@ -183,8 +225,9 @@ def check_output(option: str, path: str | os.PathLike) -> pathlib.Path:
 
 
 def check_distinct(inputs: dict[str, Any], outputs: dict[str, Any], may_replace: tuple = ()) -> None:
-    """No output may name an input or another output (compared as resolved real paths): writing it would destroy
-    what is read, or one output would overwrite the other. ``may_replace``: (output, input) option pairs where
+    """No output may name an input or another output (compared as resolved real paths), nor lie inside an input
+    folder: writing it would destroy what is read, one output would overwrite the other, or a plot would become
+    a training image. ``may_replace``: (output, input) option pairs where
     replacing the input is the point (a resumed checkpoint saved over itself)."""
     given = [(option, path) for option, path in outputs.items() if path is not None]
     for i, (option, path) in enumerate(given):
@@ -196,3 +239,11 @@ def check_distinct(inputs: dict[str, Any], outputs: dict[str, Any], may_replace:
             if source_path is not None and (option, source) not in may_replace and same_file(path, source_path):
                 raise CommandError(f"{option} {path} names the {source} file {source_path}, which writing it would "
                                    f"destroy; give {option} another path")
+            if source_path is not None and os.path.isdir(source_path) and _inside(path, source_path):
+                raise CommandError(f"{option} {path} is inside the {source} folder {source_path}, whose files are "
+                                   f"read as images; write it elsewhere")
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top

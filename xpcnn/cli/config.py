@@ -97,6 +97,8 @@ def resolve_train(args: argparse.Namespace, backend: Any, ctx: Any = None) -> Tr
     data = data_choice(args, resumed.extra.get("dataset") if resumed is not None else None)
     if data.file and not args.data:                # the resumed run's recorded file: an input all the same
         check_distinct({"--data (recorded by --resume)": data.file}, _outputs(args))
+    if resumed is not None and data.folder:
+        data = _resumed_folder(args, resumed, data)
     training = _training(args, resumed)
     dtype = _resume_rules(args, resumed, data) if resumed is not None else (args.dtype or _default_dtype())
     check_dtype(backend, dtype)
@@ -118,6 +120,21 @@ def resolve_train(args: argparse.Namespace, backend: Any, ctx: Any = None) -> Tr
         except SettingsMismatch as exc:
             raise CommandError(str(exc), collective=True) from None
     return config
+
+
+def _resumed_folder(args: argparse.Namespace, resumed: Any, data: DataChoice) -> DataChoice:
+    """An image folder read as the resumed run read it: its recorded image size, colour mode and classes (a new
+    class folder is then refused); an --image-size or --color-mode that differs from the record is refused."""
+    extra = resumed.extra
+    size = tuple(extra["image_size"]) if isinstance(extra.get("image_size"), list) else None
+    mode = extra.get("color_mode")
+    for option, given, saved in (("--image-size", data.image_size, size), ("--color-mode", data.mode, mode)):
+        if given is not None and saved is not None and given != saved:
+            shown = "x".join(map(str, saved)) if isinstance(saved, tuple) else saved
+            raise CommandError(f"--resume {args.resume} read its images with {option} {shown}; drop {option} (an "
+                               f"exact resume reads them alike)")
+    classes = tuple(extra["classes"]) if isinstance(extra.get("classes"), list) else None
+    return dataclasses.replace(data, image_size=data.image_size or size, mode=data.mode or mode, classes=classes)
 
 
 def _default_dtype() -> str:

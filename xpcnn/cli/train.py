@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import backend as _backend
-from .common import (EXIT_FAILED, EXIT_INTERRUPTED, CommandError, add_backend_options, add_data_options, fraction,
-                     momentum, non_negative_float, non_negative_int, positive_float, positive_int, same_file,
-                     select_backend)
+from .common import (EXIT_FAILED, EXIT_INTERRUPTED, CommandError, add_backend_options, add_data_options, data_record,
+                     fraction, image_size, momentum, non_negative_float, non_negative_int, positive_float,
+                     positive_int, same_file, select_backend)
 from .config import DIGIT_DATASETS, TrainConfig, check_flags, defaults, resolve_train
 
 
@@ -28,6 +28,12 @@ def add_parser(commands: Any) -> None:
                         help="the network (default: lenet5 for 28x28 grey images, else resnet8; with --resume the "
                              "checkpoint's)")
     add_data_options(parser)
+    parser.add_argument("--image-size", type=image_size, metavar="SIZE",
+                        help="with --data FOLDER: resize every image to SIZE or HEIGHTxWIDTH pixels (default: the "
+                             "files' own size, which must then agree)")
+    parser.add_argument("--color-mode", choices=("grayscale", "rgb"),
+                        help="with --data FOLDER: read the images as grayscale or RGB (default: RGB if any file is "
+                             "in colour)")
     parser.add_argument("--epochs", type=positive_int, default=5, help="train up to this epoch (default 5)")
     parser.add_argument("--batch-size", type=positive_int, default=32,
                         help="images per step (default 32; with --distributed the global batch)")
@@ -138,7 +144,7 @@ def build(config: TrainConfig, backend: Any, ctx: Any) -> Job:
     if config.compile and not compiled:
         raise CommandError(f"--compile needs a backend with a compiler (jax); got {backend}")
     job = Job(config, backend, ctx, say, train_data, test_data, model, optimizer, schedule, history,
-              _callbacks(config, history), compiled)
+              _callbacks(config, history, train_data), compiled)
     _banner(job)
     return job
 
@@ -150,7 +156,8 @@ def _model(config: TrainConfig, train_data: Any, test_data: Any) -> Any:
         return config.resumed.model
     default = "lenet5" if train_data.sample_shape == (1, 28, 28) else "resnet8"     # resnet8 fits any size
     splits = [d for d in (train_data, test_data) if d is not None and len(d)]
-    classes = max(int(_backend.to_numpy(d.labels).max()) + 1 for d in splits)
+    named = getattr(train_data, "classes", None)          # an image folder's: one output per class folder
+    classes = len(named) if named is not None else max(int(_backend.to_numpy(d.labels).max()) + 1 for d in splits)
     try:
         return models.build_for(config.model or default, train_data.sample_shape, config.seed, config.dtype, classes)
     except ValueError as exc:
@@ -178,8 +185,9 @@ def _optimizer(config: TrainConfig, model: Any, say: Callable) -> tuple[Any, Any
     return optimizer, schedule
 
 
-def _callbacks(config: TrainConfig, history: Any) -> dict:
-    """Early stopping, then the checkpoint (so a stopped run saves its best epoch's weights), then the log."""
+def _callbacks(config: TrainConfig, history: Any, train_data: Any) -> dict:
+    """Early stopping, then the checkpoint (so a stopped run saves its best epoch's weights, with the run's record
+    and an image folder's classes, image size and colour mode), then the log."""
     from ..callbacks import CSVLogger, EarlyStopping, ModelCheckpoint
 
     made = {}
@@ -187,7 +195,8 @@ def _callbacks(config: TrainConfig, history: Any) -> dict:
         made["early_stop"] = EarlyStopping(patience=config.early_stop, restore_best_weights=True)
     if config.checkpoint is not None:
         literal = str(config.checkpoint).replace("{", "{{").replace("}", "}}")      # a path, not a pattern
-        made["checkpoint"] = ModelCheckpoint(literal, monitor="loss", history=history, extra=config.record())
+        made["checkpoint"] = ModelCheckpoint(literal, monitor="loss", history=history,
+                                             extra={**config.record(), **data_record(train_data)})
     if config.log_csv is not None:
         made["log"] = CSVLogger(config.log_csv, append=config.resume is not None)
     return made
@@ -198,8 +207,10 @@ def _banner(job: Job) -> None:
     n_params = sum(math.prod(p.shape) for p in job.model.parameters())
     ranks = "" if job.ctx is None else f", {job.ctx.size} ranks (data-parallel, global batch {config.batch_size})"
     tested = f"{len(job.test_data):,} test images" if job.test_data is not None else "no test split"
+    classes = getattr(job.train_data, "classes", None)
+    named = "" if classes is None else f"; {len(classes)} classes: {_listed(classes)}"
     say(f"xpcnn train: {job.model.name} ({n_params:,} parameters) on {job.train_data.source} "
-        f"({len(job.train_data):,} train images / {tested})")
+        f"({len(job.train_data):,} train images / {tested}{named})")
     say(f"backend {job.backend}{' (compiled steps)' if job.compiled else ''}, {config.dtype}; {job.optimizer!r}, "
         f"schedule {config.training.schedule}, batch {config.batch_size}, epochs {config.start_epoch + 1}.."
         f"{config.epochs}, seed {config.seed}{ranks}", flush=True)
@@ -207,6 +218,11 @@ def _banner(job: Job) -> None:
     if config.augment and digits and job.root:
         print("warning: --augment flips images left-right, which mirrors digits and letters (a mirrored 2 is not "
               "a 2) and costs accuracy on MNIST-like data; it is meant for photos such as cifar10", file=sys.stderr)
+
+
+def _listed(names: tuple, limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def fit_job(job: Job) -> int | None:
@@ -275,8 +291,11 @@ def report(job: Job, status: int | None) -> int:
     if config.checkpoint is not None:
         say(f"checkpoint: {config.checkpoint} (epoch {_last_saved(job)})")
     if result is None:
-        say(f"trained in {job.seconds:.1f}s on {job.backend}; {config.data.file} has no x_test/y_test, so no test "
-            f"accuracy (the plot, if any, shows the training curves)")
+        missing = "is one image folder (no test split)" if config.data.folder else "has no x_test/y_test"
+        score = (f"; score a test folder with xpcnn evaluate --checkpoint {config.checkpoint or 'PATH'} --data "
+                 "TESTFOLDER" if config.data.folder else " (the plot, if any, shows the training curves)")
+        say(f"trained in {job.seconds:.1f}s on {job.backend}; {config.data.file} {missing}, so no test accuracy"
+            f"{score}")
     else:
         correct = round(result["accuracy"] * result["n"])
         say(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct:,}/{result['n']:,}), loss "
