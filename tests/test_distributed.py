@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -349,7 +350,8 @@ def test_two_ranks_train_on_two_devices_summing_device_arrays_on_device(tmp_path
     done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(JOB), "devices", str(tmp_path / "x")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    # the two ranks' lines may interleave in the merged output: find each line wherever it is
+    lines = sorted(re.findall(r"rank \d: backend device .*? device sums", done.stdout))
     assert lines == [f"rank {rank}: backend device {device}, parameters on {device}, 2 device sums"
                      for rank, device in enumerate(("array_api_strict.Device('CPU_DEVICE')",
                                                     "array_api_strict.Device('device1')"))], done.stdout

@@ -13,26 +13,42 @@ Arguments are checked when a callback is made (a path's folder, a pattern's fiel
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
 import pathlib
 import string
+from dataclasses import asdict, dataclass, field
 from typing import Any, Collection
 
 import numpy as np
 
 from . import backend as _backend
 
-__all__ = ["CSVLogger", "Callback", "CheckpointSaveError", "EarlyStopping", "ModelCheckpoint", "metric_names"]
+__all__ = ["CSVLogger", "Callback", "CheckpointSaveError", "EarlyStopping", "History", "ModelCheckpoint",
+           "metric_names"]
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of a :func:`fit` run (lists, one entry per epoch)."""
+
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    images_per_s: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        return asdict(self)
 
 
 def metric_names() -> tuple[str, ...]:
-    """Every name ``fit`` may put in ``logs`` (the fields of :class:`xpcnn.History`)."""
-    import dataclasses
-
-    from .train import History
-
+    """Every name ``fit`` may put in ``logs`` (the fields of :class:`History`)."""
     return tuple(f.name for f in dataclasses.fields(History))
 
 

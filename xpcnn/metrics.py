@@ -21,16 +21,14 @@ def outputs_are_probabilities(model: Any, loss_fn: Any = None) -> bool:
     """Whether ``model``'s outputs are probabilities (True) or logits (False).
 
     A loss that says which it takes decides (its ``decision_threshold``: 0.5 for probabilities, BCELoss; 0 for
-    logits, BCEWithLogitsLoss); otherwise a model whose last module (depth first) is a Softmax or a Sigmoid
-    gives probabilities, and any other gives logits."""
+    logits, BCEWithLogitsLoss); otherwise a model whose last module (depth first) says it gives probabilities
+    (``gives_probabilities``: Softmax and Sigmoid, or a layer of your own) gives probabilities, and any other gives
+    logits."""
     threshold = getattr(loss_fn, "decision_threshold", None)
     if threshold is not None:
         return threshold == 0.5
-    from .nn.layers import Sigmoid, Softmax
-    from .nn.module import Module
-
-    modules = model.modules() if isinstance(model, Module) else []
-    return bool(modules) and isinstance(modules[-1], (Softmax, Sigmoid))
+    modules = model.modules() if callable(getattr(model, "modules", None)) else []
+    return bool(modules) and bool(getattr(modules[-1], "gives_probabilities", False))
 
 
 def decision_threshold(model: Any, loss_fn: Any = None) -> float:

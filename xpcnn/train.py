@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -15,7 +15,7 @@ from array_api_compat import array_namespace, device
 from . import backend as _backend
 from . import parallel as _parallel
 from . import metrics as _metrics
-from .callbacks import Callback
+from .callbacks import Callback, History
 from .data import Dataset
 from .functional._checks import as_float, as_int
 from .nn import Module
@@ -31,23 +31,6 @@ class TrainingDivergedError(FloatingPointError):
     def __init__(self, message: str, epoch: int, step: int):
         super().__init__(message)
         self.epoch, self.step = epoch, step
-
-
-@dataclass
-class History:
-    """Per-epoch metrics of a :func:`fit` run (lists, one entry per epoch)."""
-
-    epoch: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    accuracy: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    images_per_s: list[float] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, list]:
-        return asdict(self)
 
 
 def _as_dataset(data: Any, name: str, model: Any, normalization: Any = None) -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .files import DataError
 
-__all__ = ["MAX_CLASSES", "check_dataset", "check_images", "check_labels", "check_statistics"]
+__all__ = ["MAX_CLASSES", "channels_first", "check_dataset", "check_images", "check_labels", "check_statistics"]
 
 MAX_CLASSES = 100_000       # more classes than any image dataset has: a larger label is a mistake, not a class
 _CHUNK = 1 << 24            # values scanned at once for NaN: the check's memory stays bounded
@@ -36,6 +36,21 @@ def _first_bad(images: np.ndarray) -> tuple[int, int, tuple | None]:
     return nan, inf, first
 
 
+def channels_first(images: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """(N, H, W), (N, C, H, W) or (N, H, W, C) images as (N, C, H, W). ``layout``: "NCHW" or "NHWC" for 4-D
+    arrays; None guesses NHWC when the last axis has 1, 3 or 4 entries and the second does not, else NCHW."""
+    images = np.asarray(images)
+    if layout not in (None, "NCHW", "NHWC"):
+        raise ValueError(f"layout must be None, 'NCHW' or 'NHWC'; got {layout!r}")
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W), (N, C, H, W) or (N, H, W, C); got shape {images.shape}")
+    if layout is None:
+        layout = "NHWC" if images.shape[3] in (1, 3, 4) and images.shape[1] not in (1, 3, 4) else "NCHW"
+    return np.moveaxis(images, 3, 1) if layout == "NHWC" else images
+
+
 def check_images(images: Any, name: str = "images", sample_shape: tuple | None = None) -> np.ndarray:
     """``images`` as a host array of uint8 pixels or floats, (N, H, W) or 4-D, N >= 1, with no NaN or infinite
     value (counted, and the first one located), and, given ``sample_shape`` (another split's (C, H, W)), of that
@@ -53,8 +68,6 @@ def check_images(images: Any, name: str = "images", sample_shape: tuple | None =
             raise DataError(f"{name} holds {nan:,} NaN and {inf:,} infinite pixel values (the first at index "
                             f"{first}: image {first[0]}); replace or drop those images before training")
     if sample_shape is not None:
-        from .dataset import channels_first
-
         shape = tuple(channels_first(images[:1]).shape[1:])
         if shape != tuple(sample_shape):
             raise DataError(f"{name} holds images of shape {shape} (C, H, W); the training images are "

@@ -15,7 +15,7 @@ import numpy as np
 from .. import backend as _backend
 from ..distributed import shard
 from .checks import check_labels, check_statistics
-from .dataset import held_out, normalize
+from .pixels import held_out, normalize
 from .files import DataError
 from .images import _picture, pillow
 

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from .dataset import MEAN, STD, normalize
+from .pixels import MEAN, STD, normalize
 from .files import DataError, read_npy
 
 __all__ = ["read_images"]

@@ -120,6 +120,7 @@ class Calls:
 
     input_shape: tuple | None = None
     input_grad_default = True   # what backward(dy) returns without input_grad=
+    gives_probabilities = False  # a last module that says True makes a model's outputs probabilities (xpcnn.metrics)
 
     def _forward(self, x: Any, run: Run) -> tuple[Any, Any]:
         raise NotImplementedError(f"{type(self).__name__} has no _forward(x, run): implement _forward(self, x, run) "

@@ -148,6 +148,7 @@ class LeakyReLU(_Function):
 
 class Sigmoid(_Function):
     forward_fn, backward_fn = F.sigmoid_forward, F.sigmoid_backward
+    gives_probabilities = True
 
 
 class Tanh(_Function):
@@ -192,6 +193,8 @@ class Flatten(_Function):
 class Softmax(_Function):
     """Softmax over the classes or channels, axis 1 of (N, K) or (N, C, H, W), as PyTorch's ``Softmax(dim=1)``
     (for probabilities; train with CrossEntropyLoss on the logits instead)."""
+
+    gives_probabilities = True
 
     def _forward(self, x, run):
         return F.softmax_forward(x, axis=_layout.channel_axis(x.ndim, run.layout))
