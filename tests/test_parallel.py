@@ -365,20 +365,23 @@ def _others(monkeypatch, count):
     monkeypatch.setattr(parallel, "_load_readings", [float("-inf"), count, count])
 
 
-def test_the_default_thread_count_gives_way_to_other_processes_and_a_set_one_does_not(monkeypatch):
+def test_a_busy_machine_changes_blas_threads_never_the_shards(monkeypatch):
+    """Other processes' load holds BLAS back in one-piece calls (its products give the same bits on any thread
+    count) but never changes the shard count, which decides the summation order: results do not depend on the
+    load. A thread count the user set is kept."""
     monkeypatch.delenv("XPCNN_THREADS", raising=False)
     monkeypatch.setattr(parallel, "usable_cores", lambda: 4)
+    x = np.zeros((2, 3), np.float32)
     _others(monkeypatch, 0)
-    assert parallel.threads() == 4
+    assert parallel.threads() == 4 and parallel._one_piece_blas(x) is None
     _others(monkeypatch, 3)
-    assert parallel.threads() == 1
+    assert parallel.threads() == 4 and parallel._one_piece_blas(x) == 1
+    _others(monkeypatch, 1)
+    assert parallel._one_piece_blas(x) == 3
     _others(monkeypatch, 9)
-    assert parallel.threads() == 1, "never below one"
+    assert parallel._one_piece_blas(x) == 1, "never below one"
     monkeypatch.setenv("XPCNN_THREADS", "4")
-    assert parallel.threads() == 4, "a number the user set is kept"
-    monkeypatch.delenv("XPCNN_THREADS")
-    with parallel.use_threads(3):
-        assert parallel.threads() == 3
+    assert parallel._one_piece_blas(x) is None, "a number the user set is kept"
 
 
 def test_one_passing_reading_does_not_take_the_cores(monkeypatch):

@@ -20,6 +20,10 @@ object during a call and goes through ``run`` for gradients and state); shards o
 :data:`MIN_SHARD_ELEMENTS`; and no other sharded call running in the process (an overlapping call runs in one
 piece instead of waiting, so threads never deadlock and BLAS's thread count has one owner).
 
+On a busy machine a call in one piece holds BLAS to the cores other processes leave free (:func:`busy_elsewhere`),
+as spinning BLAS threads fight them for the cores otherwise. The shard count never follows the load: it decides
+the summation order, and results must not depend on what else runs.
+
 :func:`tune_allocator` is an explicit call (``fit`` and the command line make it), never a side effect of a
 forward.
 """
@@ -72,14 +76,12 @@ def usable_cores() -> int:
 
 
 def threads(settings: _settings.Settings | None = None) -> int:
-    """How many threads a call may use: :func:`use_threads`'s value inside its block, else ``XPCNN_THREADS``,
-    else the cores this process may run on (divided among the MPI ranks on this node under
-    :func:`xpcnn.distributed.init`) less the cores other processes are busy on right now (:func:`busy_elsewhere`):
-    a default that gives way on a loaded machine, while a number the user set is kept."""
+    """How many shards a batch may be split into: :func:`use_threads`'s value inside its block, else
+    ``XPCNN_THREADS``, else the cores this process may run on (divided among the MPI ranks on this node under
+    :func:`xpcnn.distributed.init`). Never the machine's load: the shard count decides the summation order, and
+    results must not depend on what else runs (a resumed run repeats the straight one bit for bit)."""
     explicit = _explicit(settings)
-    if explicit is not None:
-        return explicit
-    return max(1, _default_cores() - busy_elsewhere())
+    return explicit if explicit is not None else _default_cores()
 
 
 def _explicit(settings: _settings.Settings | None = None) -> int | None:
@@ -210,12 +212,11 @@ class ShardedCache(NamedTuple):
     sizes: tuple           # the shards' batch sizes
 
 
-def plan(model: Module, x: Any, allowed: int | None = None) -> int:
-    """How many shards a call of ``model`` on ``x`` runs in by the size rule, with ``allowed`` threads (default
-    :func:`threads`): 1 means one piece."""
+def plan(model: Module, x: Any) -> int:
+    """How many shards a call of ``model`` on ``x`` runs in by the size rule: 1 means one piece."""
     if not is_numpy_array(x) or x.ndim < 2 or x.shape[0] < 2:
         return 1
-    most = min(threads() if allowed is None else allowed, x.shape[0])
+    most = min(threads(), x.shape[0])
     modules = model.modules()
     if most < 2 or not all(getattr(m, "shardable", False) for m in modules):
         return 1
@@ -241,13 +242,12 @@ class Shards(_module.Serial):
     """The executor xpcnn installs: a public call in :func:`plan`'s number of shards, or in one piece."""
 
     def forward(self, model: Module, x: Any, training: bool) -> tuple[Any, Any, Run]:
-        allowed = threads()
-        n = plan(model, x, allowed)
+        n = plan(model, x)
         if not _busy.acquire(blocking=False):      # another call owns the cores: one piece, BLAS left alone
             return super().forward(model, x, training)
         try:
             if n < 2:
-                with _blas_threads(_one_piece_blas(x, allowed)):
+                with _blas_threads(_one_piece_blas(x)):
                     return super().forward(model, x, training)
             with _blas_threads(1):
                 return _sharded_forward(model, x, n, training)
@@ -260,7 +260,7 @@ class Shards(_module.Serial):
             if not _busy.acquire(blocking=False):
                 return super().backward(model, dy, pending, wanted)
             try:
-                with _blas_threads(_one_piece_blas(dy, threads())):
+                with _blas_threads(_one_piece_blas(dy)):
                     return super().backward(model, dy, pending, wanted)
             finally:
                 _busy.release()
@@ -320,12 +320,15 @@ def _split(x: Any, sizes: tuple) -> list:
     return [x[start:start + size, ...] for start, size in zip(starts, sizes)]
 
 
-def _one_piece_blas(x: Any, allowed: int) -> int | None:
-    """BLAS's thread count for a call in one piece: None (as it is) unless xpcnn's default gave way to other
-    processes, then what is left (a thread more than the free cores only waits for them)."""
-    if not is_numpy_array(x) or _explicit() is not None or allowed >= _default_cores():
+def _one_piece_blas(x: Any) -> int | None:
+    """BLAS's thread count for a call in one piece: None (as it is) unless other processes are busy on the cores
+    xpcnn would use by default, then the cores left (a BLAS thread more than the free cores only waits and spins).
+    A thread count the user set is kept. BLAS's products give the same bits on any thread count."""
+    if not is_numpy_array(x) or _explicit() is not None:
         return None
-    return allowed
+    cores = _default_cores()
+    free = max(1, cores - busy_elsewhere())
+    return None if free >= cores else free
 
 
 @contextlib.contextmanager
