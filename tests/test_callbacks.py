@@ -161,6 +161,8 @@ def test_callbacks_refuse_a_path_under_a_file_or_in_a_missing_folder(tmp_path):
             make(tmp_path / "typo" / ("log.csv" if make is CSVLogger else "log.npz"))
     with pytest.raises(ValueError, match="is a folder; give a file name"):
         CSVLogger(tmp_path)
+    with pytest.raises(ValueError, match=r"a pattern in the folder part .* put \{epoch\} and the metrics in the file"):
+        ModelCheckpoint(tmp_path / "run-{epoch}" / "m.npz")
     assert not (tmp_path / "typo").exists() and (tmp_path / "notes.txt").read_text() == "mine"
 
 

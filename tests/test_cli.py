@@ -238,6 +238,7 @@ def test_info_lists_backends(tmp_path):
     assert done.returncode == 0 and "selected backend: numpy" in done.stdout
     assert re.search(r"batch shards: up to \d+ per model call .*; \d+ usable cores", done.stdout)
     assert "xpcnn tune" not in done.stdout and "measured" not in done.stdout, "no tuning line: the tuner is gone"
+    assert re.search(r"machine: .*\d+ usable cores; BLAS: ", done.stdout), "the CPU to name beside a figure"
 
 
 def test_info_with_a_bad_backend_or_setting_exits_2_as_a_usage_error(tmp_path):
@@ -726,3 +727,18 @@ def test_a_resumed_run_reads_its_recorded_data_file_and_will_not_write_over_it(t
     assert data.read_bytes() == before
     assert cli.main(["train", "--epochs", "2", "--quiet", "--resume", str(path)]) == 0       # the same file again
     assert f"on {data} (train)" in capsys.readouterr().out
+
+
+def test_any_resnet_of_depth_6n_plus_2_trains_by_name_and_others_are_refused(tmp_path, capsys):
+    from xpcnn import cli
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=rng.integers(0, 255, (8, 8, 8), dtype=np.uint8), y_train=np.arange(8) % 2)
+    assert cli.main(["train", "--data", str(data), "--model", "resnet14", "--epochs", "1", "--quiet"]) == 0
+    assert "resnet14 (" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--model", "resnet10"])
+    assert exit_.value.code == 2
+    assert "must be one of lenet5, seed_cnn, resnet8, resnet20, mobilenet or resnet<6n+2> (resnet32, resnet44, ...); " \
+           "got 'resnet10'" in capsys.readouterr().err

@@ -217,8 +217,10 @@ class ModelCheckpoint(_Monitor):
             check_path(example)
         except ValueError as exc:
             raise ValueError(f"ModelCheckpoint: {exc}") from None
-        if "{" not in os.path.dirname(path):
-            _check_folder("ModelCheckpoint", pathlib.Path(example))
+        if {name for _, name, _, _ in string.Formatter().parse(os.path.dirname(path)) if name is not None}:
+            raise ValueError(f"{owner}: a pattern in the folder part would need a new folder at every save, and "
+                             f"folders are never made silently; put {{epoch}} and the metrics in the file name")
+        _check_folder("ModelCheckpoint", pathlib.Path(example))
         return fields
 
     def check_metrics(self, metrics):

@@ -57,6 +57,17 @@ def image_size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"must be SIZE or HEIGHTxWIDTH in pixels (e.g. 32 or 48x64); got {text!r}")
 
 
+def model_name(text: str) -> str:
+    """An argparse type: a network :func:`xpcnn.models.build` knows (its registry, or resnet<6n+2>)."""
+    from .. import models
+
+    if text == "seed_binary" or not models.known(text):
+        names = ", ".join(m for m in models.MODELS if m != "seed_binary")
+        raise argparse.ArgumentTypeError(f"must be one of {names} or resnet<6n+2> (resnet32, resnet44, ...); "
+                                         f"got {text!r}")
+    return text
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=_backend.BACKENDS, help="array library (overrides XPCNN_BACKEND)")
     parser.add_argument("--device", help="device where the backend has several, e.g. 0 or cuda:1 (overrides "

@@ -341,6 +341,7 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"selected backend: {selected.name} {selected.version}, device {selected.device}, array API {api}")
         if not _preflight():
             status = EXIT_FAILED
+    print(f"machine: {_machine_line()}")
     try:
         print(f"batch shards: {_shards_line()}")
     except _settings.SettingsError as exc:
@@ -362,6 +363,13 @@ def _preflight() -> bool:
         state = f"{check.name} ok ({check.seconds:.2f} s)" if check.ok else f"FAILED {check.name}"
         print(f"preflight: {state}: {check.detail}", flush=True)
     return passed
+
+
+def _machine_line() -> str:
+    """The CPU by family and model, the cores and BLAS's kernels: what to name beside a measured figure."""
+    from .. import machine, parallel
+
+    return f"{machine.cpu()}, {parallel.usable_cores()} usable cores; BLAS: {machine.blas_kernels()}"
 
 
 def _shards_line() -> str:

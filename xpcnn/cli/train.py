@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 from .. import backend as _backend
 from .common import (EXIT_FAILED, EXIT_INTERRUPTED, CommandError, add_backend_options, add_data_options, data_record,
-                     fraction, image_size, momentum, non_negative_float, non_negative_int, positive_float,
-                     positive_int, same_file, select_backend)
+                     fraction, image_size, model_name, momentum, non_negative_float, non_negative_int,
+                     positive_float, positive_int, same_file, select_backend)
 from .config import DIGIT_DATASETS, TrainConfig, check_flags, defaults, resolve_train
 
 
@@ -24,9 +24,10 @@ def add_parser(commands: Any) -> None:
     own = {name: defaults(name) for name in OPTIMIZERS}
     first = defaults()
     parser = commands.add_parser("train", help="train a network and report its test accuracy")
-    parser.add_argument("--model", choices=[m for m in MODELS if m != "seed_binary"],
-                        help="the network (default: lenet5 for 28x28 grey images, else resnet8; with --resume the "
-                             "checkpoint's)")
+    names = [m for m in MODELS if m != "seed_binary"]
+    parser.add_argument("--model", type=model_name, metavar="{" + ",".join(names) + ",resnet<6n+2>}",
+                        help="the network (default: lenet5 for 28x28 grey images, else resnet8; any resnet of depth "
+                             "6n+2 by name, e.g. resnet32; with --resume the checkpoint's)")
     add_data_options(parser)
     parser.add_argument("--image-size", type=image_size, metavar="SIZE",
                         help="with --data FOLDER: resize every image to SIZE or HEIGHTxWIDTH pixels (default: the "
