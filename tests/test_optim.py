@@ -235,3 +235,23 @@ def test_schedules_check_their_numbers_as_the_optimizers_do(bad, error, words):
     with pytest.raises(error) as info:
         bad(optim.SGD([Parameter(np.ones(1))], lr=0.1))
     assert words in str(info.value)
+
+
+def test_a_frozen_parameter_keeps_its_values_and_its_mask_is_made_once():
+    """A parameter without a gradient (a frozen layer) keeps its values and its momentum; the mask that says so is
+    made on the parameters' device once, not uploaded at every step (a copy to the GPU each time)."""
+    import xpcnn
+
+    model = xpcnn.nn.Sequential(xpcnn.nn.Linear(3, 4), xpcnn.nn.Linear(4, 2))
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    frozen = model.layers[0].weight.data.copy()
+    for _ in range(3):
+        for p in model.parameters()[2:]:
+            p.grad = np.ones_like(p.data)
+        opt.step()
+        opt.zero_grad()
+    np.testing.assert_array_equal(model.layers[0].weight.data, frozen)
+    assert not np.array_equal(model.layers[1].weight.data, np.zeros_like(model.layers[1].weight.data))
+    assert len(opt._masks) == 1
+    (mask,) = opt._masks.values()
+    assert int(mask.sum()) == 3 * 4 + 4

@@ -50,6 +50,7 @@ class Optimizer:
         self.hyper = hyper
         self.sizes = [math.prod(p.shape) for p in self.params]
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self._masks: dict = {}          # frozen parameters' masks by (parameters, library, device): see _kept
         self.state: dict[str, Any] = {}
         self.steps = 0
         self._flat = self._views = None
@@ -111,13 +112,22 @@ class Optimizer:
         new = self._update(flat, grad, new_state, lr, step)
         if missing:
             xp = array_namespace(flat)
-            keep = np.zeros(flat.shape[0], dtype=bool)
-            for i in missing:
-                keep[self.offsets[i]:self.offsets[i] + self.sizes[i]] = True
-            keep = xp.asarray(keep, device=device(flat))
+            keep = self._kept(missing, xp, device(flat))
             new = xp.where(keep, flat, new)
             new_state = {name: xp.where(keep, state[name], value) for name, value in new_state.items()}
         return new, new_state
+
+    def _kept(self, missing: tuple, xp: Any, where: Any) -> Any:
+        """The mask of the flat elements of the ``missing`` parameters on ``where``, uploaded once per set of
+        parameters and device (a frozen layer's mask is not copied to a GPU at every step)."""
+        key = (missing, xp.__name__, str(where))
+        masks = self._masks
+        if key not in masks:
+            keep = np.zeros(sum(self.sizes), dtype=bool)
+            for i in missing:
+                keep[self.offsets[i]:self.offsets[i] + self.sizes[i]] = True
+            masks[key] = xp.asarray(keep, device=where)
+        return masks[key]
 
     def initial_state(self, flat: Any) -> dict:
         """The state before the first update (zeros, shaped like the flat parameters ``flat``): made before an

@@ -42,6 +42,8 @@ def _channel_sums(xp: Any, a: Any, b: Any, layout: str) -> Any:
     ``vecdot``: array-api-compat's CuPy one conjugates a copy first."""
     axis = channel_axis(4, layout)
     lead, channels = math.prod(a.shape[:axis]), a.shape[axis]       # the axes before the channels', as one
+    if lead == 1:                    # CHWN: one product per channel row, nothing left to sum
+        return xp.reshape(xp.reshape(a, (channels, 1, -1)) @ xp.reshape(b, (channels, -1, 1)), (channels,))
     rows = xp.reshape(a, (lead, channels, 1, -1)) @ xp.reshape(b, (lead, channels, -1, 1))
     return xp.sum(xp.reshape(rows, (lead, channels)), axis=0)
 
