@@ -58,6 +58,7 @@ def _busy(count: int) -> list[subprocess.Popen]:
 def run(names=tuple(CASES), blocks: int = 7, seconds_per_block: float = 0.4) -> list[dict]:
     import torch
 
+    xpcnn.parallel.tune_allocator()          # as the README's loop does
     rows = []
     for name in names:
         steps = _steps(torch, name)

@@ -119,7 +119,7 @@ def _inputs(network: str, batch: int):
 def run(networks=("lenet5",), batches=(64, 256), blocks=7, seconds_per_block=0.6):
     import torch
 
-    # no tune_allocator() here: a built model's first call applies it, as in any user's own loop
+    xpcnn.parallel.tune_allocator()          # as the README's loop does (fit and the CLI call it too)
     backend = xpcnn.get_backend()
     device, sync, torch_sync = synchronizers(backend, torch)
     rows = []
