@@ -187,14 +187,15 @@ def _announces_too_much(handler):
     handler.wfile.write(bytes(1000))
 
 
-def _trickle(handler):
+def _trickle(handler, pause=0.3):
+    """One byte every ``pause`` seconds."""
     handler.send_response(200)
     handler.send_header("Content-Length", "12")
     handler.end_headers()
     for byte in _GOOD:
         handler.wfile.write(bytes([byte]))
         handler.wfile.flush()
-        time.sleep(0.3)
+        time.sleep(pause)
 
 
 def _cut_mid_chunk(handler):
@@ -234,13 +235,7 @@ def test_a_good_mirror_after_a_hostile_one_delivers(tmp_path, monkeypatch):
 
 
 def _slow_trickle(handler):
-    handler.send_response(200)
-    handler.send_header("Content-Length", "12")
-    handler.end_headers()
-    for byte in _GOOD:
-        handler.wfile.write(bytes([byte]))
-        handler.wfile.flush()
-        time.sleep(0.25)
+    _trickle(handler, pause=0.25)
 
 
 def _stall(handler):
