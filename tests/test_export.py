@@ -250,3 +250,10 @@ def test_export_command_stores_the_checkpoints_preprocessing_and_says_which(tmp_
     assert cli.main(["export", "--checkpoint", str(named), str(tmp_path / "a.onnx"), "--onnx",
                      str(tmp_path / "b.onnx")]) == 2
     assert "give the ONNX file to write once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", ["1,28,28", (28, 28), (1, 28.0, 28), (True, 28, 28)])
+def test_export_onnx_names_a_malformed_input_shape(tmp_path, shape):
+    pytest.importorskip("onnx", reason="onnx not installed: pip install 'xpcnn[onnx]'")
+    with pytest.raises(ValueError, match=r"input_shape must be one sample's shape, \(C, H, W\) for images"):
+        xpcnn.export_onnx(xpcnn.models.lenet5(), tmp_path / "m.onnx", input_shape=shape)

@@ -255,3 +255,25 @@ def test_a_frozen_parameter_keeps_its_values_and_its_mask_is_made_once():
     assert len(opt._masks) == 1
     (mask,) = opt._masks.values()
     assert int(mask.sum()) == 3 * 4 + 4
+
+
+@pytest.mark.parametrize("move", [{"backend": "torch"}, {"dtype": "float64"}])
+def test_the_optimizer_state_follows_a_moved_model(move):
+    """model.to(...) after a momentum step: the next step moves the momentum along with the parameters (it was a
+    TypeError from mixing NumPy and torch arrays)."""
+    import xpcnn
+
+    if "backend" in move:
+        pytest.importorskip("torch", reason="torch not installed: no second backend to move to")
+    model = xpcnn.nn.Sequential(xpcnn.nn.Linear(3, 2))
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    model.to(**move)
+    for p in model.parameters():
+        p.grad = xpcnn.backend.asarray_like(np.ones(p.shape), p.data, dtype=p.data.dtype)
+    opt.step()
+    momentum = opt.state["momentum"]
+    assert type(momentum) is type(model.parameters()[0].data) and momentum.dtype == model.parameters()[0].data.dtype
+    np.testing.assert_allclose(xpcnn.to_numpy(momentum), 1.9)

@@ -343,3 +343,16 @@ def test_a_validation_split_may_be_any_real_number_type():
     with pytest.raises(ValueError, match=r"fit: validation_split must be a finite number in \(0, 1\); got 1.5"):
         xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters()), _subset(40), epochs=1,
                   validation_split=1.5, progress=False)
+
+
+def test_fit_refuses_training_data_of_one_class():
+    """Every label the same: nothing to learn but that class; said before any step (validation data may hold one
+    class)."""
+    model = xpcnn.models.lenet5()
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.1)
+    x = np.random.default_rng(0).random((8, 1, 28, 28)).astype(np.float32)
+    with pytest.raises(xpcnn.data.DataError, match="train_data: every label is 3: a classifier needs at least two"):
+        xpcnn.fit(model, xpcnn.nn.CrossEntropyLoss(), opt, (x, np.full(8, 3)), epochs=1, progress=False)
+    assert opt.steps == 0
+    xpcnn.fit(model, xpcnn.nn.CrossEntropyLoss(), opt, (x, np.arange(8) % 2), epochs=1, progress=False,
+              validation_data=(x[:2], np.zeros(2, int)))

@@ -135,6 +135,10 @@ def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple | Non
     shape = input_shape if input_shape is not None else model.input_shape
     if shape is None:
         raise ValueError(f"export_onnx: {model.name} has no input_shape; pass input_shape=(C, H, W) (one sample's)")
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) not in (1, 3) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape):
+        raise ValueError(f"export_onnx: input_shape must be one sample's shape, (C, H, W) for images or "
+                         f"(features,), as a tuple of integers; got {shape!r}")
     shape = tuple(int(s) for s in shape)
     if any(s < 1 for s in shape):
         raise ValueError(f"export_onnx: input_shape must hold positive sizes; got {shape}")

@@ -95,9 +95,24 @@ class Optimizer:
         if len(missing) == len(self.params):
             return
         flat = self.flat_parameters()
-        state = self.state or self.initial_state(flat)
+        state = self.current_state(flat)
         grad = self.flat_gradients() if flat_grad is None else flat_grad
         self.commit(*self.apply(flat, grad, state, self.lr, self.steps + 1, missing))
+
+    def current_state(self, flat: Any) -> dict:
+        """The state for an update of the flat parameters ``flat``: :meth:`initial_state` before the first update,
+        else the state, moved to ``flat``'s library, device and dtype where the model was moved since
+        (``model.to(...)`` takes its optimizer's momentum along, as its parameters)."""
+        if not self.state:
+            return self.initial_state(flat)
+        xp, where = array_namespace(flat), device(flat)
+        moved = {}
+        for name, value in self.state.items():
+            if hasattr(value, "shape") and (array_namespace(value) is not xp or device(value) != where
+                                            or value.dtype != flat.dtype):
+                value = _backend.asarray_like(value, flat, dtype=flat.dtype)
+            moved[name] = value
+        return moved
 
     def missing(self) -> tuple[int, ...]:
         """The indices of the parameters that have no gradient."""

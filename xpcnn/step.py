@@ -87,7 +87,7 @@ class TrainStep:
             counters = tuple(xp.asarray(c, dtype=xp.int32, device=device(flat)) if isinstance(c, int) else c
                              for c in counters)
             lr, step = float(lr), float(step)
-        return StepState(flat, own.buffers, dict(opt.state or opt.initial_state(flat)), counters, lr, step)
+        return StepState(flat, own.buffers, opt.current_state(flat), counters, lr, step)
 
     def __call__(self, x: Any, y: Any, share: float | None = None) -> tuple[Any, Any]:
         """One step on the batch ``(x, y)``: ``(mean loss, number of correct predictions)``, 0-d arrays on the

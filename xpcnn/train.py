@@ -16,7 +16,7 @@ from . import backend as _backend
 from . import parallel as _parallel
 from . import metrics as _metrics
 from .callbacks import Callback, History
-from .data import Dataset
+from .data import DataError, Dataset
 from .functional._checks import as_float, as_int
 from .nn import Module
 from .nn.module import dtype_name
@@ -147,7 +147,7 @@ def _label_range(labels: Any, output_shape: tuple, loss_fn: Any) -> tuple[float,
     return None
 
 
-def _check_labels(data: Dataset, output_shape: tuple, loss_fn: Any, name: str) -> None:
+def _check_labels(data: Dataset, output_shape: tuple, loss_fn: Any, name: str, training: bool = False) -> None:
     """Labels in the range the model and the loss take (:func:`_label_range`), checked once with one read-back:
     a loss turns a bad label into an infinite or NaN loss, and a confusion matrix counts it nowhere."""
     labels = data.labels
@@ -163,14 +163,18 @@ def _check_labels(data: Dataset, output_shape: tuple, loss_fn: Any, name: str) -
         count = int(bounds[1])
         raise ValueError(f"{name}: labels must lie in [0, {count}) for a model with {count} outputs; got values "
                          f"from {low:g} to {high:g}")
+    if training and bounds[1] != 1.0 and low == high and labels.shape[0] > 1:
+        raise DataError(f"{name}: every label is {low:g}: a classifier needs at least two classes to learn from "
+                        f"(a model trained on one class only ever predicts it)")
 
 
-def _check_data(model: Any, data: Dataset, loss_fn: Any, name: str, batch: int) -> None:
-    """Samples there, of a shape the model takes, with labels it can score: before any training or scoring."""
+def _check_data(model: Any, data: Dataset, loss_fn: Any, name: str, batch: int, training: bool = False) -> None:
+    """Samples there, of a shape the model takes, with labels it can score (and, to train on, more than one
+    class): before any training or scoring."""
     if len(data) == 0:
         raise ValueError(f"{name} has no samples")
     if hasattr(model, "check_input"):
-        _check_labels(data, model.check_input((batch, *data.sample_shape)), loss_fn, name)
+        _check_labels(data, model.check_input((batch, *data.sample_shape)), loss_fn, name, training)
 
 
 class _Processes:
@@ -310,7 +314,7 @@ def _fit_data(model: Any, loss_fn: Any, train_data: Any, validation_data: Any, v
         if validation_data is not None:
             raise ValueError("fit: give validation_data or validation_split, not both")
         train_data, validation_data = train_data.split(validation_split, seed=seed)
-    _check_data(model, train_data, loss_fn, "train_data", batch_size)
+    _check_data(model, train_data, loss_fn, "train_data", batch_size, training=True)
     if validation_data is not None:
         validation_data = _as_dataset(validation_data, "validation_data", model, normalization=train_data)
         _check_data(model, validation_data, loss_fn, "validation_data", 1)
