@@ -100,7 +100,7 @@ def test_resume_continues_exactly(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (("train", "--epochs", "0"), "must be a positive integer"),
-    (("train", "--model", "resnet"), "invalid choice: 'resnet'"),
+    (("train", "--model", "resnet"), "must be one of lenet5, seed_cnn, resnet8, resnet20, mobilenet or resnet<6n+2>"),
     (("train", "--lr", "-1"), "must be a positive number"),
     (("train", "--backend", "tpu"), "invalid choice: 'tpu'"),
     (("evaluate",), "the following arguments are required: --checkpoint"),
