@@ -332,6 +332,7 @@ def test_a_rank_whose_peer_lacks_nccl_fails_too_and_nccl_refuses_host_arrays(mon
         reducer.allreduce(np.zeros(3, np.float32))
 
 
+@needs_mpi
 def test_a_one_rank_job_builds_no_communicator_and_keeps_its_device():
     code = ("import xpcnn; from xpcnn import distributed\n"
             "distributed.DEVICE_COMMS['array_api_strict'] = lambda ctx, backend: 1 / 0\n"

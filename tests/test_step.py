@@ -98,7 +98,7 @@ def test_the_step_validates_its_arguments():
     with pytest.raises(ValueError, match=r"compile=True needs a backend with a compiler \(jax\); the parameters "
                                          r"are .*numpy.* arrays"):
         xpcnn.TrainStep(model, loss_fn, opt, compile=True)
-    data = xpcnn.data.Dataset(np.zeros((4, 1, 8, 8)), np.zeros(4, dtype=np.int64))
+    data = xpcnn.data.Dataset(np.zeros((4, 1, 8, 8)), np.arange(4, dtype=np.int64) % 2)
     with pytest.raises(ValueError, match=r"fit: compile=True cannot be combined with distributed="):
         xpcnn.fit(model, loss_fn, opt, data, epochs=1, compile=True, distributed=object(), progress=False)
     with pytest.raises(ValueError, match=r"compile=True needs a backend with a compiler"):

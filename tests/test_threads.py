@@ -74,7 +74,7 @@ def test_evaluate_in_another_thread_while_fit_trains_the_same_model():
     result = next(s for s in scores if isinstance(s, tuple))
     assert result[0] == expected[0], "the evaluating thread changed the training"
     assert all(np.array_equal(a, b) for a, b in zip(result[1], expected[1]))
-    assert len(scores) > 2, "the evaluating thread ran while fit trained"
+    assert len(scores) > 1, "the evaluating thread ran while fit trained"    # fit's result and an evaluation
     assert model.training, "fit leaves the model in training mode; evaluate did not switch it"
 
 
