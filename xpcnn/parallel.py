@@ -105,7 +105,7 @@ def busy_elsewhere() -> int:
     passing process does not halve a step; 0 where /proc is not there."""
     now = time.monotonic()
     with _load_lock:
-        checked, previous, last = _load_readings
+        checked, _, last = _load_readings
         if now - checked >= LOAD_INTERVAL_S:
             _load_readings[:] = [now, last, _others_running()]
         return min(_load_readings[1:])
@@ -115,13 +115,17 @@ def _others_running() -> int:
     try:
         with open("/proc/loadavg") as handle:
             running = int(handle.read().split()[3].partition("/")[0])
-        own = 0
-        for stat in os.scandir("/proc/self/task"):
-            with open(os.path.join(stat.path, "stat")) as handle:
-                text = handle.read()
-            own += text[text.rindex(")") + 2] == "R"
+        tasks = list(os.scandir("/proc/self/task"))
     except (OSError, ValueError, IndexError):
         return 0
+    own = 0
+    for task in tasks:
+        try:
+            with open(os.path.join(task.path, "stat")) as handle:
+                text = handle.read()
+        except OSError:                # a thread that ended meanwhile runs nothing
+            continue
+        own += text[text.rindex(")") + 2] == "R"
     return max(0, running - own)
 
 
