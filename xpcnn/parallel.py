@@ -247,12 +247,11 @@ class Shards(_module.Serial):
 
     def forward(self, model: Module, x: Any, training: bool) -> tuple[Any, Any, Run]:
         n = plan(model, x)
-        if not _busy.acquire(blocking=False):      # another call owns the cores: one piece, BLAS left alone
+        if n < 2:
+            return _one_piece(x, lambda: super(Shards, self).forward(model, x, training))
+        if not _busy.acquire(blocking=False):      # another sharded call owns the cores: one piece
             return super().forward(model, x, training)
         try:
-            if n < 2:
-                with _blas_threads(_one_piece_blas(x)):
-                    return super().forward(model, x, training)
             with _blas_threads(1):
                 return _sharded_forward(model, x, n, training)
         finally:
@@ -261,13 +260,7 @@ class Shards(_module.Serial):
     def backward(self, model: Module, dy: Any, pending: Pending, wanted: bool) -> Any:
         cache = pending.cache
         if not isinstance(cache, ShardedCache):
-            if not _busy.acquire(blocking=False):
-                return super().backward(model, dy, pending, wanted)
-            try:
-                with _blas_threads(_one_piece_blas(dy)):
-                    return super().backward(model, dy, pending, wanted)
-            finally:
-                _busy.release()
+            return _one_piece(dy, lambda: super(Shards, self).backward(model, dy, pending, wanted))
         if tuple(dy.shape[:1]) != (sum(cache.sizes),):
             raise ValueError(f"{type(model).__name__}.backward: dy must have the output's batch size "
                              f"{sum(cache.sizes)}; got shape {tuple(dy.shape)}")
@@ -281,6 +274,20 @@ class Shards(_module.Serial):
             _busy.release()
         _add_gradients(cache.grads)
         return dx
+
+
+def _one_piece(x: Any, call: Callable[[], Any]) -> Any:
+    """``call()``, a call in one piece on ``x``, with BLAS held to the free cores where other processes are busy
+    (:func:`_one_piece_blas`). Only then does it take the cores lock, which BLAS's count needs (one owner sets
+    and restores it); a quiet call leaves the lock to the sharded calls of other threads."""
+    blas = _one_piece_blas(x)
+    if blas is None or not _busy.acquire(blocking=False):
+        return call()
+    try:
+        with _blas_threads(blas):
+            return call()
+    finally:
+        _busy.release()
 
 
 def _sharded_forward(model: Module, x: Any, n: int, training: bool) -> tuple[Any, Any, Run]:
