@@ -277,13 +277,6 @@ def _grouped(xp: Any, a: Any, groups: int, axis: int | None = None) -> Any:
     return xp.reshape(a, (*shape[:axis], groups, shape[axis] // groups, shape[-1]))
 
 
-def route_candidates(geometry: ConvGeometry) -> list[ConvRoute]:
-    """Every route this geometry can take."""
-    columns = ["im2col"] + (["rows"] if geometry.stride[0] == 1 and geometry.kernel[0] > 1 else [])
-    input_grads = ["col2im"] + (["transposed"] if _transposed_pads(geometry) is not None else [])
-    return [ConvRoute(c, g) for c in columns for g in input_grads]
-
-
 def _rows_product(w: Any, cols: Any, xp: Any, geometry: ConvGeometry) -> Any:
     """The "rows" route's forward: one (O, C * kw) weight matrix per kernel row times that row's columns, summed."""
     out_channels, channels, kh, kw = w.shape
