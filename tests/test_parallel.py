@@ -366,8 +366,8 @@ def _others(monkeypatch, count):
 
 
 def test_a_busy_machine_changes_blas_threads_never_the_shards(monkeypatch):
-    """Other processes' load holds BLAS back in one-piece calls (its products give the same bits on any thread
-    count) but never changes the shard count, which decides the summation order: results do not depend on the
+    """Other processes' load holds BLAS back in one-piece calls (where its products give the same bits on any
+    thread count) but never changes the shard count, which decides the summation order: results do not depend on the
     load. A thread count the user set is kept."""
     monkeypatch.delenv("XPCNN_THREADS", raising=False)
     monkeypatch.setattr(parallel, "usable_cores", lambda: 4)
@@ -419,6 +419,7 @@ def test_under_load_a_call_in_one_piece_holds_blas_to_the_free_cores_and_gives_t
         pytest.skip(f"BLAS runs {before} threads here: nothing to hold back")
     monkeypatch.delenv("XPCNN_THREADS", raising=False)
     monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "blas_keeps_bits", lambda: True)
     probe = _BlasProbe()
     model = xpcnn.nn.Sequential(probe, xpcnn.nn.Flatten())
     x = np.zeros((2, 1, 2, 2), np.float32)
@@ -429,6 +430,25 @@ def test_under_load_a_call_in_one_piece_holds_blas_to_the_free_cores_and_gives_t
     assert probe.seen[:2] == [before, before], "quiet: BLAS as it was"
     assert probe.seen[2:] == [[1] * len(before)] * 2, "loaded: one thread"
     assert _blas_threads() == before
+    monkeypatch.setattr(parallel, "blas_keeps_bits", lambda: False)
+    model.backward(model(x))
+    assert probe.seen[4:] == [before, before], "kernels whose bits change with the threads: the load changes nothing"
+
+
+def test_blas_keeps_bits_says_whether_one_thread_gives_the_bits_of_all():
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    cores = parallel._default_cores()
+    if cores < 2:
+        pytest.skip("one core: BLAS has no other thread count to compare")
+    rng, same = np.random.default_rng(0), True
+    for m, k, n in parallel._BIT_CHECKS:
+        a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            one = a @ b
+        with threadpoolctl.threadpool_limits(cores, user_api="blas"):
+            same = same and np.array_equal(one, a @ b)
+    with parallel._busy:
+        assert parallel.blas_keeps_bits.__wrapped__() is same
 
 
 def test_busy_processes_are_seen():

@@ -21,8 +21,9 @@ object during a call and goes through ``run`` for gradients and state); shards o
 piece instead of waiting, so threads never deadlock and BLAS's thread count has one owner).
 
 On a busy machine a call in one piece holds BLAS to the cores other processes leave free (:func:`busy_elsewhere`),
-as spinning BLAS threads fight them for the cores otherwise. The shard count never follows the load: it decides
-the summation order, and results must not depend on what else runs.
+as spinning BLAS threads fight them for the cores otherwise, where BLAS's products give the same bits on any
+thread count (:func:`blas_keeps_bits`). The shard count never follows the load: it decides the summation order,
+and results must not depend on what else runs.
 
 :func:`tune_allocator` is an explicit call (``fit`` and the command line make it), never a side effect of a
 forward.
@@ -49,8 +50,9 @@ from .functional import layout as _layout
 from .nn import module as _module
 from .nn.module import Module, Pending, Run, add_gradient, check_gradient, set_buffer
 
-__all__ = ["BARRIER_TIMEOUT_S", "LOAD_INTERVAL_S", "MIN_SHARD_ELEMENTS", "ShardTimeoutError", "Shards", "busy_elsewhere",
-           "limit_threads", "plan", "shard_sizes", "threads", "tune_allocator", "usable_cores", "use_threads"]
+__all__ = ["BARRIER_TIMEOUT_S", "LOAD_INTERVAL_S", "MIN_SHARD_ELEMENTS", "ShardTimeoutError", "Shards",
+           "blas_keeps_bits", "busy_elsewhere", "limit_threads", "plan", "shard_sizes", "threads", "tune_allocator",
+           "usable_cores", "use_threads"]
 
 BARRIER_TIMEOUT_S = 600.0      # how long a shard waits for the others at a BatchNorm sum before giving up
 # A shard must hold at least this many elements, counted as its batch times the elements an average module of the
@@ -284,10 +286,39 @@ def _one_piece(x: Any, call: Callable[[], Any]) -> Any:
     if blas is None or not _busy.acquire(blocking=False):
         return call()
     try:
+        if not blas_keeps_bits():           # other bits on fewer threads: the load must not decide them
+            return call()
         with _blas_threads(blas):
             return call()
     finally:
         _busy.release()
+
+
+# Products a convolution and a dense layer make, rows and columns that leave remainders for any kernel's tiles:
+# (rows, inner, columns), each big enough that BLAS splits it among threads.
+_BIT_CHECKS = ((6, 25, 12544), (16, 150, 6400), (150, 16, 6400), (84, 120, 256), (120, 400, 256), (400, 256, 120))
+
+
+@functools.lru_cache(maxsize=1)
+def blas_keeps_bits() -> bool:
+    """Whether NumPy's BLAS gives the same bits on one thread as on the cores xpcnn uses, checked once per process
+    on a few float32 products (a few milliseconds). OpenBLAS's AVX-512 kernels did on the Zen 4 measured, its
+    Haswell kernels did not (their tiles' remainders move with the split among threads). Where it does not, the
+    machine's load never changes BLAS's thread count. Call it holding ``_busy``, which BLAS's count needs."""
+    import numpy as np
+
+    cores = _default_cores()
+    if cores < 2:
+        return True
+    rng = np.random.default_rng(0)
+    for m, k, n in _BIT_CHECKS:
+        a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+        with _blas_threads(1):
+            one = a @ b
+        with _blas_threads(cores):
+            if not np.array_equal(one, a @ b):
+                return False
+    return True
 
 
 def _sharded_forward(model: Module, x: Any, n: int, training: bool) -> tuple[Any, Any, Run]:
@@ -334,7 +365,7 @@ def _split(x: Any, sizes: tuple) -> list:
 def _one_piece_blas(x: Any) -> int | None:
     """BLAS's thread count for a call in one piece: None (as it is) unless other processes are busy on the cores
     xpcnn would use by default, then the cores left (a BLAS thread more than the free cores only waits and spins).
-    A thread count the user set is kept. BLAS's products give the same bits on any thread count."""
+    A thread count the user set is kept. :func:`_one_piece` holds BLAS only where :func:`blas_keeps_bits`."""
     if not is_numpy_array(x) or _explicit() is not None:
         return None
     cores = _default_cores()
