@@ -2,6 +2,7 @@
 
     python benchmarks/bench_loaded.py                       # LeNet-5 at 32 and 64, ResNet-8 1x28x28 at 32
     python benchmarks/bench_loaded.py --blocks 5
+    python benchmarks/bench_loaded.py --case "LeNet-5 batch 256" "ResNet-8 1x28x28 batch 64"   # sharded steps
 
 A user's laptop is never idle. Each case times both libraries in alternating blocks (benchmarks/harness.py),
 first quiet, then while one pure-Python busy loop per core runs in its own process (with those, a fair share of
@@ -28,7 +29,11 @@ CASES = {   # name: (builder, sample shape, batch)
     "LeNet-5 batch 32": (lambda: xpcnn.models.lenet5(seed=0), (1, 28, 28), 32),
     "LeNet-5 batch 64": (lambda: xpcnn.models.lenet5(seed=0), (1, 28, 28), 64),
     "ResNet-8 1x28x28 batch 32": (lambda: xpcnn.models.resnet8(seed=0), (1, 28, 28), 32),
+    # sharded by default (two shards on two cores): the shards meet at every BatchNorm
+    "LeNet-5 batch 256": (lambda: xpcnn.models.lenet5(seed=0), (1, 28, 28), 256),
+    "ResNet-8 1x28x28 batch 64": (lambda: xpcnn.models.resnet8(seed=0), (1, 28, 28), 64),
 }
+DEFAULT = ["LeNet-5 batch 32", "LeNet-5 batch 64", "ResNet-8 1x28x28 batch 32"]
 
 
 def _steps(torch, name: str):
@@ -99,7 +104,7 @@ def report(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--case", nargs="+", choices=sorted(CASES), default=DEFAULT)
     parser.add_argument("--blocks", type=int, default=7)
     args = parser.parse_args()
     print(report(run(tuple(args.case), args.blocks)))

@@ -1,11 +1,17 @@
 """Facts about the machine that benchmark figures and ``xpcnn info`` are reported with: the CPU by family, model
-and stepping (a VM's "AMD EPYC" names Zen 4 and Zen 5 alike) and the kernels NumPy's BLAS runs. Read only."""
+and stepping (a VM's "AMD EPYC" names Zen 4 and Zen 5 alike) and the kernels NumPy's BLAS runs. Read only: the
+one thing measured here, which OpenBLAS kernels run convolution-shaped products fastest, is measured in child
+processes (OpenBLAS picks its kernels when it loads, from ``OPENBLAS_CORETYPE``; a running process keeps them)."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import subprocess
+import sys
 
-__all__ = ["AVX512_KERNELS", "blas_kernels", "cpu"]
+__all__ = ["AVX512_KERNELS", "blas_kernels", "cpu", "kernel_choices", "loaded_kernels", "time_kernels"]
 
 
 def _first_processor(cpuinfo: str) -> dict:
@@ -61,7 +67,77 @@ def blas_kernels(cpuinfo: str = "/proc/cpuinfo") -> str:
         if kernels:
             text += f", {kernels} kernels"
             if info.get("internal_api") == "openblas" and kernels not in AVX512_KERNELS and avx512:
-                text += (" on a CPU with AVX-512 (OPENBLAS_CORETYPE=SkylakeX, set before NumPy is imported, selects "
-                         "OpenBLAS's AVX-512 kernels; see docs/performance.md)")
+                text += " on a CPU with AVX-512"
         described.append(text)
     return "; ".join(described)
+
+
+# OpenBLAS core types worth measuring, by what the CPU must run for them (the flags /proc/cpuinfo lists)
+KERNEL_NEEDS = {"Haswell": {"avx2", "fma"},
+                "SkylakeX": {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}}
+
+
+def loaded_kernels() -> str | None:
+    """The core type whose kernels this process's OpenBLAS runs (e.g. "SkylakeX"); None where NumPy's BLAS is not
+    an OpenBLAS that picks its kernels when it loads (or threadpoolctl, which tells, is not installed)."""
+    found = [info for info in _blas_libraries() or () if info.get("internal_api") == "openblas"]
+    return found[0].get("architecture") or None if found else None
+
+
+def kernel_choices(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The OpenBLAS core types this CPU can run that are worth a measurement: the one OpenBLAS loaded (its own
+    pick, or ``OPENBLAS_CORETYPE``'s) first, AVX2's Haswell and AVX-512's SkylakeX where the CPU has their instructions; () where NumPy's
+    BLAS does not pick kernels at load (not OpenBLAS, or one built for a single CPU)."""
+    loaded = loaded_kernels()
+    if loaded is None:
+        return ()
+    flags = set(_first_processor(cpuinfo).get("flags", "").split())
+    return (loaded, *(name for name, needs in KERNEL_NEEDS.items() if name != loaded and needs <= flags))
+
+
+# The products one measurement times: the three of a 3x3 convolution (forward, weight and input gradient) at
+# 16, 32 and 64 channels on 32x32, 16x16 and 8x8 images, batch 32, and LeNet-5's two layers' forwards, as
+# (rows, inner, columns) the way im2col makes them.
+_PRODUCTS = ((16, 144, 32768), (16, 32768, 144), (144, 16, 32768), (32, 288, 8192), (32, 8192, 288),
+             (288, 32, 8192), (64, 576, 2048), (64, 2048, 576), (576, 64, 2048), (6, 25, 25088), (16, 150, 3200))
+_TIMER = """
+import sys
+del sys.path[0]                     # the working folder: a json.py there must not stand in for the module
+import json, time
+import numpy as np
+rng = np.random.default_rng(0)
+pairs = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32))
+         for m, k, n in json.loads(sys.argv[1])]
+best = [float("inf")] * len(pairs)
+for _ in range(int(sys.argv[2])):
+    for i, (a, b) in enumerate(pairs):
+        start = time.perf_counter()
+        a @ b
+        best[i] = min(best[i], time.perf_counter() - start)
+try:
+    from threadpoolctl import threadpool_info
+    kernels = [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]
+except ImportError:
+    kernels = []
+print(json.dumps({"seconds": sum(best), "kernels": kernels[0] if kernels else None}))
+"""
+
+
+def time_kernels(names: tuple[str, ...], rounds: int = 2, repeats: int = 3) -> dict[str, float]:
+    """Seconds one thread of each OpenBLAS core type in ``names`` takes for a set of convolution-shaped float32
+    products (the fastest of ``repeats`` per product, summed), each measured in a child process started with
+    ``OPENBLAS_CORETYPE`` set; the children alternate over ``rounds`` and each name keeps its fastest round, so
+    a moment of noise does not decide. A core type that does not load as asked is left out."""
+    times: dict[str, float] = {}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    for _ in range(rounds):
+        for name in names:
+            done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(_PRODUCTS), str(repeats)],
+                                  env={**env, "OPENBLAS_CORETYPE": name}, capture_output=True, text=True,
+                                  timeout=120)
+            if done.returncode != 0:
+                continue
+            result = json.loads(done.stdout)
+            if (result["kernels"] or "").lower() == name.lower():
+                times[name] = min(times.get(name, float("inf")), result["seconds"])
+    return times

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status (2: a usage error, 1: a failure, 130: interrupted)."""
     args = build_parser().parse_args(argv)
+    args.program = argv is None         # the command itself, which may start again (cli.blas), not a call from Python
     distributed = getattr(args, "distributed", False)
     try:
         status = args.run(args)

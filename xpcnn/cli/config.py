@@ -14,6 +14,8 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .blas import AUTO
+from .blas import resolve as resolve_blas
 from .common import (CommandError, DataChoice, check_distinct, check_dtype, check_output, data_choice,
                      load_checkpoint, same_file)
 
@@ -70,6 +72,7 @@ class TrainConfig:
     plot: pathlib.Path | None
     resume: pathlib.Path | None
     resumed: Any = field(default=None, compare=False, repr=False)     # the loaded Checkpoint being continued
+    blas: Any = None                                                  # cli.blas.Choice: the OpenBLAS kernels
 
     @property
     def start_epoch(self) -> int:
@@ -77,8 +80,9 @@ class TrainConfig:
 
     def record(self) -> dict:
         """What each checkpoint's ``extra`` records: what an exact resume must repeat, and how it learned."""
+        kernels = {} if self.blas is None or self.blas.name is None else {"blas_kernels": self.blas.name}
         return {"seed": self.seed, "dataset": self.data.recorded, "batch_size": self.batch_size,
-                "epochs": self.epochs, "training": self.training.record()}
+                "epochs": self.epochs, "training": self.training.record(), **kernels}
 
     def agreement(self) -> dict:
         """What every rank of a distributed run must be given alike, by option."""
@@ -108,7 +112,9 @@ def resolve_train(args: argparse.Namespace, backend: Any, ctx: Any = None) -> Tr
         training=training, val_split=val_split, early_stop=args.early_stop, augment=args.augment,
         quiet=args.quiet, compile=args.compile, distributed=args.distributed,
         checkpoint=_path(args.checkpoint), log_csv=_path(args.log_csv), plot=plot_path(args.plot),
-        resume=_path(args.resume), resumed=resumed)
+        resume=_path(args.resume), resumed=resumed,
+        blas=resolve_blas(args.blas_kernels, resumed.extra.get("blas_kernels") if resumed is not None else None,
+                          backend))
     if resumed is not None and resumed.epoch >= config.epochs:
         raise CommandError(f"--resume {args.resume}: the checkpoint has already trained {resumed.epoch} epochs; "
                            f"ask for more with --epochs (got {config.epochs})")
@@ -156,6 +162,9 @@ def check_flags(args: argparse.Namespace) -> None:
                            "--val-split too (e.g. --val-split 0.1)")
     if args.compile and args.distributed:
         raise CommandError("--compile cannot be combined with --distributed (data-parallel steps run eagerly)")
+    if args.blas_kernels == AUTO and args.distributed:
+        raise CommandError("--blas-kernels auto cannot be combined with --distributed (every rank would measure "
+                           "at once); measure with xpcnn info --blas and give the ranks OPENBLAS_CORETYPE")
     if args.momentum is not None and args.optimizer not in (None, "sgd"):
         raise CommandError(f"--momentum is for --optimizer sgd; {args.optimizer} has none (its betas are fixed)")
     if not args.resume:

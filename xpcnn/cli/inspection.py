@@ -317,6 +317,9 @@ def _normalization(args: argparse.Namespace, checkpoint: Any) -> tuple:
 def add_info_parser(commands: Any) -> None:
     info = commands.add_parser("info", help="show the selected backend, library versions, threads and available "
                                             "backends")
+    info.add_argument("--blas", action="store_true",
+                      help="also measure which OpenBLAS kernels (core types) run convolution-shaped products "
+                           "fastest on this CPU, one child process each (about a second; not on a busy machine)")
     info.set_defaults(run=run_info)
 
 
@@ -342,6 +345,8 @@ def run_info(args: argparse.Namespace) -> int:
         if not _preflight():
             status = EXIT_FAILED
     print(f"machine: {_machine_line()}")
+    if getattr(args, "blas", False):
+        _print_blas_kernels()
     try:
         print(f"batch shards: {_shards_line()}")
     except _settings.SettingsError as exc:
@@ -370,6 +375,22 @@ def _machine_line() -> str:
     from .. import machine, parallel
 
     return f"{machine.cpu()}, {parallel.usable_cores()} usable cores; BLAS: {machine.blas_kernels()}"
+
+
+def _print_blas_kernels() -> None:
+    """The OpenBLAS core types this CPU runs, timed on convolution-shaped products, and how to use the fastest."""
+    from .. import machine
+    from .blas import measured
+
+    choices = machine.kernel_choices()
+    lines = measured(choices).splitlines()
+    print("BLAS kernels, one thread, convolution-shaped float32 products:")
+    for line in lines:
+        print(f"  {line}")
+    if len(lines) > 1 and not lines[0].startswith(choices[0]):
+        fastest = lines[0].split(":")[0]
+        print(f"  to use {fastest}: xpcnn train --blas-kernels {fastest} (or --blas-kernels auto), or "
+              f"OPENBLAS_CORETYPE={fastest} in the environment before Python starts")
 
 
 def _shards_line() -> str:

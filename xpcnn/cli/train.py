@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import backend as _backend
+from . import blas
 from .common import (EXIT_FAILED, EXIT_INTERRUPTED, CommandError, add_backend_options, add_data_options, data_record,
                      fraction, image_size, model_name, momentum, non_negative_float, non_negative_int,
                      positive_float, positive_int, same_file, select_backend)
@@ -74,6 +75,12 @@ def add_parser(commands: Any) -> None:
                         help="compile each training step as one function (default: on for jax, the backend with a "
                              "compiler; off elsewhere); not with --distributed")
     add_backend_options(parser)
+    parser.add_argument("--blas-kernels", metavar="KERNELS",
+                        help="OpenBLAS's kernels for NumPy's matrix products: 'detected' (default: OpenBLAS's own "
+                             "pick), 'auto' (measure the core types this CPU runs and take one clearly faster; "
+                             "never on a busy machine) or a core type such as Haswell or SkylakeX (xpcnn info --blas "
+                             "measures them). The command starts itself again with OPENBLAS_CORETYPE set; checkpoints "
+                             "record the choice and --resume continues with it")
     parser.set_defaults(run=run)
 
 
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     backend = select_backend(args)
     ctx = _distributed_context(args)
     config = resolve_train(args, backend, ctx)
+    blas.apply(config.blas, getattr(args, "program", False), config.distributed)
     job = build(config, backend, ctx)
     return report(job, fit_job(job))
 
@@ -215,6 +223,8 @@ def _banner(job: Job) -> None:
     say(f"backend {job.backend}{' (compiled steps)' if job.compiled else ''}, {config.dtype}; {job.optimizer!r}, "
         f"schedule {config.training.schedule}, batch {config.batch_size}, epochs {config.start_epoch + 1}.."
         f"{config.epochs}, seed {config.seed}{ranks}", flush=True)
+    if config.blas.name is not None:
+        say(f"BLAS: OpenBLAS {config.blas.name} kernels ({config.blas.how})", flush=True)
     digits = config.data.dataset in DIGIT_DATASETS if not config.data.file else job.train_data.sample_shape[0] == 1
     if config.augment and digits and job.root:
         print("warning: --augment flips images left-right, which mirrors digits and letters (a mirrored 2 is not "
