@@ -49,8 +49,10 @@ def test_kernels_are_timed_in_children_and_a_core_type_that_does_not_load_is_lef
     loaded = machine.loaded_kernels()
     if loaded is None:
         pytest.skip(f"NumPy's BLAS here is not an OpenBLAS that picks kernels at load ({machine.blas_kernels()})")
-    times = machine.time_kernels((loaded, "NoSuchCoreType"), rounds=1, repeats=1)
-    assert set(times) == {loaded} and 0 < times[loaded] < 60
+    found = machine.time_kernels((loaded, "NoSuchCoreType"), rounds=1, repeats=1, threads=2)
+    assert set(found) == {loaded} and 0 < found[loaded].seconds < 60
+    assert found[loaded].keeps_bits in (True, False)
+    assert machine.time_kernels((loaded,), rounds=1, repeats=1)[loaded].keeps_bits is None, "one thread: no compare"
 
 
 @pytest.mark.parametrize("times, busy, expected, words", [
@@ -63,7 +65,8 @@ def test_kernels_are_timed_in_children_and_a_core_type_that_does_not_load_is_lef
 def test_auto_takes_other_kernels_only_when_clearly_faster_and_never_on_a_busy_machine(monkeypatch, times, busy,
                                                                                      expected, words):
     monkeypatch.setattr(machine, "kernel_choices", lambda: ("SkylakeX", "Haswell"))
-    monkeypatch.setattr(machine, "time_kernels", lambda names: times)
+    monkeypatch.setattr(machine, "time_kernels",
+                        lambda names: {name: machine.KernelTiming(t, True) for name, t in times.items()})
     monkeypatch.setattr(xpcnn.parallel, "busy_elsewhere", lambda: busy)
     choice = blas.resolve("auto", None, NUMPY)
     assert choice.name == expected and words in choice.how

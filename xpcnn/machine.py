@@ -10,8 +10,9 @@ import os
 import platform
 import subprocess
 import sys
+from typing import NamedTuple
 
-__all__ = ["AVX512_KERNELS", "blas_kernels", "cpu", "kernel_choices", "loaded_kernels", "time_kernels"]
+__all__ = ["AVX512_KERNELS", "KernelTiming", "blas_kernels", "cpu", "kernel_choices", "loaded_kernels", "time_kernels"]
 
 
 def _first_processor(cpuinfo: str) -> dict:
@@ -103,41 +104,60 @@ _PRODUCTS = ((16, 144, 32768), (16, 32768, 144), (144, 16, 32768), (32, 288, 819
 _TIMER = """
 import sys
 del sys.path[0]                     # the working folder: a json.py there must not stand in for the module
-import json, time
+import contextlib, json, time
 import numpy as np
+try:
+    from threadpoolctl import threadpool_info, threadpool_limits
+except ImportError:
+    threadpool_info, threadpool_limits = (lambda: []), (lambda *args, **kwargs: contextlib.nullcontext())
 rng = np.random.default_rng(0)
 pairs = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32))
          for m, k, n in json.loads(sys.argv[1])]
 best = [float("inf")] * len(pairs)
-for _ in range(int(sys.argv[2])):
-    for i, (a, b) in enumerate(pairs):
-        start = time.perf_counter()
-        a @ b
-        best[i] = min(best[i], time.perf_counter() - start)
-try:
-    from threadpoolctl import threadpool_info
-    kernels = [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]
-except ImportError:
-    kernels = []
-print(json.dumps({"seconds": sum(best), "kernels": kernels[0] if kernels else None}))
+with threadpool_limits(1, user_api="blas"):
+    for _ in range(int(sys.argv[2])):
+        for i, (a, b) in enumerate(pairs):
+            start = time.perf_counter()
+            one = a @ b
+            best[i] = min(best[i], time.perf_counter() - start)
+keeps_bits = None
+if int(sys.argv[3]) > 1 and threadpool_info():
+    keeps_bits = True
+    for a, b in pairs:
+        with threadpool_limits(1, user_api="blas"):
+            one = a @ b
+        with threadpool_limits(int(sys.argv[3]), user_api="blas"):
+            keeps_bits = keeps_bits and bool((one == a @ b).all())
+kernels = [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]
+print(json.dumps({"seconds": sum(best), "kernels": kernels[0] if kernels else None, "keeps_bits": keeps_bits}))
 """
 
 
-def time_kernels(names: tuple[str, ...], rounds: int = 2, repeats: int = 3) -> dict[str, float]:
-    """Seconds one thread of each OpenBLAS core type in ``names`` takes for a set of convolution-shaped float32
+class KernelTiming(NamedTuple):
+    """One core type measured: the products' seconds on one thread, and whether they gave the same bits on one
+    thread as on ``threads`` (None: not compared)."""
+
+    seconds: float
+    keeps_bits: bool | None
+
+
+def time_kernels(names: tuple[str, ...], rounds: int = 2, repeats: int = 3,
+                 threads: int = 1) -> dict[str, KernelTiming]:
+    """How long one thread of each OpenBLAS core type in ``names`` takes for a set of convolution-shaped float32
     products (the fastest of ``repeats`` per product, summed), each measured in a child process started with
     ``OPENBLAS_CORETYPE`` set; the children alternate over ``rounds`` and each name keeps its fastest round, so
-    a moment of noise does not decide. A core type that does not load as asked is left out."""
-    times: dict[str, float] = {}
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    a moment of noise does not decide. With ``threads`` > 1 each child also compares the products' bits on one
+    thread and on ``threads``. A core type that does not load as asked is left out."""
+    found: dict[str, KernelTiming] = {}
     for _ in range(rounds):
         for name in names:
-            done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(_PRODUCTS), str(repeats)],
-                                  env={**env, "OPENBLAS_CORETYPE": name}, capture_output=True, text=True,
+            done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(_PRODUCTS), str(repeats), str(threads)],
+                                  env={**os.environ, "OPENBLAS_CORETYPE": name}, capture_output=True, text=True,
                                   timeout=120)
             if done.returncode != 0:
                 continue
             result = json.loads(done.stdout)
             if (result["kernels"] or "").lower() == name.lower():
-                times[name] = min(times.get(name, float("inf")), result["seconds"])
-    return times
+                seconds = min(found[name].seconds, result["seconds"]) if name in found else result["seconds"]
+                found[name] = KernelTiming(seconds, result["keeps_bits"])
+    return found

@@ -48,9 +48,15 @@ def measured(choices: tuple[str, ...]) -> str:
     if busy:
         return f"not measured: {busy} tasks of other processes are running, and a measurement on a busy machine " \
                f"would decide by chance; try again when it is quiet"
-    times = machine.time_kernels(choices)
-    lines = [f"{name}: {seconds * 1e3:.1f} ms{' (loaded now)' if name == choices[0] else ''}"
-             for name, seconds in sorted(times.items(), key=lambda item: item[1])]
+    threads = parallel.threads()
+    found = machine.time_kernels(choices, threads=threads)
+    lines = []
+    for name, timing in sorted(found.items(), key=lambda item: item[1].seconds):
+        line = f"{name}: {timing.seconds * 1e3:.1f} ms{' (loaded now)' if name == choices[0] else ''}"
+        if timing.keeps_bits is False:
+            line += (f"; other bits on 1 thread than on {threads}, so xpcnn leaves BLAS's threads as they are on a "
+                     f"busy machine")
+        lines.append(line)
     return "\n".join(lines) if lines else "not measured: no core type loaded as asked"
 
 
@@ -91,7 +97,7 @@ def _auto(choices: tuple[str, ...]) -> Choice:
     if busy or len(choices) == 1:
         why = f"{busy} tasks of other processes running" if busy else "no other core type on this CPU"
         return Choice(loaded, f"--blas-kernels auto, not measured: {why}")
-    times = machine.time_kernels(choices)
+    times = {name: timing.seconds for name, timing in machine.time_kernels(choices).items()}
     if loaded not in times:
         return Choice(loaded, "--blas-kernels auto: OpenBLAS's own pick could not be measured; kept")
     best = min(times, key=times.get)
