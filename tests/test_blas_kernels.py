@@ -115,7 +115,7 @@ def test_other_kernels_are_refused_where_the_process_cannot_restart(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--epochs", "1", "--quiet", "--blas-kernels", other]) == 2     # a call from Python
     err = capsys.readouterr().err
-    assert f"OpenBLAS chose" in err and f"only the xpcnn command can start again with {other}" in err
+    assert "OpenBLAS chose" in err and f"only the xpcnn command can start again with {other}" in err
     assert f"set OPENBLAS_CORETYPE={other} before the interpreter starts" in err
     assert cli.main(["train", "--epochs", "1", "--blas-kernels", "auto", "--distributed"]) == 2
     assert "--blas-kernels auto cannot be combined with --distributed" in capsys.readouterr().err

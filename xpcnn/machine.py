@@ -6,11 +6,12 @@ processes (OpenBLAS picks its kernels when it loads, from ``OPENBLAS_CORETYPE``;
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
 from typing import NamedTuple
+
+from . import settings
 
 __all__ = ["AVX512_KERNELS", "KernelTiming", "blas_kernels", "cpu", "kernel_choices", "loaded_kernels", "time_kernels"]
 
@@ -152,7 +153,7 @@ def time_kernels(names: tuple[str, ...], rounds: int = 2, repeats: int = 3,
     for _ in range(rounds):
         for name in names:
             done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(_PRODUCTS), str(repeats), str(threads)],
-                                  env={**os.environ, "OPENBLAS_CORETYPE": name}, capture_output=True, text=True,
+                                  env=settings.for_child(OPENBLAS_CORETYPE=name), capture_output=True, text=True,
                                   timeout=120)
             if done.returncode != 0:
                 continue

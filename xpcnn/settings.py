@@ -11,6 +11,10 @@
 Also read here, as facts about the process rather than choices: whether an MPI launcher started it and how many
 threads BLAS was told to use. :func:`get` returns the settings for the environment as it is now; it reads and
 checks again only when one of these variables changed.
+
+And the environment handed to a child process: :func:`for_child` (the OpenBLAS kernels timed in child processes,
+the ``xpcnn`` command started again with others, :mod:`xpcnn.cli.blas`), and :func:`take_restart`, the choice
+that command hands the process it starts in ``XPCNN_BLAS_CHOSEN`` (never a user's setting).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["ENV", "Settings", "SettingsError", "get", "read"]
+__all__ = ["ENV", "RESTART", "Settings", "SettingsError", "for_child", "get", "read", "take_restart"]
 
 ENV = {"backend": "XPCNN_BACKEND", "device": "XPCNN_DEVICE", "threads": "XPCNN_THREADS",
        "tune_malloc": "XPCNN_TUNE_MALLOC", "data_dir": "XPCNN_DATA_DIR"}
 _MPI_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _WATCHED = (*ENV.values(), *_MPI_SIZES, *_BLAS_THREADS)
+RESTART = "XPCNN_BLAS_CHOSEN"
 
 
 class SettingsError(ValueError):
@@ -83,3 +88,14 @@ def get() -> Settings:
     if _cached is None or _cached[0] != key:
         _cached = (key, read())
     return _cached[1]
+
+
+def for_child(**changes: str) -> dict[str, str]:
+    """This process's environment with ``changes``, for a child process (or the process that replaces this one)."""
+    return {**os.environ, **changes}
+
+
+def take_restart() -> str | None:
+    """The choice the process before this one handed over in :data:`RESTART`, removed so that no child sees it;
+    None when this process was not started that way."""
+    return os.environ.pop(RESTART, None)

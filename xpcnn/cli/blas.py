@@ -25,7 +25,6 @@ __all__ = ["AUTO", "DETECTED", "MARGIN", "Choice", "apply", "measured", "resolve
 
 DETECTED, AUTO = "detected", "auto"
 MARGIN = 0.9     # auto takes other kernels only where they measure at most this fraction of the detected ones' time
-_CHOSEN = "XPCNN_BLAS_CHOSEN"    # the choice, handed to the restarted process so that it is not made again
 
 
 class Choice(NamedTuple):
@@ -48,7 +47,7 @@ def measured(choices: tuple[str, ...]) -> str:
     if busy:
         return f"not measured: {busy} tasks of other processes are running, and a measurement on a busy machine " \
                f"would decide by chance; try again when it is quiet"
-    threads = parallel.threads()
+    threads = parallel.usable_cores()
     found = machine.time_kernels(choices, threads=threads)
     lines = []
     for name, timing in sorted(found.items(), key=lambda item: item[1].seconds):
@@ -63,16 +62,16 @@ def measured(choices: tuple[str, ...]) -> str:
 def resolve(given: str | None, recorded: str | None, backend: Any) -> Choice:
     """The kernels a run wants: ``given`` (``--blas-kernels``), else ``recorded`` (the resumed checkpoint's), else
     OpenBLAS's own pick. A name is checked against what this CPU runs; ``auto`` is measured here."""
-    from .. import machine
+    from .. import machine, settings
 
-    chosen = os.environ.pop(_CHOSEN, None)       # this process was restarted for a choice already made
+    chosen = settings.take_restart()             # this process was started again for a choice already made
     if chosen is not None:
         made = json.loads(chosen)
         return Choice(made["name"], made["how"], restarted=True)
     wanted = given if given is not None else recorded
     if wanted is None or wanted == DETECTED:
         return Choice()
-    option = "--blas-kernels" if given is not None else f"the resumed checkpoint's --blas-kernels"
+    option = "--blas-kernels" if given is not None else "the resumed checkpoint's --blas-kernels"
     if backend.name != "numpy":
         raise CommandError(f"{option} {wanted} chooses NumPy's BLAS kernels; the {backend.name} backend does its "
                            f"products in its own library (drop it, or use --backend numpy)")
@@ -110,7 +109,7 @@ def _auto(choices: tuple[str, ...]) -> Choice:
 def apply(choice: Choice, program: bool, distributed: bool) -> None:
     """Make this process run ``choice``'s kernels: nothing when OpenBLAS loaded them; else, for the ``xpcnn``
     program, start it again with ``OPENBLAS_CORETYPE`` set (this call then does not return)."""
-    from .. import machine
+    from .. import machine, settings
 
     loaded = machine.loaded_kernels()
     if choice.name is None or (loaded or "").lower() == choice.name.lower():
@@ -128,6 +127,6 @@ def apply(choice: Choice, program: bool, distributed: bool) -> None:
                            f"{loaded} kernels (it was built without them); drop the option")
     sys.stdout.flush()
     sys.stderr.flush()
-    env = {**os.environ, "OPENBLAS_CORETYPE": choice.name,
-           _CHOSEN: json.dumps({"name": choice.name, "how": choice.how})}
+    env = settings.for_child(OPENBLAS_CORETYPE=choice.name,
+                             **{settings.RESTART: json.dumps({"name": choice.name, "how": choice.how})})
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -387,8 +387,8 @@ def _print_blas_kernels() -> None:
     print("BLAS kernels, one thread, convolution-shaped float32 products:")
     for line in lines:
         print(f"  {line}")
-    if len(lines) > 1 and not lines[0].startswith(choices[0]):
-        fastest = lines[0].split(":")[0]
+    fastest = lines[0].split(":")[0]
+    if len(lines) > 1 and fastest != choices[0]:
         print(f"  to use {fastest}: xpcnn train --blas-kernels {fastest} (or --blas-kernels auto), or "
               f"OPENBLAS_CORETYPE={fastest} in the environment before Python starts")
 
