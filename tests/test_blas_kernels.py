@@ -85,6 +85,7 @@ def test_a_name_is_checked_against_what_the_cpu_runs_and_a_resume_takes_the_reco
         blas.resolve(None, "Zen", NUMPY)
     with pytest.raises(CommandError, match="the torch backend does its products in its own library"):
         blas.resolve("Haswell", None, types.SimpleNamespace(name="torch"))
+    assert blas.resolve("Haswell", None, types.SimpleNamespace(name="array_api_strict")).name == "Haswell"
     monkeypatch.setattr(machine, "kernel_choices", lambda: ())
     with pytest.raises(CommandError, match="is not an OpenBLAS that picks its kernels when it loads"):
         blas.resolve("Haswell", None, NUMPY)

@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 
 from .common import CommandError
 
-__all__ = ["AUTO", "DETECTED", "MARGIN", "Choice", "apply", "measured", "resolve"]
+__all__ = ["AUTO", "DETECTED", "MARGIN", "ON_NUMPY", "Choice", "apply", "measured", "resolve"]
 
 DETECTED, AUTO = "detected", "auto"
+ON_NUMPY = ("numpy", "array_api_strict")     # the backends whose matrix products NumPy's BLAS runs
 MARGIN = 0.9     # auto takes other kernels only where they measure at most this fraction of the detected ones' time
 
 
@@ -72,7 +73,7 @@ def resolve(given: str | None, recorded: str | None, backend: Any) -> Choice:
     if wanted is None or wanted == DETECTED:
         return Choice()
     option = "--blas-kernels" if given is not None else "the resumed checkpoint's --blas-kernels"
-    if backend.name != "numpy":
+    if backend.name not in ON_NUMPY:
         raise CommandError(f"{option} {wanted} chooses NumPy's BLAS kernels; the {backend.name} backend does its "
                            f"products in its own library (drop it, or use --backend numpy)")
     choices = machine.kernel_choices()
