@@ -88,8 +88,8 @@ def loaded_kernels() -> str | None:
 
 def kernel_choices(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     """The OpenBLAS core types this CPU can run that are worth a measurement: the one OpenBLAS loaded (its own
-    pick, or ``OPENBLAS_CORETYPE``'s) first, AVX2's Haswell and AVX-512's SkylakeX where the CPU has their instructions; () where NumPy's
-    BLAS does not pick kernels at load (not OpenBLAS, or one built for a single CPU)."""
+    pick, or ``OPENBLAS_CORETYPE``'s) first, then AVX2's Haswell and AVX-512's SkylakeX where the CPU has their
+    instructions; () where NumPy's BLAS does not pick kernels at load (not OpenBLAS, or one built for one CPU)."""
     loaded = loaded_kernels()
     if loaded is None:
         return ()
@@ -105,12 +105,9 @@ _PRODUCTS = ((16, 144, 32768), (16, 32768, 144), (144, 16, 32768), (32, 288, 819
 _TIMER = """
 import sys
 del sys.path[0]                     # the working folder: a json.py there must not stand in for the module
-import contextlib, json, time
+import json, time
 import numpy as np
-try:
-    from threadpoolctl import threadpool_info, threadpool_limits
-except ImportError:
-    threadpool_info, threadpool_limits = (lambda: []), (lambda *args, **kwargs: contextlib.nullcontext())
+from threadpoolctl import threadpool_info, threadpool_limits       # a dependency of xpcnn
 rng = np.random.default_rng(0)
 pairs = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32))
          for m, k, n in json.loads(sys.argv[1])]
@@ -119,46 +116,44 @@ with threadpool_limits(1, user_api="blas"):
     for _ in range(int(sys.argv[2])):
         for i, (a, b) in enumerate(pairs):
             start = time.perf_counter()
-            one = a @ b
+            a @ b
             best[i] = min(best[i], time.perf_counter() - start)
 keeps_bits = None
-if int(sys.argv[3]) > 1 and threadpool_info():
-    keeps_bits = True
-    for a, b in pairs:
-        with threadpool_limits(1, user_api="blas"):
-            one = a @ b
-        with threadpool_limits(int(sys.argv[3]), user_api="blas"):
-            keeps_bits = keeps_bits and bool((one == a @ b).all())
+if sys.argv[3] == "1":              # the check xpcnn.parallel makes before it lets the load change BLAS's threads
+    from xpcnn.parallel import blas_keeps_bits
+    keeps_bits = blas_keeps_bits()
 kernels = [i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"]
 print(json.dumps({"seconds": sum(best), "kernels": kernels[0] if kernels else None, "keeps_bits": keeps_bits}))
 """
 
 
 class KernelTiming(NamedTuple):
-    """One core type measured: the products' seconds on one thread, and whether they gave the same bits on one
-    thread as on ``threads`` (None: not compared)."""
+    """One core type measured: the products' seconds on one thread, and whether its products give the same bits
+    on one thread as on the cores xpcnn uses (:func:`xpcnn.parallel.blas_keeps_bits`; None: not checked)."""
 
     seconds: float
     keeps_bits: bool | None
 
 
 def time_kernels(names: tuple[str, ...], rounds: int = 2, repeats: int = 3,
-                 threads: int = 1) -> dict[str, KernelTiming]:
+                 check_bits: bool = False) -> dict[str, KernelTiming]:
     """How long one thread of each OpenBLAS core type in ``names`` takes for a set of convolution-shaped float32
     products (the fastest of ``repeats`` per product, summed), each measured in a child process started with
     ``OPENBLAS_CORETYPE`` set; the children alternate over ``rounds`` and each name keeps its fastest round, so
-    a moment of noise does not decide. With ``threads`` > 1 each child also compares the products' bits on one
-    thread and on ``threads``. A core type that does not load as asked is left out."""
+    a moment of noise does not decide. With ``check_bits`` the first round's children also run
+    :func:`xpcnn.parallel.blas_keeps_bits`. A core type that does not load as asked is left out."""
     found: dict[str, KernelTiming] = {}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for name in names:
-            done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(_PRODUCTS), str(repeats), str(threads)],
+            check = "1" if check_bits and round_ == 0 else "0"
+            done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(_PRODUCTS), str(repeats), check],
                                   env=settings.for_child(OPENBLAS_CORETYPE=name), capture_output=True, text=True,
                                   timeout=120)
             if done.returncode != 0:
                 continue
             result = json.loads(done.stdout)
             if (result["kernels"] or "").lower() == name.lower():
-                seconds = min(found[name].seconds, result["seconds"]) if name in found else result["seconds"]
-                found[name] = KernelTiming(seconds, result["keeps_bits"])
+                timing = found.get(name)
+                found[name] = KernelTiming(min(result["seconds"], timing.seconds) if timing else result["seconds"],
+                                           result["keeps_bits"] if timing is None else timing.keeps_bits)
     return found

@@ -36,28 +36,37 @@ class Choice(NamedTuple):
     restarted: bool = False      # made by the process before this one, which started this one to get them
 
 
-def measured(choices: tuple[str, ...]) -> str:
-    """The measurement of ``choices`` as one line per core type, fastest first, or why there is none."""
+def _measure(choices: tuple[str, ...], check_bits: bool = False) -> tuple[dict, str]:
+    """The core types in ``choices`` timed (:func:`xpcnn.machine.time_kernels`), or ({}, why none were)."""
     from .. import machine, parallel
 
     if not choices:
-        return "not measured: NumPy's BLAS is not an OpenBLAS that picks its kernels when it loads"
+        return {}, "NumPy's BLAS is not an OpenBLAS that picks its kernels when it loads"
     if len(choices) == 1:
-        return f"not measured: this CPU runs no other core type than {choices[0]}"
+        return {}, f"this CPU runs no other core type than {choices[0]}"
     busy = parallel.busy_elsewhere()
     if busy:
-        return f"not measured: {busy} tasks of other processes are running, and a measurement on a busy machine " \
-               f"would decide by chance; try again when it is quiet"
-    threads = parallel.usable_cores()
-    found = machine.time_kernels(choices, threads=threads)
+        return {}, (f"{busy} tasks of other processes running (a measurement on a busy machine would decide by "
+                    f"chance; try again when it is quiet)")
+    found = machine.time_kernels(choices, check_bits=check_bits)
+    return found, "" if found else "no core type loaded as asked"
+
+
+def measured(choices: tuple[str, ...]) -> str:
+    """The measurement of ``choices`` as one line per core type, fastest first, or why there is none."""
+    from .. import parallel
+
+    found, why = _measure(choices, check_bits=True)
+    if why:
+        return f"not measured: {why}"
     lines = []
     for name, timing in sorted(found.items(), key=lambda item: item[1].seconds):
         line = f"{name}: {timing.seconds * 1e3:.1f} ms{' (loaded now)' if name == choices[0] else ''}"
         if timing.keeps_bits is False:
-            line += (f"; other bits on 1 thread than on {threads}, so xpcnn leaves BLAS's threads as they are on a "
-                     f"busy machine")
+            line += (f"; other bits on 1 thread than on {parallel.usable_cores()}, so xpcnn leaves BLAS's threads as "
+                     f"they are on a busy machine")
         lines.append(line)
-    return "\n".join(lines) if lines else "not measured: no core type loaded as asked"
+    return "\n".join(lines)
 
 
 def resolve(given: str | None, recorded: str | None, backend: Any) -> Choice:
@@ -90,14 +99,11 @@ def resolve(given: str | None, recorded: str | None, backend: Any) -> Choice:
 
 
 def _auto(choices: tuple[str, ...]) -> Choice:
-    from .. import machine, parallel
-
     loaded = choices[0]
-    busy = parallel.busy_elsewhere()
-    if busy or len(choices) == 1:
-        why = f"{busy} tasks of other processes running" if busy else "no other core type on this CPU"
+    found, why = _measure(choices)
+    if why:
         return Choice(loaded, f"--blas-kernels auto, not measured: {why}")
-    times = {name: timing.seconds for name, timing in machine.time_kernels(choices).items()}
+    times = {name: timing.seconds for name, timing in found.items()}
     if loaded not in times:
         return Choice(loaded, "--blas-kernels auto: OpenBLAS's own pick could not be measured; kept")
     best = min(times, key=times.get)
